@@ -1,0 +1,172 @@
+"""The server's adapter state: what each client lacks, what it may send,
+and how a round's updates are merged.
+
+Framework-free, so the embedded runner and the FederatedScope plugin share
+one implementation of the protocol:
+
+1. ``downlink(client, t)``: the adapter tensors the client does not hold in
+   their current version (everything on first contact, everything that
+   changed while it was away, and whatever it trained itself last time).
+2. The client trains the keys of ``plan(t)`` and sends them with the
+   fingerprint of its frozen keys (``build_update``).
+3. ``receive(update)`` validates key set, shapes, dtypes, finiteness and
+   the fingerprint, and keeps the update.
+4. ``aggregate(t)`` averages the trained keys only and bumps their version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from federatedscope_rolora.core.accounting import DOWN, UP, TrafficLedger
+from federatedscope_rolora.core.aggregation import (
+    client_weights,
+    weighted_average,
+)
+from federatedscope_rolora.core.methods import Method, RoundPlan
+from federatedscope_rolora.core.roles import role_of
+from federatedscope_rolora.core.validation import (
+    InvalidUpdate,
+    fingerprint,
+    validate_tensors,
+)
+
+# A client's copy of a key it trained locally differs from every server
+# version, so it is always sent again.
+_LOCAL = -1
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends up after local training in one round."""
+
+    client_id: int
+    round_idx: int
+    tensors: dict[str, torch.Tensor]
+    num_examples: int
+    frozen_fingerprint: str
+    train_loss: float = float("nan")
+
+
+def build_update(client_id: int, plan: RoundPlan,
+                 state: Mapping[str, torch.Tensor], num_examples: int,
+                 train_loss: float = float("nan")) -> ClientUpdate:
+    """Package the trained keys of ``state`` (copies) and the fingerprint
+    of its frozen keys. If local training touched a frozen key, the
+    fingerprint no longer matches the server's and the update is refused.
+    """
+    trained = plan.trained_keys(state)
+    return ClientUpdate(
+        client_id=client_id,
+        round_idx=plan.round_idx,
+        tensors={k: state[k].detach().clone() for k in trained},
+        num_examples=num_examples,
+        frozen_fingerprint=fingerprint(state, plan.frozen_keys(state)),
+        train_loss=train_loss,
+    )
+
+
+class AdapterServer:
+    """Global adapter, per-key versions, per-client sync state, a ledger."""
+
+    def __init__(self, method: Method,
+                 initial_state: Mapping[str, torch.Tensor],
+                 weighting: str = "examples",
+                 ledger: TrafficLedger | None = None) -> None:
+        untyped = [k for k in initial_state if role_of(k) is None]
+        if untyped:
+            raise ValueError(f"initial adapter holds non-adapter tensors, "
+                             f"e.g. {untyped[0]!r}")
+        if not initial_state:
+            raise ValueError("initial adapter is empty")
+        client_weights([1], weighting)  # validates the name early
+        self.method = method
+        self.weighting = weighting
+        self.ledger = ledger if ledger is not None else TrafficLedger()
+        self.state = {k: v.detach().clone() for k, v in
+                      initial_state.items()}
+        self.version = dict.fromkeys(self.state, 0)
+        self.client_versions: dict[int, dict[str, int]] = {}
+        self._pending: dict[int, ClientUpdate] = {}
+        self._pending_round: int | None = None
+
+    def plan(self, round_idx: int) -> RoundPlan:
+        return self.method.plan(round_idx)
+
+    def frozen_fingerprint(self, round_idx: int) -> str:
+        plan = self.plan(round_idx)
+        return fingerprint(self.state, plan.frozen_keys(self.state))
+
+    def downlink(self, client_id: int, round_idx: int
+                 ) -> dict[str, torch.Tensor]:
+        """Tensors ``client_id`` lacks; recorded in the ledger as sent."""
+        held = self.client_versions.setdefault(client_id, {})
+        payload = {k: v.clone() for k, v in self.state.items()
+                   if held.get(k) != self.version[k]}
+        for key in payload:
+            held[key] = self.version[key]
+        self.ledger.record(round_idx, client_id, DOWN, payload)
+        return payload
+
+    def receive(self, update: ClientUpdate) -> None:
+        """Validate and keep one update; InvalidUpdate if it is bad.
+
+        A refused update changes nothing here, but the client's trained
+        copy is marked stale so it is re-synced when it next takes part.
+        """
+        who = f"client {update.client_id}, round {update.round_idx}"
+        self._start_round(update.round_idx)
+        if update.client_id in self._pending:
+            raise InvalidUpdate(f"{who}: second update in the same round")
+        if update.client_id not in self.client_versions:
+            raise InvalidUpdate(f"{who}: client was never sent the adapter")
+        plan = self.plan(update.round_idx)
+        trained = plan.trained_keys(self.state)
+        for key in trained:
+            self.client_versions[update.client_id][key] = _LOCAL
+        validate_tensors(who, update.tensors,
+                         {k: self.state[k] for k in trained})
+        expected = self.frozen_fingerprint(update.round_idx)
+        if update.frozen_fingerprint != expected:
+            raise InvalidUpdate(f"{who}: frozen-factor fingerprint "
+                                f"{update.frozen_fingerprint[:12]} does not "
+                                f"match the server's {expected[:12]}")
+        if update.num_examples <= 0:
+            raise InvalidUpdate(f"{who}: num_examples must be positive, "
+                                f"got {update.num_examples}")
+        self.ledger.record(update.round_idx, update.client_id, UP,
+                           update.tensors)
+        self._pending[update.client_id] = update
+
+    def received(self) -> list[int]:
+        """Client ids whose update for the current round was accepted."""
+        return sorted(self._pending)
+
+    def aggregate(self, round_idx: int) -> dict[str, torch.Tensor]:
+        """Average the round's trained keys (sorted by client id, so the
+        result does not depend on arrival order) and install them."""
+        self._start_round(round_idx)
+        if not self._pending:
+            raise ValueError(f"round {round_idx}: no client update to "
+                             "aggregate")
+        updates = [self._pending[c] for c in sorted(self._pending)]
+        weights = client_weights([u.num_examples for u in updates],
+                                 self.weighting)
+        merged = weighted_average([u.tensors for u in updates], weights)
+        for key, value in merged.items():
+            self.state[key] = value
+            self.version[key] = round_idx
+        self._pending = {}
+        self._pending_round = None
+        return merged
+
+    def _start_round(self, round_idx: int) -> None:
+        if self._pending_round is None:
+            self._pending_round = round_idx
+        elif self._pending_round != round_idx:
+            raise InvalidUpdate(
+                f"round {round_idx}: updates of round "
+                f"{self._pending_round} were never aggregated")
