@@ -149,7 +149,7 @@ SCHEMA: dict[str, Field] = {
 
 LORA_ARG_KINDS: dict[str, type | tuple[type, ...]] = {
     "adapter_package": str, "adapter_method": str, "r": int,
-    "lora_alpha": _NUM, "lora_dropout": _NUM, "target_modules": list,
+    "lora_alpha": int, "lora_dropout": _NUM, "target_modules": list,
     "layers_to_transform": (list, int, type(None)),
 }
 

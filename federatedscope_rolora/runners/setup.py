@@ -1,0 +1,133 @@
+"""Turn a validated config into the pieces a run needs.
+
+Everything that can fail on bad input (task, data files, model, LoRA
+targets, partitioning) happens here, before the run writes anything, so a
+run that never starts leaves its outdir untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from federatedscope_rolora.config import Config, splitter_alpha
+from federatedscope_rolora.core.methods import Method, make_method
+from federatedscope_rolora.training.encoding import EncodedDataset, encode
+from federatedscope_rolora.training.glue import (
+    Split,
+    TaskSpec,
+    load_task,
+    task_spec,
+)
+from federatedscope_rolora.training.local import LocalSpec
+from federatedscope_rolora.training.models import LoraSpec, build_model
+from federatedscope_rolora.training.partition import (
+    partition,
+    subsample_indices,
+)
+
+
+@dataclass
+class Federation:
+    """The built pieces: one frozen base model, data split over clients."""
+
+    cfg: Config
+    task: TaskSpec
+    method: Method
+    model: torch.nn.Module
+    tokenizer: Any
+    train: EncodedDataset
+    test: EncodedDataset
+    client_indices: dict[int, list[int]]   # client id (from 1) -> rows
+    local: LocalSpec
+    device: torch.device
+    sources: dict[str, str]
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+
+def method_from_config(cfg: Config) -> Method:
+    return make_method(cfg["federate.method"],
+                       train_head=cfg["rolora.head"] == "trained",
+                       first=cfg["rolora.first"],
+                       period=cfg["rolora.period"])
+
+
+def local_spec_from_config(cfg: Config) -> LocalSpec:
+    return LocalSpec(
+        optimizer=cfg["train.optimizer.type"],
+        lr=float(cfg["train.optimizer.lr"]),
+        weight_decay=float(cfg["train.optimizer.weight_decay"]),
+        momentum=float(cfg["train.optimizer.momentum"]),
+        steps=cfg["train.local_update_steps"],
+        unit=cfg["train.batch_or_epoch"],
+        batch_size=cfg["dataloader.batch_size"],
+        shuffle=cfg["dataloader.shuffle"],
+        grad_clip=float(cfg["grad.grad_clip"]),
+    )
+
+
+def split_train(cfg: Config, train: Split) -> tuple[Split, list[list[int]]]:
+    """The fixed-size train subset and its rows per client.
+
+    The total number of train examples is fixed by ``rolora.train_samples``
+    whatever the client count, as in the paper's protocol, so adding
+    clients shrinks each client's share instead of adding data.
+    """
+    seed = cfg["seed"]
+    size = cfg["rolora.train_samples"] or None
+    rows = subsample_indices(len(train), size, seed)
+    subset = Split([train.texts[i] for i in rows],
+                   [train.labels[i] for i in rows], train.source)
+    alpha = splitter_alpha(cfg["data.splitter_args"])
+    parts = partition(subset.labels, cfg["federate.client_num"],
+                      cfg["data.splitter"], seed, alpha)
+    return subset, parts
+
+
+def _test_subset(cfg: Config, test: Split) -> Split:
+    rows = subsample_indices(len(test), cfg["rolora.eval_samples"] or None,
+                             cfg["seed"] + 1)
+    return Split([test.texts[i] for i in rows],
+                 [test.labels[i] for i in rows], test.source)
+
+
+def device_from_config(cfg: Config) -> torch.device:
+    if cfg["use_gpu"] and torch.cuda.is_available():
+        return torch.device("cuda", cfg["device"])
+    return torch.device("cpu")
+
+
+def build_federation(cfg: Config) -> Federation:
+    """Load data and model for ``cfg``; raises on bad input, writes
+    nothing."""
+    if cfg["federate.mode"] != "standalone":
+        raise ValueError("federate.mode 'distributed' needs FederatedScope "
+                         "(see the README); the embedded runner simulates "
+                         "all clients in one process")
+    if cfg["rolora.threads"]:
+        torch.set_num_threads(cfg["rolora.threads"])
+    task = task_spec(cfg.task)
+    root = cfg["data.root"] or None
+    train, test = load_task(cfg.task, root, seed=cfg["seed"],
+                            holdout=cfg["rolora.holdout"])
+    subset, parts = split_train(cfg, train)
+    test = _test_subset(cfg, test)
+    lora = LoraSpec.from_args(cfg.lora)
+    model, tokenizer = build_model(cfg.model_name, task.num_labels, lora,
+                                   cfg["seed"])
+    device = device_from_config(cfg)
+    model.to(device)
+    max_len = cfg["llm.tok_len"]
+    return Federation(
+        cfg=cfg, task=task, method=method_from_config(cfg), model=model,
+        tokenizer=tokenizer, train=encode(subset, tokenizer, max_len),
+        test=encode(test, tokenizer, max_len),
+        client_indices={i + 1: rows for i, rows in enumerate(parts)},
+        local=local_spec_from_config(cfg), device=device,
+        sources={"train": train.source, "test": test.source},
+    )

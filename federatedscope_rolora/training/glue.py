@@ -1,0 +1,289 @@
+"""GLUE tasks: their columns, labels and metrics, and how to load them.
+
+A task comes from a local directory in the GLUE TSV layout
+(``<root>/<TASK>/train.tsv`` and ``dev.tsv``) or, when no root is given,
+from the Hugging Face Hub. The GLUE dev set is the test set, as in the
+RoLoRA paper (its labels are public; GLUE's test labels are not). A local
+copy may lack a split; the few fallbacks below are explicit and recorded in
+``Split.source`` so a result always says what it was measured on. Nothing
+is downloaded when a root is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad or missing task data; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What one GLUE task looks like on disk and how it is scored.
+
+    ``label_names[i]`` is the label with id ``i``, in the Hugging Face
+    ``glue`` convention, so ids agree between local TSVs and the Hub.
+    """
+
+    name: str
+    dir_name: str
+    text_columns: tuple[str, ...]
+    label_names: tuple[str, ...]
+    metrics: tuple[str, ...]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+_BINARY = ("0", "1")
+_NLI2 = ("entailment", "not_entailment")
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("sst2", "SST-2", ("sentence",), _BINARY, ("acc",)),
+        TaskSpec("qnli", "QNLI", ("question", "sentence"), _NLI2, ("acc",)),
+        TaskSpec(
+            "mnli",
+            "MNLI",
+            ("premise", "hypothesis"),
+            ("entailment", "neutral", "contradiction"),
+            ("acc",),
+        ),
+        TaskSpec(
+            "qqp", "QQP", ("question1", "question2"), _BINARY, ("acc", "f1")
+        ),
+        TaskSpec("rte", "RTE", ("sentence1", "sentence2"), _NLI2, ("acc",)),
+        TaskSpec("cola", "CoLA", ("sentence",), _BINARY, ("mcc", "acc")),
+        TaskSpec(
+            "mrpc", "MRPC", ("sentence1", "sentence2"), _BINARY, ("acc", "f1")
+        ),
+    )
+}
+
+# Hub split names of the test (GLUE dev) set where they are not
+# 'validation'.
+_HUB_TEST_SPLIT = {"mnli": "validation_matched"}
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The spec of task ``name``; a DataError lists the known tasks."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        known = ", ".join(sorted(TASKS))
+        raise DataError(
+            f"unknown GLUE task {name!r}; known tasks: {known}"
+        ) from None
+
+
+@dataclass
+class Split:
+    """Texts (one tuple per example, in ``text_columns`` order), label ids
+    and a human-readable note of where they came from."""
+
+    texts: list[tuple[str, ...]]
+    labels: list[int]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _label_ids(spec: TaskSpec) -> dict[str, int]:
+    """Label string -> id. Integer ids are accepted too, so a TSV exported
+    from the Hub (labels 0..n-1) reads the same as a GLUE original."""
+    ids = {name: i for i, name in enumerate(spec.label_names)}
+    ids.update({str(i): i for i in range(spec.num_labels)})
+    return ids
+
+
+def _column_positions(
+    header: list[str], path: Path, spec: TaskSpec
+) -> list[int]:
+    """Positions of the text columns and then the label column."""
+    wanted = [*spec.text_columns, "label"]
+    missing = [name for name in wanted if name not in header]
+    if missing:
+        raise DataError(
+            f"{path}:1: header lacks column(s) {', '.join(missing)} "
+            f"needed by task {spec.name}; it has {', '.join(header)}"
+        )
+    return [header.index(name) for name in wanted]
+
+
+def read_tsv(path: Path, spec: TaskSpec) -> Split:
+    """Read one GLUE TSV: a header row, tab separated, nothing quoted.
+
+    Quoting is off because GLUE fields may start with ``"`` (QNLI, MRPC,
+    RTE); a csv reader with quoting on would silently merge rows.
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            try:
+                texts, labels = _read_rows(rows, path, spec)
+            except csv.Error as exc:
+                raise DataError(f"{path}:{rows.line_num}: {exc}") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 ({exc})") from None
+    return Split(texts, labels, _short_name(path))
+
+
+def _read_rows(
+    rows: Any, path: Path, spec: TaskSpec
+) -> tuple[list[tuple[str, ...]], list[int]]:
+    """Texts and label ids of the rows after the header; blank lines are
+    skipped, any other malformed row stops the read with its line."""
+    header = next(rows, None)
+    if header is None:
+        raise DataError(f"{path}: empty file, expected a header row")
+    *text_pos, label_pos = _column_positions(header, path, spec)
+    label_ids = _label_ids(spec)
+    texts: list[tuple[str, ...]] = []
+    labels: list[int] = []
+    for row in rows:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}:{rows.line_num}: expected {len(header)} "
+                f"tab-separated columns, found {len(row)}"
+            )
+        label = row[label_pos]
+        if label not in label_ids:
+            raise DataError(
+                f"{path}:{rows.line_num}: unknown label {label!r} for task "
+                f"{spec.name}; expected one of {', '.join(spec.label_names)}"
+            )
+        texts.append(tuple(row[p] for p in text_pos))
+        labels.append(label_ids[label])
+    return texts, labels
+
+
+def _short_name(path: Path) -> str:
+    """'SST-2/dev.tsv': the task directory and file, never a machine's
+    absolute path, so sources can go into committed results."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def _subset(split: Split, indices: Sequence[int], source: str) -> Split:
+    return Split(
+        [split.texts[i] for i in indices],
+        [split.labels[i] for i in indices],
+        source,
+    )
+
+
+def _hold_out(split: Split, holdout: int, seed: int) -> tuple[Split, Split]:
+    """Seeded disjoint (rest, held-out) parts of ``split``, in file order."""
+    if not 0 < holdout < len(split):
+        raise DataError(
+            f"{split.source}: cannot hold out {holdout} of {len(split)} "
+            f"rows as a test set; holdout must be between 1 and "
+            f"{len(split) - 1}"
+        )
+    order = np.random.default_rng(seed).permutation(len(split))
+    held = sorted(order[:holdout].tolist())
+    rest = sorted(order[holdout:].tolist())
+    note = f"(seed {seed}, {holdout} rows)"
+    return (
+        _subset(split, rest, f"{split.source} minus held-out rows {note}"),
+        _subset(split, held, f"{split.source} rows held out {note}"),
+    )
+
+
+def _load_local(
+    spec: TaskSpec, root: Path, seed: int, holdout: int
+) -> tuple[Split, Split]:
+    """Local GLUE layout, with the fallbacks this repository's copy needs:
+    MNLI has no train.tsv (train on the mismatched dev set, which shares no
+    rows with the matched one) and QQP has no dev.tsv (hold out a seeded
+    part of train.tsv)."""
+    folder = root / spec.dir_name
+    train_path = folder / "train.tsv"
+    dev_path = folder / "dev.tsv"
+    matched = folder / "dev_matched.tsv"  # the original GLUE file name
+    if spec.name == "mnli" and not dev_path.is_file() and matched.is_file():
+        dev_path = matched
+    if spec.name == "mnli" and not train_path.is_file():
+        mismatched = folder / "dev_mismatched.tsv"
+        if mismatched.is_file():
+            train = read_tsv(mismatched, spec)
+            train.source += " (no train.tsv: mismatched dev used as train)"
+            return train, read_tsv(dev_path, spec)
+    if spec.name == "qqp" and not dev_path.is_file() and train_path.is_file():
+        return _hold_out(read_tsv(train_path, spec), holdout, seed)
+    return read_tsv(train_path, spec), read_tsv(dev_path, spec)
+
+
+def _hub_split(dataset: Any, spec: TaskSpec, split: str) -> Split:
+    rows = dataset[split]
+    columns = [rows[name] for name in spec.text_columns]
+    labels = [int(label) for label in rows["label"]]
+    bad = [i for i, y in enumerate(labels) if not 0 <= y < spec.num_labels]
+    if bad:
+        raise DataError(
+            f"hub glue/{spec.name} {split}: row {bad[0]} has label "
+            f"{labels[bad[0]]}, outside 0..{spec.num_labels - 1}"
+        )
+    return Split(
+        [tuple(text) for text in zip(*columns, strict=True)],
+        labels,
+        f"hub glue/{spec.name} {split}",
+    )
+
+
+def _load_hub(spec: TaskSpec) -> tuple[Split, Split]:
+    """Hugging Face ``glue`` dataset; ``datasets`` is optional, so it is
+    imported only here."""
+    try:
+        datasets = importlib.import_module("datasets")
+    except ImportError:
+        raise DataError(
+            f"task {spec.name}: no data.root given and the 'datasets' "
+            "package is not installed; install it (pip install datasets) "
+            "or set data.root to a local GLUE copy"
+        ) from None
+    try:
+        dataset = datasets.load_dataset("glue", spec.name)
+    except Exception as exc:
+        raise DataError(
+            f"task {spec.name}: could not load glue/{spec.name} from the "
+            f"Hugging Face Hub ({exc}); set data.root to a local GLUE copy"
+        ) from exc
+    test_split = _HUB_TEST_SPLIT.get(spec.name, "validation")
+    return (
+        _hub_split(dataset, spec, "train"),
+        _hub_split(dataset, spec, test_split),
+    )
+
+
+def load_task(
+    task: str,
+    root: str | Path | None,
+    *,
+    seed: int = 0,
+    holdout: int = 2000,
+) -> tuple[Split, Split]:
+    """(train, test) of ``task``; test is GLUE's dev set (MNLI: matched).
+
+    ``seed`` and ``holdout`` matter only where a test set has to be carved
+    out of train.tsv (QQP in a local copy without dev.tsv).
+    """
+    spec = task_spec(task)
+    if root is None:
+        return _load_hub(spec)
+    return _load_local(spec, Path(root), seed, holdout)

