@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,25 @@ FS_ONLY = "FederatedScope only; the embedded runner ignores it"
 
 class ConfigError(ValueError):
     """Bad configuration; the message names the key."""
+
+
+def _make_loader() -> Any:
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.2); plain
+    PyYAML keeps YAML 1.1's rule and returns the string '1e-4'. A copy,
+    so ``yaml.SafeLoader`` itself is left alone."""
+    loader: Any = type("_Loader", (yaml.SafeLoader,), {})
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return loader
+
+
+_LOADER = _make_loader()
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_LOADER)
 
 
 @dataclass(frozen=True)
@@ -242,12 +262,16 @@ def build_config(values: Mapping[str, Any]) -> Config:
     """Defaults, then ``values`` (flat dotted keys), then validation."""
     merged = {k: copy.deepcopy(f.default) for k, f in SCHEMA.items()}
     for key, value in values.items():
-        if key not in SCHEMA:
-            raise _unknown(key)
+        if not isinstance(key, str) or key not in SCHEMA:
+            raise _unknown(str(key))
         field = SCHEMA[key]
         if isinstance(value, int) and not isinstance(value, bool) \
                 and field.kind == _NUM:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError as err:
+                raise ConfigError(f"config key {key!r} is too large, got "
+                                  f"{value}") from err
         merged[key] = value
     for key, value in merged.items():
         _check_field(key, SCHEMA[key], value)
@@ -284,7 +308,7 @@ def _check_cross(cfg: dict[str, Any]) -> None:
                           f"mappings such as [{{alpha: 0.5}}], got {args!r}")
     if cfg["data.splitter"] == "lda":
         alpha = splitter_alpha(args)
-        if alpha is None or not _type_ok(alpha, _NUM) or alpha <= 0:
+        if alpha is None or not _type_ok(alpha, _NUM) or not alpha > 0:
             raise ConfigError("data.splitter 'lda' needs "
                               "data.splitter_args [{alpha: A}] with A > 0, "
                               f"got {args!r}")
@@ -335,11 +359,12 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, raw in zip(pairs[::2], pairs[1::2], strict=True):
         try:
-            out[key] = yaml.safe_load(raw)
+            out[key] = _load_yaml(raw)
         except yaml.YAMLError as err:
             raise ConfigError(f"override {key!r}: cannot parse {raw!r}: "
                               f"{err}") from err
-        if out[key] is None and raw.strip() not in ("", "null", "~"):
+        # only an explicit null is None; ``KEY ''`` is the empty string
+        if out[key] is None and raw.strip().lower() not in ("null", "~"):
             out[key] = raw
     return out
 
@@ -352,10 +377,13 @@ def load_config(path: str | Path | None,
     if path is not None:
         path = Path(path)
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+            tree = _load_yaml(path.read_text(encoding="utf-8"))
         except FileNotFoundError as err:
             raise ConfigError(f"config file {str(path)!r} not found") \
                 from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: "
+                              f"{err}") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {str(path)!r} is not valid "
                               f"YAML: {err}") from err

@@ -46,8 +46,15 @@ def weighted_average(
                              f"update 0 has {sorted(keys)}")
     merged: dict[str, torch.Tensor] = {}
     for key in keys:
-        acc = torch.zeros(updates[0][key].shape, dtype=torch.float64)
-        for update, weight in zip(updates, weights, strict=True):
+        shape = updates[0][key].shape
+        acc = torch.zeros(shape, dtype=torch.float64)
+        for i, (update, weight) in enumerate(zip(updates, weights,
+                                                 strict=True)):
+            # checked, or a smaller tensor would broadcast silently
+            if update[key].shape != shape:
+                raise ValueError(f"update {i}: {key} has shape "
+                                 f"{tuple(update[key].shape)}, update 0 "
+                                 f"has {tuple(shape)}")
             acc += update[key].detach().to("cpu", torch.float64) * weight
         merged[key] = acc.to(updates[0][key].dtype)
     return merged

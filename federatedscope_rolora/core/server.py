@@ -16,6 +16,7 @@ one implementation of the protocol:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -92,6 +93,9 @@ class AdapterServer:
         self.client_versions: dict[int, dict[str, int]] = {}
         self._pending: dict[int, ClientUpdate] = {}
         self._pending_round: int | None = None
+        # A late update of a round already averaged must neither count in
+        # nor block a later round.
+        self._aggregated_round = 0
 
     def plan(self, round_idx: int) -> RoundPlan:
         return self.method.plan(round_idx)
@@ -108,25 +112,26 @@ class AdapterServer:
                    if held.get(k) != self.version[k]}
         for key in payload:
             held[key] = self.version[key]
+        # From here on the client may change the keys it trains, whether
+        # or not its update ever arrives: next time it gets them afresh.
+        for key in self.plan(round_idx).trained_keys(self.state):
+            held[key] = _LOCAL
         self.ledger.record(round_idx, client_id, DOWN, payload)
         return payload
 
     def receive(self, update: ClientUpdate) -> None:
         """Validate and keep one update; InvalidUpdate if it is bad.
 
-        A refused update changes nothing here, but the client's trained
-        copy is marked stale so it is re-synced when it next takes part.
+        A refused update changes nothing here; the client's trained keys
+        were marked stale at download, so it is re-synced next time.
         """
         who = f"client {update.client_id}, round {update.round_idx}"
-        self._start_round(update.round_idx)
+        self._check_round(update.round_idx, who)
         if update.client_id in self._pending:
             raise InvalidUpdate(f"{who}: second update in the same round")
         if update.client_id not in self.client_versions:
             raise InvalidUpdate(f"{who}: client was never sent the adapter")
-        plan = self.plan(update.round_idx)
-        trained = plan.trained_keys(self.state)
-        for key in trained:
-            self.client_versions[update.client_id][key] = _LOCAL
+        trained = self.plan(update.round_idx).trained_keys(self.state)
         validate_tensors(who, update.tensors,
                          {k: self.state[k] for k in trained})
         expected = self.frozen_fingerprint(update.round_idx)
@@ -134,12 +139,15 @@ class AdapterServer:
             raise InvalidUpdate(f"{who}: frozen-factor fingerprint "
                                 f"{update.frozen_fingerprint[:12]} does not "
                                 f"match the server's {expected[:12]}")
-        if update.num_examples <= 0:
-            raise InvalidUpdate(f"{who}: num_examples must be positive, "
-                                f"got {update.num_examples}")
+        count = update.num_examples
+        if isinstance(count, bool) or \
+                not isinstance(count, numbers.Integral) or count <= 0:
+            raise InvalidUpdate(f"{who}: num_examples must be a positive "
+                                f"int, got {count!r}")
         self.ledger.record(update.round_idx, update.client_id, UP,
                            update.tensors)
         self._pending[update.client_id] = update
+        self._pending_round = update.round_idx
 
     def received(self) -> list[int]:
         """Client ids whose update for the current round was accepted."""
@@ -148,7 +156,7 @@ class AdapterServer:
     def aggregate(self, round_idx: int) -> dict[str, torch.Tensor]:
         """Average the round's trained keys (sorted by client id, so the
         result does not depend on arrival order) and install them."""
-        self._start_round(round_idx)
+        self._check_round(round_idx, f"round {round_idx}")
         if not self._pending:
             raise ValueError(f"round {round_idx}: no client update to "
                              "aggregate")
@@ -161,12 +169,21 @@ class AdapterServer:
             self.version[key] = round_idx
         self._pending = {}
         self._pending_round = None
+        self._aggregated_round = round_idx
         return merged
 
-    def _start_round(self, round_idx: int) -> None:
-        if self._pending_round is None:
-            self._pending_round = round_idx
-        elif self._pending_round != round_idx:
-            raise InvalidUpdate(
-                f"round {round_idx}: updates of round "
-                f"{self._pending_round} were never aggregated")
+    def _check_round(self, round_idx: int, who: str) -> None:
+        """Refuse a round that cannot be the current one. It changes
+        nothing, so a refused update cannot block the rounds after it."""
+        if isinstance(round_idx, bool) or not isinstance(round_idx, int) \
+                or round_idx < 1:
+            raise InvalidUpdate(f"{who}: rounds are ints numbered from 1, "
+                                f"got {round_idx!r}")
+        if round_idx <= self._aggregated_round:
+            raise InvalidUpdate(f"{who}: round {round_idx} was already "
+                                f"aggregated (last: "
+                                f"{self._aggregated_round})")
+        if self._pending_round not in (None, round_idx):
+            raise InvalidUpdate(f"{who}: updates of round "
+                                f"{self._pending_round} were never "
+                                "aggregated")

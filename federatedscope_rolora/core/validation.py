@@ -38,8 +38,9 @@ def validate_tensors(
     """The update holds exactly the reference's keys, with the same shapes
     and dtypes, and only finite values; else InvalidUpdate naming ``who``
     and the key."""
-    missing = sorted(set(reference) - set(tensors))
-    extra = sorted(set(tensors) - set(reference))
+    # key=str: a malformed update may carry non-string keys
+    missing = sorted(set(reference) - set(tensors), key=str)
+    extra = sorted(set(tensors) - set(reference), key=str)
     if missing or extra:
         raise InvalidUpdate(f"{who}: wrong key set; missing {missing[:3]}"
                             f"{'...' if len(missing) > 3 else ''}, "

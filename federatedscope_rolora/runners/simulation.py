@@ -45,6 +45,11 @@ RoundCallback = Callable[[dict[str, Any]], None]
 UpdateHook = Callable[[ClientUpdate], ClientUpdate]
 
 
+class SetupError(ValueError):
+    """The run could not start: bad data, model or split. Nothing was
+    written."""
+
+
 class Simulation:
     """Server, clients' adapter states and the shared model of one run."""
 
@@ -170,7 +175,10 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
 def run(cfg: Config, *, on_round: RoundCallback | None = None,
         update_hook: UpdateHook | None = None) -> dict[str, Any]:
     """Run ``cfg`` to the end; returns the summary written to the outdir."""
-    fed = build_federation(cfg)
+    try:
+        fed = build_federation(cfg)
+    except ValueError as err:
+        raise SetupError(str(err)) from err
     writer = RunWriter.create(cfg)
     sim = Simulation(fed, update_hook)
     start = time.perf_counter()

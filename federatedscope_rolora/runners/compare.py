@@ -1,0 +1,147 @@
+"""Head to head: the same config, data split and seed under each method."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from federatedscope_rolora.config import Config, ConfigError
+from federatedscope_rolora.core.methods import METHODS
+from federatedscope_rolora.runners.outputs import (
+    read_metrics,
+    write_json_atomic,
+)
+from federatedscope_rolora.runners.simulation import RoundCallback, run
+
+COMPARISON_FILE = "comparison.json"
+TABLE_FILE = "comparison.md"
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"rolora,lora"`` -> ``["rolora", "lora"]``, validated."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"unknown method(s) {unknown or text!r}; choose "
+                         f"from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"method listed twice in {text!r}")
+    return methods
+
+
+def method_config(cfg: Config, method: str) -> Config:
+    """``cfg`` for one method, writing to ``<run_dir>/<method>``."""
+    return cfg.replace(federate__method=method,
+                       outdir=str(cfg.run_dir / method), expname="")
+
+
+def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
+            on_round: Callable[[str], RoundCallback] | None = None,
+            plots: bool = True) -> dict[str, Any]:
+    """Run each method and write comparison.json, comparison.md, plots."""
+    configs = {m: method_config(cfg, m) for m in methods}
+    results: dict[str, Any] = {}
+    for method, method_cfg in configs.items():
+        callback = on_round(method) if on_round else None
+        summary = run(method_cfg, on_round=callback)
+        records = read_metrics(method_cfg.run_dir)
+        results[method] = _method_result(summary, records)
+    out = cfg.run_dir
+    comparison = {"task": cfg.task, "model": cfg.model_name,
+                  "clients": cfg["federate.client_num"],
+                  "rounds": cfg["federate.total_round_num"],
+                  "seed": cfg["seed"], "methods": results}
+    write_json_atomic(out / COMPARISON_FILE, comparison)
+    (out / TABLE_FILE).write_text(markdown_table(comparison) + "\n",
+                                  encoding="utf-8")
+    if plots:
+        comparison["plots"] = draw_plots(comparison, out)
+        write_json_atomic(out / COMPARISON_FILE, comparison)
+    return comparison
+
+
+def _method_result(summary: dict[str, Any], records: list[dict[str, Any]]
+                   ) -> dict[str, Any]:
+    primary = summary["primary_metric"]
+    uploaded = 0
+    curve = []
+    for rec in records:
+        uploaded += sum(rec["bytes"]["up"].values())
+        if "eval" in rec:
+            curve.append({"round": rec["round"],
+                          "metric": rec["eval"][primary],
+                          "bytes_up_cumulative": uploaded})
+    return {
+        "primary_metric": primary,
+        "final": summary["final"], "best": summary["best"],
+        "bytes": summary["bytes"],
+        "bytes_up_total": summary["bytes_up_total"],
+        "bytes_down_total": summary["bytes_down_total"],
+        "wall_seconds": summary["wall_seconds"], "curve": curve,
+    }
+
+
+def markdown_table(comparison: dict[str, Any]) -> str:
+    rows = [
+        f"Task {comparison['task']}, model {comparison['model']}, "
+        f"{comparison['clients']} clients, {comparison['rounds']} rounds, "
+        f"seed {comparison['seed']}.",
+        "",
+        "| method | final | best (round) | MB up | MB down | "
+        "KB up / round | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, res in comparison["methods"].items():
+        metric = res["primary_metric"]
+        rounds = max(1, comparison["rounds"])
+        rows.append(
+            f"| {method} | {metric} {res['final'][metric]:.4f} | "
+            f"{res['best'][metric]:.4f} ({res['best']['round']}) | "
+            f"{res['bytes_up_total'] / 1e6:.3f} | "
+            f"{res['bytes_down_total'] / 1e6:.3f} | "
+            f"{res['bytes_up_total'] / rounds / 1e3:.1f} | "
+            f"{res['wall_seconds']:.1f} |")
+    return "\n".join(rows)
+
+
+def draw_plots(comparison: dict[str, Any], out: Path) -> list[str]:
+    """Accuracy vs round and vs megabytes uploaded; [] without
+    matplotlib (install the ``plot`` extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, x_key, x_label, scale in (
+            ("accuracy_vs_round.png", "round", "round", 1.0),
+            ("accuracy_vs_upload.png", "bytes_up_cumulative",
+             "MB uploaded (all clients)", 1e-6)):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        metric = "metric"
+        for method, res in comparison["methods"].items():
+            metric = res["primary_metric"]
+            xs = [p[x_key] * scale for p in res["curve"]]
+            ax.plot(xs, [p["metric"] for p in res["curve"]], marker="o",
+                    label=method)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title(f"{comparison['task']}, {comparison['clients']} "
+                     "clients")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def load_comparison(run_dir: Path) -> dict[str, Any]:
+    with open(run_dir / COMPARISON_FILE, encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
