@@ -1,17 +1,26 @@
 """``federatedscope-rolora run | compare``: argument parsing, progress,
-exit codes (0 done, 1 bug, 2 bad input, 130 interrupted)."""
+exit codes (0 done, 1 bug, 2 bad input, 3 a round got fewer than
+``rolora.min_received`` updates, 130 interrupted).
+
+For its own tests only, ``run`` reads client faults to inject from the
+environment variable ``ROLORA_TEST_FAULTS`` (``ROUND:CLIENT:KIND,...``,
+see ``runners/simulation.py``); it is not a user setting.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
-from federatedscope_rolora.config import ConfigError, load_config
+from federatedscope_rolora.config import SCHEMA, ConfigError, load_config
 
 EXIT_BAD_INPUT = 2
+EXIT_ROUND_FAILED = 3
 log = logging.getLogger("federatedscope_rolora")
 
 
@@ -59,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--cfg", required=True, metavar="FILE",
                          help="YAML config (FederatedScope schema)")
+        if name == "run":
+            cmd.add_argument(
+                "--resume", nargs="?", const="", default=None,
+                metavar="OUTDIR",
+                help="continue the run in OUTDIR (default: the config's "
+                "outdir) from its last checkpoint; the config may change "
+                "only in outdir, rounds, threads, eval.freq and fault "
+                "tolerance")
         if name == "compare":
             cmd.add_argument("--methods", default="rolora,lora,ffa_lora",
                              help="comma-separated methods "
@@ -73,12 +90,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from federatedscope_rolora.runners.simulation import run
+    from federatedscope_rolora.runners.simulation import (
+        FAULTS_ENV,
+        fault_hook,
+        parse_faults,
+        run,
+    )
 
-    cfg = load_config(args.cfg, args.opts)
+    opts, resume = list(args.opts), args.resume
+    # ``--resume KEY VALUE``: argparse took the first override's key for
+    # the optional OUTDIR.
+    if resume and resume in SCHEMA and not Path(resume).is_dir():
+        opts, resume = [resume, *opts], ""
+    cfg = load_config(args.cfg, opts)
+    if resume:
+        cfg = cfg.replace(outdir=resume, expname="")
+    faults = parse_faults(os.environ.get(FAULTS_ENV, ""))
     progress = Progress(cfg["federate.method"],
                         cfg["federate.total_round_num"])
-    summary = run(cfg, on_round=progress)
+    summary = run(cfg, on_round=progress,
+                  update_hook=fault_hook(faults) if faults else None,
+                  resume=resume is not None)
     metric = summary["primary_metric"]
     print(f"{summary['method']} on {summary['task']}: final {metric} "
           f"{summary['final'][metric]:.4f}, best "
@@ -107,23 +139,36 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _error_line(err: Exception) -> None:
+    """One line, even when a library's message spans several."""
+    text = " ".join(str(err).split())
+    print(f"federatedscope-rolora: error: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from federatedscope_rolora.runners.outputs import OutdirError
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s",
                         stream=sys.stderr)
-    bad_input: tuple[type[Exception], ...] = (ConfigError, OutdirError)
+    from federatedscope_rolora.runners.checkpoint import CheckpointError
+    from federatedscope_rolora.runners.simulation import (
+        RoundFailed,
+        SetupError,
+    )
+
+    bad_input = (ConfigError, OutdirError, CheckpointError, SetupError)
     try:
-        from federatedscope_rolora.runners.simulation import SetupError
-        bad_input += (SetupError,)
         if args.command == "run":
             return _run(args)
         if args.command == "compare":
             return _compare(args)
     except bad_input as err:
-        print(f"federatedscope-rolora: error: {err}", file=sys.stderr)
+        _error_line(err)
         return EXIT_BAD_INPUT
+    except RoundFailed as err:
+        _error_line(err)
+        return EXIT_ROUND_FAILED
     except KeyboardInterrupt:
         print("federatedscope-rolora: interrupted", file=sys.stderr)
         return 130

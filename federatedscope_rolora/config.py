@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from federatedscope_rolora.core.sampling import clients_per_round
+
 FS_ONLY = "FederatedScope only; the embedded runner ignores it"
 
 
@@ -165,6 +167,13 @@ SCHEMA: dict[str, Field] = {
                             "the local copy has no dev set (QQP)", **_POS),
     "rolora.threads": Field(0, int, "torch CPU threads; 0: torch's default",
                             **_NONNEG),
+    "rolora.min_received": Field(
+        1, int, "accepted client updates a round needs; with fewer the "
+        "run stops (exit code 3) and its last checkpoint stays intact",
+        **_POS),
+    "rolora.client_deadline_s": Field(
+        0.0, _NUM, "seconds a client's local update may take; a later "
+        "update is left out of its round; 0: no deadline", **_NONNEG),
 }
 
 LORA_ARG_KINDS: dict[str, type | tuple[type, ...]] = {
@@ -302,6 +311,13 @@ def _check_cross(cfg: dict[str, Any]) -> None:
                           f"({cfg['federate.sample_client_num']}) exceeds "
                           "federate.client_num "
                           f"({cfg['federate.client_num']})")
+    per_round = clients_per_round(cfg["federate.client_num"],
+                                  cfg["federate.sample_client_rate"],
+                                  cfg["federate.sample_client_num"])
+    if cfg["rolora.min_received"] > per_round:
+        raise ConfigError("config key 'rolora.min_received' "
+                          f"({cfg['rolora.min_received']}) exceeds the "
+                          f"{per_round} client(s) drawn per round")
     args = cfg["data.splitter_args"]
     if not all(isinstance(a, Mapping) for a in args):
         raise ConfigError("config key 'data.splitter_args' must be a list of "

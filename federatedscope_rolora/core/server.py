@@ -19,6 +19,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -172,6 +173,55 @@ class AdapterServer:
         self._aggregated_round = round_idx
         return merged
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the server must remember to continue after a restart:
+        the adapter (copies), each key's version, what each client holds
+        and the last averaged round. Taken between rounds only, so no
+        update is pending; the ledger is a record of the past, not state.
+        """
+        if self._pending:
+            raise ValueError(f"updates of round {self._pending_round} are "
+                             "pending; checkpoint between rounds")
+        return {
+            "state": {k: v.detach().clone() for k, v in self.state.items()},
+            "version": dict(self.version),
+            "client_versions": {c: dict(held) for c, held in
+                                self.client_versions.items()},
+            "aggregated_round": self._aggregated_round,
+        }
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        """Install a ``state_dict()``; ValueError naming the culprit if it
+        does not fit this adapter (another model, rank or target)."""
+        state = saved["state"]
+        try:
+            validate_tensors("saved server state", state, self.state)
+        except InvalidUpdate as err:
+            raise ValueError(str(err)) from err
+        version = dict(saved["version"])
+        last = saved["aggregated_round"]
+        if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+            raise ValueError(f"saved aggregated round must be an int >= 0, "
+                             f"got {last!r}")
+        if set(version) != set(self.state) or not all(
+                _is_version(v, last, local=False) for v in version.values()):
+            raise ValueError("saved key versions do not match the adapter's "
+                             f"keys or exceed round {last}")
+        clients: dict[int, dict[str, int]] = {}
+        for client, held in saved["client_versions"].items():
+            if not set(held) <= set(self.state) or not all(
+                    _is_version(v, last, local=True)
+                    for v in held.values()):
+                raise ValueError(f"saved versions of client {client} do not "
+                                 "match the adapter")
+            clients[int(client)] = dict(held)
+        self.state = {k: state[k].detach().clone() for k in self.state}
+        self.version = version
+        self.client_versions = clients
+        self._aggregated_round = last
+        self._pending = {}
+        self._pending_round = None
+
     def _check_round(self, round_idx: int, who: str) -> None:
         """Refuse a round that cannot be the current one. It changes
         nothing, so a refused update cannot block the rounds after it."""
@@ -187,3 +237,10 @@ class AdapterServer:
             raise InvalidUpdate(f"{who}: updates of round "
                                 f"{self._pending_round} were never "
                                 "aggregated")
+
+
+def _is_version(value: Any, last: int, local: bool) -> bool:
+    """A key version is a round in 0..last, or _LOCAL on a client."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return 0 <= value <= last or (local and value == _LOCAL)

@@ -14,6 +14,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoint"
 
 
 class OutdirError(ValueError):
@@ -29,6 +30,41 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _write_config_atomic(cfg: Config, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    dump_config(cfg, tmp)
+    os.replace(tmp, path)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds (part of) a run that a new one would
+    overwrite."""
+    return (run_dir / METRICS_FILE).exists() or \
+        (run_dir / CHECKPOINT_DIR).exists()
+
+
+def truncate_lines(path: Path, lines: int) -> None:
+    """Cut ``path`` back to its first ``lines`` complete lines.
+
+    A run killed mid-round may have written the line of a round that its
+    checkpoint does not hold, or half of one; both go, so the resumed
+    run writes that round again. Fewer complete lines than ``lines``
+    means the file was edited or lost: an OutdirError naming it.
+    """
+    data = path.read_bytes() if path.exists() else b""
+    end = 0
+    for _ in range(lines):
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            raise OutdirError(f"{path.name} in {str(path.parent)!r} holds "
+                              f"fewer than the {lines} complete lines its "
+                              "checkpoint counts; it was edited or "
+                              "truncated, so the run cannot be resumed")
+        end = newline + 1
+    if end < len(data):
+        os.truncate(path, end)
+
+
 class RunWriter:
     """Appends one metrics line per round; writes config and summary."""
 
@@ -38,11 +74,23 @@ class RunWriter:
     @classmethod
     def create(cls, cfg: Config) -> RunWriter:
         run_dir = cfg.run_dir
-        if (run_dir / METRICS_FILE).exists():
+        if holds_run(run_dir):
             raise OutdirError(f"outdir {str(run_dir)!r} already holds a run "
-                              f"({METRICS_FILE}); choose another outdir")
+                              f"({METRICS_FILE} or {CHECKPOINT_DIR}/); "
+                              "choose another outdir, or continue that run "
+                              "with --resume")
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / CONFIG_FILE)
+        return cls(run_dir)
+
+    @classmethod
+    def reopen(cls, cfg: Config, metrics_lines: int) -> RunWriter:
+        """Continue the run in ``cfg.run_dir``: keep the metrics lines
+        its checkpoint counts, and record the config it continues
+        under (e.g. with more rounds)."""
+        run_dir = cfg.run_dir
+        truncate_lines(run_dir / METRICS_FILE, metrics_lines)
+        _write_config_atomic(cfg, run_dir / CONFIG_FILE)
         return cls(run_dir)
 
     def append_round(self, record: Mapping[str, Any]) -> None:
@@ -58,9 +106,38 @@ class RunWriter:
     def adapter_dir(self) -> Path:
         return self.run_dir / ADAPTER_DIR
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINT_DIR
+
+
+def read_metrics_head(run_dir: Path, lines: int
+                      ) -> list[dict[str, Any]]:
+    """The first ``lines`` records of a run (complete lines only); reads,
+    never writes, so a resume can check them before it changes
+    anything."""
+    path = run_dir / METRICS_FILE
+    data = path.read_bytes() if path.exists() else b""
+    complete = data.split(b"\n")[:-1]
+    if len(complete) < lines:
+        raise OutdirError(f"{METRICS_FILE} in {str(run_dir)!r} holds "
+                          f"{len(complete)} complete lines, fewer than the "
+                          f"{lines} its checkpoint counts; it was edited or "
+                          "truncated, so the run cannot be resumed")
+    records = []
+    for number, line in enumerate(complete[:lines], start=1):
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            raise OutdirError(f"{path}:{number}: not a metrics record "
+                              f"({err})") from None
+    return records
+
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The per-round records of a run, in order."""
     path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

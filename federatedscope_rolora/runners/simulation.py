@@ -9,15 +9,16 @@ the same code the FederatedScope plugin uses.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from federatedscope_rolora import __version__
-from federatedscope_rolora.config import Config
+from federatedscope_rolora.config import Config, ConfigError
 from federatedscope_rolora.core.methods import RoundPlan
 from federatedscope_rolora.core.sampling import derive_seed, sample_clients
 from federatedscope_rolora.core.server import (
@@ -26,7 +27,19 @@ from federatedscope_rolora.core.server import (
     build_update,
 )
 from federatedscope_rolora.core.validation import InvalidUpdate
-from federatedscope_rolora.runners.outputs import RunWriter
+from federatedscope_rolora.runners.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    capture_rng,
+    restore_rng,
+    resume_point,
+    save_checkpoint,
+)
+from federatedscope_rolora.runners.outputs import (
+    RunWriter,
+    holds_run,
+    read_metrics_head,
+)
 from federatedscope_rolora.runners.setup import Federation, build_federation
 from federatedscope_rolora.training.local import evaluate, local_train
 from federatedscope_rolora.training.models import (
@@ -41,13 +54,19 @@ log = logging.getLogger("federatedscope_rolora")
 
 State = dict[str, torch.Tensor]
 RoundCallback = Callable[[dict[str, Any]], None]
-# Test hook: may replace a client's update (or raise) before it is sent.
+# Test hook: may replace a client's update, stall or raise before it is
+# sent, as a faulty client would (see fault_hook).
 UpdateHook = Callable[[ClientUpdate], ClientUpdate]
 
 
 class SetupError(ValueError):
     """The run could not start: bad data, model or split. Nothing was
     written."""
+
+
+class RoundFailed(RuntimeError):
+    """Fewer than ``rolora.min_received`` updates were accepted in a
+    round; the round was not recorded and the last checkpoint stands."""
 
 
 class Simulation:
@@ -70,44 +89,57 @@ class Simulation:
                               self.cfg["federate.sample_client_num"])
 
     def client_round(self, client_id: int, plan: RoundPlan
-                     ) -> ClientUpdate:
-        """Sync, train and package one client's update."""
+                     ) -> tuple[ClientUpdate, float]:
+        """Sync, train and package one client's update; also returns the
+        seconds spent in local training alone."""
         fed = self.fed
         state = self.clients.setdefault(client_id, {})
         state.update(self.server.downlink(client_id, plan.round_idx))
         load_adapter_state(fed.model, state)
         set_trainable(fed.model, plan.trained_keys(state))
         rows = fed.client_indices[client_id]
+        start = time.perf_counter()
         result = local_train(
             fed.model, fed.train, rows, fed.local,
             seed=derive_seed("local", self.cfg["seed"], plan.round_idx,
                              client_id),
             pad_token_id=fed.pad_token_id, device=fed.device)
+        train_s = time.perf_counter() - start
         trained = get_adapter_state(fed.model)
         self.clients[client_id] = trained
         update = build_update(client_id, plan, trained, len(rows),
                               result.loss)
-        return self.update_hook(update) if self.update_hook else update
+        if self.update_hook is not None:
+            update = self.update_hook(update)
+        return update, train_s
 
     def run_round(self, round_idx: int) -> dict[str, Any]:
-        """One round: every participant trains, the server merges, and the
-        global adapter is evaluated every ``eval.freq`` rounds."""
+        """One round: every participant trains, the server merges what it
+        accepted, and the global adapter is evaluated every ``eval.freq``
+        rounds. A client that raises, is late or sends an invalid update
+        is left out with its reason; RoundFailed if fewer than
+        ``rolora.min_received`` updates remain."""
         start = time.perf_counter()
         plan = self.server.plan(round_idx)
         train_s = 0.0
         losses: dict[int, float] = {}
         rejected: dict[int, str] = {}
         for client_id in self.participants(round_idx):
-            t0 = time.perf_counter()
-            update = self.client_round(client_id, plan)
-            train_s += time.perf_counter() - t0
-            try:
-                self.server.receive(update)
-            except InvalidUpdate as err:
-                rejected[client_id] = str(err)
-                log.warning("round %d: left out %s", round_idx, err)
+            update, reason, seconds = self._collect(client_id, plan)
+            train_s += seconds
+            if update is not None:
+                losses[client_id] = update.train_loss
                 continue
-            losses[client_id] = update.train_loss
+            rejected[client_id] = " ".join(reason.split())
+            log.warning("round %d: client %d left out: %s", round_idx,
+                        client_id, rejected[client_id])
+        needed = self.cfg["rolora.min_received"]
+        if len(losses) < needed:
+            raise RoundFailed(
+                f"round {round_idx}: {len(losses)} client update(s) "
+                f"accepted, fewer than rolora.min_received ({needed}); "
+                "left out: " + "; ".join(f"client {c}: {why}" for c, why in
+                                         rejected.items()))
         self.server.aggregate(round_idx)
         record: dict[str, Any] = {
             "round": round_idx, "phase": plan.phase,
@@ -122,9 +154,40 @@ class Simulation:
             eval_s = time.perf_counter() - t0
         record["bytes"] = self.server.ledger.totals(round_idx=round_idx)
         total = time.perf_counter() - start
+        # Everything that is neither local training nor evaluation is the
+        # runner's own cost: syncing, packaging, validation, averaging.
         record["seconds"] = {"round": total, "train": train_s,
-                             "eval": eval_s}
+                             "eval": eval_s,
+                             "overhead": total - train_s - eval_s}
         return record
+
+    def _collect(self, client_id: int, plan: RoundPlan
+                 ) -> tuple[ClientUpdate | None, str, float]:
+        """Run one client and hand its update to the server: the update
+        if it was accepted, else None and why it was left out; and the
+        client's training time.
+
+        In one process a client cannot be stopped while it runs, so the
+        deadline is checked when it returns: a late update is dropped.
+        """
+        start = time.perf_counter()
+        try:
+            update, train_s = self.client_round(client_id, plan)
+        # A client's failure is the client's, never the round's.
+        except Exception as err:
+            log.debug("client %d failed", client_id, exc_info=True)
+            return None, f"raised {type(err).__name__}: {err}", 0.0
+        took = time.perf_counter() - start
+        deadline = float(self.cfg["rolora.client_deadline_s"])
+        if deadline > 0 and took > deadline:
+            return None, (f"late: took {took:.2f} s, past the "
+                          f"rolora.client_deadline_s of {deadline:g} s"), \
+                train_s
+        try:
+            self.server.receive(update)
+        except InvalidUpdate as err:
+            return None, f"invalid update: {err}", train_s
+        return update, "", train_s
 
     def evaluate(self) -> dict[str, float]:
         fed = self.fed
@@ -144,6 +207,116 @@ class Simulation:
         total = sum(len(rows[c]) for c in losses)
         return sum(loss * len(rows[c]) for c, loss in losses.items()) / total
 
+    def snapshot(self, round_idx: int, phase: str | None,
+                 metrics_lines: int, wall_seconds: float) -> Checkpoint:
+        """Everything needed to continue after ``round_idx``."""
+        return Checkpoint(
+            round_idx=round_idx, phase=phase, config=dict(self.cfg),
+            server=self.server.state_dict(),
+            clients={c: dict(s) for c, s in self.clients.items()},
+            rng=capture_rng(), metrics_lines=metrics_lines,
+            wall_seconds=wall_seconds)
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from ``ckpt``; CheckpointError if it does not fit this
+        model's adapter (the config check let it through)."""
+        try:
+            self.server.load_state_dict(ckpt.server)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint does not fit this run: "
+                                  f"{err}") from err
+        reference = self.server.state
+        for client, state in ckpt.clients.items():
+            for key, value in state.items():
+                ref = reference.get(key)
+                if ref is None or value.shape != ref.shape or \
+                        value.dtype != ref.dtype:
+                    raise CheckpointError(f"checkpoint: client {client}'s "
+                                          f"{key} does not fit this "
+                                          "model's adapter")
+        self.clients = {c: dict(s) for c, s in ckpt.clients.items()}
+        restore_rng(ckpt.rng)
+
+
+# Test-only fault injection: ``fault_hook`` makes chosen clients fail in
+# chosen rounds, as a faulty or malicious client would. The CLI reads it
+# from this variable for its own tests; it is not a user setting.
+FAULTS_ENV = "ROLORA_TEST_FAULTS"
+FAULT_KINDS = ("raise", "hang", "nan", "shape", "dtype", "keys",
+               "fingerprint")
+Faults = Mapping[tuple[int, int], str]
+
+
+def parse_faults(text: str) -> dict[tuple[int, int], str]:
+    """``"3:2:raise,4:1:hang=2.5"``: client 2 raises in round 3, client 1
+    stalls 2.5 s in round 4. ConfigError naming the bad entry."""
+    faults: dict[tuple[int, int], str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        parts = entry.split(":")
+        kind = parts[-1].partition("=")
+        try:
+            round_idx, client = int(parts[0]), int(parts[1])
+            ok = len(parts) == 3 and kind[0] in FAULT_KINDS and (
+                not kind[2] or (kind[0] == "hang" and float(kind[2]) >= 0))
+        except (ValueError, IndexError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{FAULTS_ENV}: bad entry {entry!r}; expected "
+                              "ROUND:CLIENT:KIND with KIND one of "
+                              f"{', '.join(FAULT_KINDS)} (hang=SECONDS)")
+        faults[(round_idx, client)] = parts[2]
+    return faults
+
+
+def fault_hook(faults: Faults, hang_s: float = 1.0) -> UpdateHook:
+    """An update hook that applies ``faults[(round, client)]``."""
+    def hook(update: ClientUpdate) -> ClientUpdate:
+        kind = faults.get((update.round_idx, update.client_id))
+        return update if kind is None else inject_fault(update, kind,
+                                                        hang_s)
+    return hook
+
+
+def inject_fault(update: ClientUpdate, kind: str, hang_s: float = 1.0
+                 ) -> ClientUpdate:
+    """``update`` spoilt as ``kind`` says (a copy), or a raise or stall."""
+    name, _, arg = kind.partition("=")
+    if name == "raise":
+        raise RuntimeError(f"injected fault in client {update.client_id}, "
+                           f"round {update.round_idx}")
+    if name == "hang":
+        time.sleep(float(arg) if arg else hang_s)
+        return update
+    if name == "fingerprint":
+        return dataclasses.replace(update, frozen_fingerprint="0" * 64)
+    tensors = dict(update.tensors)
+    key = sorted(tensors)[0]
+    value = tensors[key].clone()
+    if name == "nan":
+        value.view(-1)[0] = float("nan")
+        tensors[key] = value
+    elif name == "shape":
+        tensors[key] = value.unsqueeze(-1)
+    elif name == "dtype":
+        tensors[key] = value.double()
+    elif name == "keys":
+        del tensors[key]
+    else:
+        raise ValueError(f"unknown fault {kind!r}; known: "
+                         f"{', '.join(FAULT_KINDS)}")
+    return dataclasses.replace(update, tensors=tensors)
+
+
+def bytes_totals(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Bytes by direction and role over the rounds of ``records``: the
+    same sums as the ledger's, and whole across a resume."""
+    out: dict[str, dict[str, int]] = {"up": {}, "down": {}}
+    for record in records:
+        for direction, by_role in record["bytes"].items():
+            for role, num in by_role.items():
+                out[direction][role] = out[direction].get(role, 0) + num
+    return out
+
 
 def summarize(sim: Simulation, records: list[dict[str, Any]],
               wall_seconds: float) -> dict[str, Any]:
@@ -152,7 +325,7 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
     primary = fed.task.metrics[0]
     evals = [(r["round"], r["eval"]) for r in records if "eval" in r]
     best_round, best = max(evals, key=lambda e: e[1][primary])
-    totals = sim.server.ledger.totals()
+    totals = bytes_totals(records)
     return {
         "version": __version__,
         "method": cfg["federate.method"], "task": fed.task.name,
@@ -172,24 +345,61 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
     }
 
 
-def run(cfg: Config, *, on_round: RoundCallback | None = None,
-        update_hook: UpdateHook | None = None) -> dict[str, Any]:
-    """Run ``cfg`` to the end; returns the summary written to the outdir."""
+def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None
+           ) -> tuple[Simulation, RunWriter, list[dict[str, Any]], float]:
+    """Check everything, then open the outdir: a run that cannot start
+    (bad data or model, a checkpoint that does not match) writes
+    nothing. Returns the records and seconds of the rounds already run.
+    """
+    if not resume and holds_run(cfg.run_dir):
+        RunWriter.create(cfg)  # raises OutdirError before a slow build
+    ckpt = resume_point(cfg) if resume else None
+    lines = ckpt.metrics_lines if ckpt is not None else 0
+    records = read_metrics_head(cfg.run_dir, lines) if resume else []
+    total = cfg["federate.total_round_num"]
+    if records and len(records) == total and "eval" not in records[-1]:
+        raise CheckpointError(f"cannot resume {str(cfg.run_dir)!r}: round "
+                              f"{total} was not evaluated; set "
+                              "federate.total_round_num above it")
     try:
         fed = build_federation(cfg)
     except ValueError as err:
         raise SetupError(str(err)) from err
-    writer = RunWriter.create(cfg)
     sim = Simulation(fed, update_hook)
+    if ckpt is not None:
+        sim.restore(ckpt)
+        log.info("resuming %s after round %d", cfg.run_dir, ckpt.round_idx)
+    writer = RunWriter.reopen(cfg, lines) if resume \
+        else RunWriter.create(cfg)
+    return sim, writer, records, ckpt.wall_seconds if ckpt else 0.0
+
+
+def run(cfg: Config, *, on_round: RoundCallback | None = None,
+        update_hook: UpdateHook | None = None,
+        resume: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` to the end, checkpointing after every round; with
+    ``resume``, continue the run in ``cfg.run_dir`` from its checkpoint.
+    Returns the summary written to the outdir."""
+    sim, writer, records, before = _start(cfg, resume, update_hook)
     start = time.perf_counter()
-    records = []
-    for round_idx in range(1, cfg["federate.total_round_num"] + 1):
-        record = sim.run_round(round_idx)
+    for round_idx in range(len(records) + 1,
+                           cfg["federate.total_round_num"] + 1):
+        try:
+            record = sim.run_round(round_idx)
+        except RoundFailed as err:
+            kept = f"The checkpoint of round {round_idx - 1} is intact" \
+                if round_idx > 1 else "No round was finished"
+            raise RoundFailed(f"{err}. {kept}: fix the cause, then "
+                              f"continue with --resume {writer.run_dir}"
+                              ) from None
         writer.append_round(record)
         records.append(record)
+        save_checkpoint(writer.run_dir, sim.snapshot(
+            round_idx, record["phase"], len(records),
+            before + time.perf_counter() - start))
         if on_round is not None:
             on_round(record)
-    save_adapter(fed.model, sim.server.state, writer.adapter_dir)
-    summary = summarize(sim, records, time.perf_counter() - start)
+    save_adapter(sim.fed.model, sim.server.state, writer.adapter_dir)
+    summary = summarize(sim, records, before + time.perf_counter() - start)
     writer.write_summary(summary)
     return summary

@@ -1,0 +1,175 @@
+"""Bad input through the CLI: exit code 2, one line naming the culprit,
+and nothing written to the outdir of a run that never started."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from federatedscope_rolora.cli import main
+from federatedscope_rolora.runners.simulation import FAULTS_ENV
+from tests.conftest import tiny_config_tree, write_sst2
+
+PREFIX = "federatedscope-rolora: error: "
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path
+            ) -> tuple[int, str]:
+    """Exit code and the one line on stderr (asserted to be one)."""
+    code = main(["run", *map(str, args)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(PREFIX)
+    return code, lines[0]
+
+
+def write_cfg(tmp_path: Path, model: Path | str, glue: Path,
+              **sections: Any) -> Path:
+    path = tmp_path / "tiny.yaml"
+    tree = tiny_config_tree(Path(model), glue, tmp_path / "run", **sections)
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return path
+
+
+def drop_dev(task: Path) -> None:
+    (task / "dev.tsv").unlink()
+
+
+def spoil_row(task: Path) -> None:
+    lines = (task / "train.tsv").read_text().splitlines()
+    lines[4] = "a\ttoo\tmany"
+    (task / "train.tsv").write_text("\n".join(lines) + "\n")
+
+
+def spoil_label(task: Path) -> None:
+    lines = (task / "dev.tsv").read_text().splitlines()
+    lines[2] = "the movie was good\t7"
+    (task / "dev.tsv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(("spoil", "named"), [
+    (drop_dev, "SST-2/dev.tsv: file not found"),
+    (spoil_row, "SST-2/train.tsv:5: expected 2 tab-separated columns, "
+     "found 3"),
+    (spoil_label, "SST-2/dev.tsv:3: unknown label '7'"),
+])
+def test_bad_glue_file_is_named_with_its_line(
+        tiny_model_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        spoil: Callable[[Path], None], named: str) -> None:
+    glue = write_sst2(tmp_path / "glue")
+    spoil(glue / "SST-2")
+    cfg = write_cfg(tmp_path, tiny_model_dir, glue)
+
+    code, line = run_cli(capsys, "--cfg", cfg)
+
+    assert code == 2
+    assert named in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    (("federate.client_num", "500"), ["500", "240"]),
+    (("rolora.min_received", "4"),
+     ["rolora.min_received", "(4) exceeds the 3 client(s)"]),
+    (("rolora.client_deadline_s", "-1"),
+     ["rolora.client_deadline_s", "must be >= 0"]),
+    (("rolora.min_received", "0"), ["rolora.min_received", "must be > 0"]),
+    (("rolora.min_recieved", "2"), ["did you mean 'rolora.min_received'"]),
+])
+def test_bad_config_value_is_named(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], override: tuple[str, str],
+        named: list[str]) -> None:
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+
+    code, line = run_cli(capsys, "--cfg", cfg, *override)
+
+    assert code == 2
+    assert all(part in line for part in named), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_model_path_is_named(
+        tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-model"
+    cfg = write_cfg(tmp_path, missing, tiny_glue_root)
+
+    code, line = run_cli(capsys, "--cfg", cfg)
+
+    assert code == 2
+    assert f"cannot load model {str(missing)!r}" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_fault_spec_is_refused_before_the_run(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+    monkeypatch.setenv(FAULTS_ENV, "2:1:explode")
+
+    code, line = run_cli(capsys, "--cfg", cfg)
+
+    assert code == 2
+    assert "'2:1:explode'" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_an_outdir_without_a_run_is_refused(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+
+    code, line = run_cli(capsys, "--cfg", cfg, "--resume",
+                         tmp_path / "typo")
+
+    assert code == 2
+    assert "nothing to resume in" in line and "typo" in line
+    assert not (tmp_path / "typo").exists()
+
+
+def spoil_checkpoint(run_dir: Path) -> None:
+    path = run_dir / "checkpoint" / "state.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def cut_metrics(run_dir: Path) -> None:
+    path = run_dir / "metrics.jsonl"
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+
+
+def spoil_metrics(run_dir: Path) -> None:
+    path = run_dir / "metrics.jsonl"
+    path.write_text("not json\n" + path.read_text())
+
+
+@pytest.mark.parametrize(("spoil", "named"), [
+    (spoil_checkpoint, "state.safetensors' cannot be read"),
+    (cut_metrics, "holds 1 complete lines, fewer than the 2"),
+    (spoil_metrics, "metrics.jsonl:1: not a metrics record"),
+])
+def test_damaged_run_is_refused_on_resume_and_left_alone(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        spoil: Callable[[Path], None], named: str) -> None:
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root,
+                    federate={"total_round_num": 2})
+    assert main(["run", "--cfg", str(cfg)]) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / "run"
+    spoil(run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    code, line = run_cli(capsys, "--cfg", cfg, "--resume",
+                         "federate.total_round_num", "3")
+
+    assert code == 2
+    assert named in line
+    assert {p: p.read_bytes() for p in run_dir.rglob("*")
+            if p.is_file()} == before

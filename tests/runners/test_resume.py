@@ -1,0 +1,293 @@
+"""Checkpoint and resume: a run stopped after k rounds (in-process, or by
+a real ``kill -9`` of the CLI mid-round) and resumed ends bit-identical to
+the same run made straight through (DESIGN.md, invariant 7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from federatedscope_rolora.cli import main
+from federatedscope_rolora.config import Config, build_config
+from federatedscope_rolora.config import _flatten as flatten
+from federatedscope_rolora.core.methods import make_method
+from federatedscope_rolora.core.server import AdapterServer
+from federatedscope_rolora.runners.checkpoint import (
+    Checkpoint,
+    capture_rng,
+    checkpoint_path,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from federatedscope_rolora.runners.outputs import read_metrics
+from federatedscope_rolora.runners.simulation import FAULTS_ENV, run
+from tests.conftest import tiny_config_tree
+
+
+class Stop(Exception):
+    """Stands for the process dying between two rounds."""
+
+
+def make_tree(model: Path, glue: Path, outdir: Path,
+              **sections: Any) -> dict[str, Any]:
+    return tiny_config_tree(model, glue, outdir, **sections)
+
+
+def make_cfg(model: Path, glue: Path, outdir: Path,
+             **sections: Any) -> Config:
+    return build_config(flatten(make_tree(model, glue, outdir, **sections)))
+
+
+def write_cfg_file(path: Path, tree: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return path
+
+
+def stop_after(round_idx: int) -> Any:
+    def callback(record: dict[str, Any]) -> None:
+        if record["round"] == round_idx:
+            raise Stop
+    return callback
+
+
+def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def untimed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "seconds"}
+            for r in records]
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    """Bit-identical adapters; same metrics but for timing fields."""
+    got, want = adapter(run_dir), adapter(reference)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    assert untimed(read_metrics(run_dir)) == \
+        untimed(read_metrics(reference))
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_model_dir: Path, tiny_glue_root: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four rounds straight through: the reference."""
+    cfg = make_cfg(tiny_model_dir, tiny_glue_root,
+                   tmp_path_factory.mktemp("straight") / "run")
+    run(cfg)
+    return cfg.run_dir
+
+
+def test_stopped_run_resumes_to_the_straight_run(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    cfg = make_cfg(tiny_model_dir, tiny_glue_root, tmp_path / "run")
+    with pytest.raises(Stop):
+        run(cfg, on_round=stop_after(2))
+    # A kill while round 3's line was being written leaves half of it.
+    with open(cfg.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"round": 3, "pha')
+    saved = load_checkpoint(cfg.run_dir)
+    assert saved is not None and saved.round_idx == 2
+    assert saved.metrics_lines == 2 and sorted(saved.clients) == [1, 2, 3]
+
+    summary = run(cfg, resume=True)
+
+    assert_same_run(cfg.run_dir, straight)
+    assert summary["rounds"] == 4
+    assert summary["bytes"] == read_summary(straight)["bytes"]
+    assert load_checkpoint(cfg.run_dir).round_idx == 4  # type: ignore
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(
+        (run_dir / "summary.json").read_text())
+    return loaded
+
+
+def test_a_finished_run_may_be_extended_to_more_rounds(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    short = make_cfg(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                     federate={"total_round_num": 2})
+    run(short)
+
+    run(short.replace(federate__total_round_num=4), resume=True)
+
+    assert_same_run(short.run_dir, straight)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    cfg = make_cfg(tiny_model_dir, tiny_glue_root, tmp_path / "run")
+    with pytest.raises(Stop):
+        run(cfg, on_round=stop_after(1))
+    # As if killed after round 1's metrics line but before its checkpoint.
+    shutil.rmtree(cfg.run_dir / "checkpoint")
+
+    run(cfg, resume=True)
+
+    assert_same_run(cfg.run_dir, straight)
+
+
+def metrics_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_round_then_resume_matches_the_straight_run(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg_file = write_cfg_file(tmp_path / "tiny.yaml", make_tree(
+        tiny_model_dir, tiny_glue_root, run_dir))
+    command = [sys.executable, "-m", "federatedscope_rolora", "run",
+               "--cfg", str(cfg_file)]
+    env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
+    # Client 1 stalls a minute in round 3: the kill lands inside it.
+    stalled = {**env, FAULTS_ENV: "3:1:hang=60"}
+    proc = subprocess.Popen(command, env=stalled,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while metrics_lines(run_dir / "metrics.jsonl") < 2:
+            assert proc.poll() is None, "the run ended before round 3"
+            assert time.monotonic() < deadline, "round 2 never finished"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert metrics_lines(run_dir / "metrics.jsonl") == 2
+    assert not (run_dir / "adapter").exists()
+
+    done = subprocess.run([*command, "--resume"], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert_same_run(run_dir, straight)
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    (("federate.method", "lora"),
+     "federate.method: 'rolora' in the checkpoint, 'lora' now"),
+    (("llm.adapter.args", "[{r: 2, lora_alpha: 8, target_modules: "
+      "[query, value, dense]}]"), "llm.adapter.args: "),
+    (("seed", "7"), "seed: 1 in the checkpoint, 7 now"),
+])
+def test_resume_refuses_a_config_that_differs_naming_the_key(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        override: tuple[str, str], named: str) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    cfg_file = write_cfg_file(tmp_path / "tiny.yaml", make_tree(
+        tiny_model_dir, tiny_glue_root, tmp_path / "elsewhere"))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*")
+              if p.is_file()}
+
+    code = main(["run", "--cfg", str(cfg_file), "--resume", str(run_dir),
+                 *override])
+
+    assert code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1
+    assert errors[0].startswith("federatedscope-rolora: error: cannot "
+                                "resume")
+    assert named in errors[0]
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_resume_refuses_fewer_rounds_than_the_checkpoint_holds(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    cfg_file = write_cfg_file(tmp_path / "tiny.yaml", make_tree(
+        tiny_model_dir, tiny_glue_root, run_dir))
+
+    code = main(["run", "--cfg", str(cfg_file), "--resume",
+                 "federate.total_round_num", "3"])
+
+    assert code == 2
+    assert "checkpoint is at round 4, past federate.total_round_num (3)" \
+        in capsys.readouterr().err
+
+
+def test_checkpoint_round_trips_tensors_versions_and_rng(
+        tmp_path: Path) -> None:
+    server: dict[str, Any] = {
+        "state": {"m.lora_A.default.weight": torch.randn(2, 3)},
+        "version": {"m.lora_A.default.weight": 3},
+        "client_versions": {2: {"m.lora_A.default.weight": -1}},
+        "aggregated_round": 3}
+    clients = {2: {"m.lora_A.default.weight": torch.randn(2, 3)}}
+    rng = capture_rng()
+    expected = (torch.rand(3), random.random())
+    ckpt = Checkpoint(3, "B", {"seed": 1}, server, clients, rng, 3, 1.5)
+    # A temporary file left by a kill during an earlier save is ignored.
+    checkpoint_path(tmp_path).parent.mkdir()
+    checkpoint_path(tmp_path).with_suffix(".tmp").write_bytes(b"junk")
+
+    save_checkpoint(tmp_path, ckpt)
+    loaded = load_checkpoint(tmp_path)
+
+    assert loaded is not None
+    assert (loaded.round_idx, loaded.phase, loaded.metrics_lines) == \
+        (3, "B", 3)
+    key = "m.lora_A.default.weight"
+    assert torch.equal(loaded.server["state"][key], server["state"][key])
+    assert torch.equal(loaded.clients[2][key], clients[2][key])
+    assert loaded.server["client_versions"] == {"2": {key: -1}}
+    restore_rng(loaded.rng)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert random.random() == expected[1]
+    # safetensors: an 8-byte header length, then JSON; never a pickle.
+    assert checkpoint_path(tmp_path).read_bytes()[8:9] == b"{"
+
+
+def test_server_state_round_trips_and_refuses_another_adapter() -> None:
+    def server(rank: int) -> AdapterServer:
+        torch.manual_seed(rank)
+        return AdapterServer(make_method("rolora"), {
+            "m.lora_A.default.weight": torch.randn(rank, 3),
+            "m.lora_B.default.weight": torch.zeros(3, rank)})
+
+    source = server(2)
+    source.downlink(1, 1)
+    saved = source.state_dict()
+    target = server(2)
+
+    target.load_state_dict(saved)
+
+    assert target.client_versions == source.client_versions
+    assert target.version == source.version
+    assert all(torch.equal(target.state[k], v)
+               for k, v in source.state.items())
+    with pytest.raises(ValueError, match="has shape"):
+        server(4).load_state_dict(saved)
+    with pytest.raises(ValueError, match="exceed round 0"):
+        target.load_state_dict({**saved, "version": {
+            k: 5 for k in saved["version"]}})
