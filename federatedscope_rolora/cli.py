@@ -90,12 +90,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from federatedscope_rolora.runners.simulation import (
+    from federatedscope_rolora.runners.faults import (
         FAULTS_ENV,
         fault_hook,
         parse_faults,
-        run,
     )
+    from federatedscope_rolora.runners.simulation import run
 
     opts, resume = list(args.opts), args.resume
     # ``--resume KEY VALUE``: argparse took the first override's key for

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from federatedscope_rolora.config import Config, splitter_alpha
+from federatedscope_rolora.config import Config, ConfigError, splitter_alpha
 from federatedscope_rolora.core.methods import Method, make_method
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import (
@@ -84,8 +84,14 @@ def split_train(cfg: Config, train: Split) -> tuple[Split, list[list[int]]]:
     subset = Split([train.texts[i] for i in rows],
                    [train.labels[i] for i in rows], train.source)
     alpha = splitter_alpha(cfg["data.splitter_args"])
-    parts = partition(subset.labels, cfg["federate.client_num"],
-                      cfg["data.splitter"], seed, alpha)
+    try:
+        parts = partition(subset.labels, cfg["federate.client_num"],
+                          cfg["data.splitter"], seed, alpha)
+    except ValueError as err:
+        raise ConfigError(
+            f"cannot split {len(subset)} train examples over "
+            f"federate.client_num={cfg['federate.client_num']} clients "
+            f"with data.splitter {cfg['data.splitter']!r}: {err}") from err
     return subset, parts
 
 

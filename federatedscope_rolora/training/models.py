@@ -79,6 +79,8 @@ def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(name)
+    if name.startswith(("/", ".", "~")) and not Path(path).is_dir():
+        raise ModelError(f"model path {name!r} is not a directory")
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:

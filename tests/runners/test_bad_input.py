@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from federatedscope_rolora.cli import main
-from federatedscope_rolora.runners.simulation import FAULTS_ENV
+from federatedscope_rolora.runners.faults import FAULTS_ENV
 from tests.conftest import tiny_config_tree, write_sst2
 
 PREFIX = "federatedscope-rolora: error: "
@@ -103,7 +103,7 @@ def test_missing_model_path_is_named(
     code, line = run_cli(capsys, "--cfg", cfg)
 
     assert code == 2
-    assert f"cannot load model {str(missing)!r}" in line
+    assert f"model path {str(missing)!r} is not a directory" in line
     assert not (tmp_path / "run").exists()
 
 

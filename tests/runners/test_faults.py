@@ -19,14 +19,16 @@ from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.core.roles import role_of
 from federatedscope_rolora.core.server import ClientUpdate
 from federatedscope_rolora.runners.checkpoint import load_checkpoint
+from federatedscope_rolora.runners.faults import (
+    FAULTS_ENV,
+    fault_hook,
+    parse_faults,
+)
 from federatedscope_rolora.runners.outputs import read_metrics
 from federatedscope_rolora.runners.setup import build_federation
 from federatedscope_rolora.runners.simulation import (
-    FAULTS_ENV,
     RoundFailed,
     Simulation,
-    fault_hook,
-    parse_faults,
     run,
 )
 from tests.conftest import tiny_config_tree

@@ -33,8 +33,9 @@ from federatedscope_rolora.runners.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from federatedscope_rolora.runners.faults import FAULTS_ENV
 from federatedscope_rolora.runners.outputs import read_metrics
-from federatedscope_rolora.runners.simulation import FAULTS_ENV, run
+from federatedscope_rolora.runners.simulation import run
 from tests.conftest import tiny_config_tree
 
 

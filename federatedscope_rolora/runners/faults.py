@@ -1,0 +1,81 @@
+"""Test-only fault injection: make chosen clients fail in chosen rounds,
+as a faulty or malicious client would.
+
+The CLI reads the faults from ``ROLORA_TEST_FAULTS`` for its own tests; it
+is not a user setting and is documented as such.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+
+from federatedscope_rolora.config import ConfigError
+from federatedscope_rolora.core.server import ClientUpdate
+from federatedscope_rolora.runners.simulation import UpdateHook
+
+FAULTS_ENV = "ROLORA_TEST_FAULTS"
+FAULT_KINDS = ("raise", "hang", "nan", "shape", "dtype", "keys",
+               "fingerprint")
+Faults = Mapping[tuple[int, int], str]
+
+
+def parse_faults(text: str) -> dict[tuple[int, int], str]:
+    """``"3:2:raise,4:1:hang=2.5"``: client 2 raises in round 3, client 1
+    stalls 2.5 s in round 4. ConfigError naming the bad entry."""
+    faults: dict[tuple[int, int], str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        parts = entry.split(":")
+        kind = parts[-1].partition("=")
+        try:
+            round_idx, client = int(parts[0]), int(parts[1])
+            ok = len(parts) == 3 and kind[0] in FAULT_KINDS and (
+                not kind[2] or (kind[0] == "hang" and float(kind[2]) >= 0))
+        except (ValueError, IndexError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{FAULTS_ENV}: bad entry {entry!r}; expected "
+                              "ROUND:CLIENT:KIND with KIND one of "
+                              f"{', '.join(FAULT_KINDS)} (hang=SECONDS)")
+        faults[(round_idx, client)] = parts[2]
+    return faults
+
+
+def fault_hook(faults: Faults, hang_s: float = 1.0) -> UpdateHook:
+    """An update hook that applies ``faults[(round, client)]``."""
+    def hook(update: ClientUpdate) -> ClientUpdate:
+        kind = faults.get((update.round_idx, update.client_id))
+        return update if kind is None else inject_fault(update, kind,
+                                                        hang_s)
+    return hook
+
+
+def inject_fault(update: ClientUpdate, kind: str, hang_s: float = 1.0
+                 ) -> ClientUpdate:
+    """``update`` spoilt as ``kind`` says (a copy), or a raise or stall."""
+    name, _, arg = kind.partition("=")
+    if name == "raise":
+        raise RuntimeError(f"injected fault in client {update.client_id}, "
+                           f"round {update.round_idx}")
+    if name == "hang":
+        time.sleep(float(arg) if arg else hang_s)
+        return update
+    if name == "fingerprint":
+        return dataclasses.replace(update, frozen_fingerprint="0" * 64)
+    tensors = dict(update.tensors)
+    key = sorted(tensors)[0]
+    value = tensors[key].clone()
+    if name == "nan":
+        value.view(-1)[0] = float("nan")
+        tensors[key] = value
+    elif name == "shape":
+        tensors[key] = value.unsqueeze(-1)
+    elif name == "dtype":
+        tensors[key] = value.double()
+    elif name == "keys":
+        del tensors[key]
+    else:
+        raise ValueError(f"unknown fault {kind!r}; known: "
+                         f"{', '.join(FAULT_KINDS)}")
+    return dataclasses.replace(update, tensors=tensors)
