@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                          metavar="KEY VALUE",
                          help="config overrides, e.g. federate.client_num "
                          "20")
+    sub.add_parser(
+        "fs-main", add_help=False,
+        help="run FederatedScope's main with the plugin registered, for "
+        "setups where the import hook cannot load (needs FederatedScope)")
     return parser
 
 
@@ -146,6 +150,11 @@ def _error_line(err: Exception) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    if tokens[:1] == ["fs-main"]:
+        # FederatedScope parses its own --cfg, --client_cfg and overrides.
+        from federatedscope_rolora.fs.launch import main as fs_main
+        return fs_main(tokens[1:])
     from federatedscope_rolora.runners.outputs import OutdirError
 
     args = _parser().parse_args(argv)

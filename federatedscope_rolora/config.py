@@ -91,18 +91,20 @@ SCHEMA: dict[str, Field] = {
     "federate.method": Field("rolora", str, "how the adapter is federated",
                              choices=("rolora", "lora", "ffa_lora")),
     "federate.client_num": Field(3, int, "number of clients", **_POS),
-    "federate.total_round_num": Field(10, int, "number of rounds", **_POS),
+    "federate.total_round_num": Field(50, int, "number of rounds", **_POS),
     "federate.sample_client_rate": Field(
-        -1.0, _NUM, "share of clients drawn per round, in (0, 1]; -1: all",
+        -1.0, _NUM, "share of clients drawn per round, in (0, 1]; wins "
+        "over sample_client_num; -1: unset",
         check=_rate, check_help="must be -1 or in (0, 1]"),
     "federate.sample_client_num": Field(
-        -1, int, "clients drawn per round; -1: use sample_client_rate",
+        -1, int, "clients drawn per round when sample_client_rate is "
+        "-1; -1: all",
         check=lambda v: v == -1 or v >= 1, check_help="must be -1 or >= 1"),
     "federate.share_local_model": Field(False, bool, FS_ONLY),
     "federate.online_aggr": Field(False, bool, FS_ONLY),
     "federate.make_global_eval": Field(True, bool, FS_ONLY),
     "federate.save_to": Field("", str, FS_ONLY),
-    "data.root": Field("data/glue", str,
+    "data.root": Field("data", str,
                        "GLUE directory in TSV layout (<root>/SST-2/"
                        "train.tsv); empty: the Hugging Face Hub"),
     "data.type": Field("sst2@glue", str, "GLUE task: sst2, qnli, mnli, "
@@ -125,9 +127,9 @@ SCHEMA: dict[str, Field] = {
                                       **_POS),
     "train.batch_or_epoch": Field("batch", str, "unit of local steps",
                                   choices=("batch", "epoch")),
-    "train.optimizer.type": Field("AdamW", str, "local optimizer",
+    "train.optimizer.type": Field("SGD", str, "local optimizer",
                                   choices=("SGD", "Adam", "AdamW")),
-    "train.optimizer.lr": Field(1e-3, _NUM, "learning rate", **_POS),
+    "train.optimizer.lr": Field(0.1, _NUM, "learning rate", **_POS),
     "train.optimizer.weight_decay": Field(0.0, _NUM, "weight decay",
                                           **_NONNEG),
     "train.optimizer.momentum": Field(0.0, _NUM, "SGD momentum",
@@ -135,7 +137,7 @@ SCHEMA: dict[str, Field] = {
     "train.is_enable_half": Field(False, bool, FS_ONLY),
     "grad.grad_clip": Field(-1.0, _NUM, "max gradient norm; -1: no "
                             "clipping"),
-    "dataloader.batch_size": Field(16, int, "local batch size", **_POS),
+    "dataloader.batch_size": Field(64, int, "local batch size", **_POS),
     "dataloader.shuffle": Field(True, bool, "shuffle local batches"),
     "dataloader.num_workers": Field(0, int, FS_ONLY),
     "eval.freq": Field(1, int, "evaluate every this many rounds (and "

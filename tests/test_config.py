@@ -149,7 +149,9 @@ def test_yaml_file_with_nested_keys_loads(tmp_path: Path) -> None:
     assert cfg.lora["layers_to_transform"] == [0, 1]
     assert cfg["train.optimizer.lr"] == pytest.approx(1e-4)
     assert cfg["rolora.head"] == "trained"
-    assert cfg["dataloader.batch_size"] == 16      # untouched default
+    # untouched default
+    assert cfg["dataloader.batch_size"] == \
+        SCHEMA["dataloader.batch_size"].default
 
 
 def test_yaml_file_with_dotted_keys_loads(tmp_path: Path) -> None:

@@ -19,20 +19,21 @@ def derive_seed(*parts: int | str) -> int:
 
 def clients_per_round(client_num: int, sample_client_rate: float = -1.0,
                       sample_client_num: int = -1) -> int:
-    """FederatedScope's rule: ``sample_client_num`` wins, then the rate
-    (at least one client), else everyone."""
+    """FederatedScope's rule (cfg_fl_setting.py): a valid rate wins and
+    gives ``max(1, int(rate * client_num))``, else ``sample_client_num``,
+    else everyone; so both runners draw the same number of clients."""
     if client_num < 1:
         raise ValueError(f"client_num must be >= 1, got {client_num}")
+    if sample_client_rate > 0:
+        if sample_client_rate > 1:
+            raise ValueError("sample_client_rate must be in (0, 1], got "
+                             f"{sample_client_rate}")
+        return max(1, int(sample_client_rate * client_num))
     if sample_client_num > 0:
         if sample_client_num > client_num:
             raise ValueError(f"sample_client_num {sample_client_num} "
                              f"exceeds client_num {client_num}")
         return sample_client_num
-    if sample_client_rate > 0:
-        if sample_client_rate > 1:
-            raise ValueError("sample_client_rate must be in (0, 1], got "
-                             f"{sample_client_rate}")
-        return max(1, round(sample_client_rate * client_num))
     return client_num
 
 

@@ -37,7 +37,7 @@ class LocalResult:
     examples_seen: int
 
 
-def _make_optimizer(params: list[torch.nn.Parameter], spec: LocalSpec
+def make_optimizer(params: list[torch.nn.Parameter], spec: LocalSpec
                     ) -> torch.optim.Optimizer:
     if spec.optimizer == "SGD":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
@@ -82,7 +82,7 @@ def local_train(model: torch.nn.Module, data: EncodedDataset,
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
-    optimizer = _make_optimizer(params, spec)
+    optimizer = make_optimizer(params, spec)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.train()
