@@ -1,0 +1,256 @@
+"""The ``rolora:`` config node and its check function, for FederatedScope.
+
+The node holds exactly the ``rolora.*`` keys of the embedded runner's
+schema (``federatedscope_rolora.config.SCHEMA``), with the same defaults,
+so one YAML file means the same under both runners. For the plugin's
+methods (``federate.method`` rolora, lora, ffa_lora) the check function
+
+1. fills in the few keys whose FederatedScope default cannot work for
+   sequence classification, and only while they still hold that default
+   (``FS_DEFAULTS_REPLACED``): the embedded runner's value instead;
+2. refuses the FederatedScope features the plugin does not implement,
+   naming the key;
+3. validates every key the two runners share with the embedded runner's
+   own rules, so a file one runner rejects, the other rejects too.
+
+FederatedScope runs check functions after every merge (file, command
+line, data builder) and at ``freeze()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from federatedscope_rolora.config import (
+    SCHEMA,
+    Config,
+    ConfigError,
+    build_config,
+)
+
+logger = logging.getLogger("federatedscope.rolora")
+
+NODE = "rolora"
+TRAINER_TYPE = "rolora_trainer"
+DATA_SUFFIX = "@glue"
+MODEL_SUFFIX = "@huggingface_seqcls"
+METHODS = ("rolora", "lora", "ffa_lora")
+
+# FederatedScope's default -> the embedded runner's, for keys where no
+# other value can work for these methods: a LoRA adapter, a splitter
+# (FederatedScope requires one for external data), this plugin's trainer,
+# no val split (best result on test), accuracy, the global adapter
+# evaluated on the server.
+FS_DEFAULTS_REPLACED: dict[str, tuple[Any, Any]] = {
+    "llm.adapter.use": (False, True),
+    "data.splitter": ("", SCHEMA["data.splitter"].default),
+    "trainer.type": ("general", TRAINER_TYPE),
+    "eval.split": (["test", "val"], SCHEMA["eval.split"].default),
+    "eval.metrics": ([], SCHEMA["eval.metrics"].default),
+    "eval.best_res_update_round_wise_key": (
+        "val_loss", SCHEMA["eval.best_res_update_round_wise_key"].default),
+    "federate.make_global_eval": (False, True),
+    # the plugin's trainer counts no flops; say so in config.yaml
+    "eval.count_flops": (True, False),
+}
+
+# key -> (value that works, why another one does not)
+UNSUPPORTED: dict[str, tuple[Any, str]] = {
+    "trainer.type": (TRAINER_TYPE, "the plugin's methods train with its "
+                     "own trainer"),
+    "federate.online_aggr": (False, "the online aggregator needs every "
+                             "key in every update"),
+    "federate.make_global_eval": (True, "the global adapter is evaluated "
+                                  "on the server's test set, as in the "
+                                  "embedded runner"),
+    "federate.use_ss": (False, "updates are validated in the clear"),
+    "federate.sampler": ("uniform", "participants are drawn by the core, "
+                         "as in the embedded runner"),
+    "federate.unseen_clients_rate": (0.0, "every client may be drawn"),
+    "federate.restore_from": ("", "resuming is the embedded runner's "
+                              "--resume"),
+    "federate.process_num": (1, "one process simulates all clients"),
+    "model.model_num_per_trainer": (1, "one adapter per client"),
+    "asyn.use": (False, "rounds are synchronous"),
+    "quantization.method": ("none", "the exact tensors travel"),
+    "fedopt.use": (False, "the server averages, as the paper does"),
+    "aggregator.robust_rule": ("fedavg", "the server averages, as the "
+                               "paper does"),
+}
+
+# Keys of the shared schema whose FederatedScope values mean something
+# the embedded runner does not express (device -1: pick a free GPU).
+_NOT_VALIDATED = frozenset({"device"})
+# Internals of FederatedScope's config nodes, not user keys.
+_CN_INTERNALS = frozenset({"__help_info__", "__cfg_check_funcs__",
+                           "is_ready_for_run"})
+_MISSING = object()
+_announced: set[str] = set()
+_run_config: list[Any] = []
+
+
+def extend_cfg(cfg: Any) -> None:
+    """Registered config function: add the ``rolora`` node (the embedded
+    runner's ``rolora.*`` keys and defaults) and the check function."""
+    # Imported here: config.py is still being imported when this runs,
+    # and CN is all it has defined by then.
+    from federatedscope.core.configs.config import CN
+
+    node = CN()
+    for key, field in SCHEMA.items():
+        if key.startswith(NODE + "."):
+            setattr(node, key.split(".", 1)[1], copy.deepcopy(field.default))
+    setattr(cfg, NODE, node)
+    cfg.register_cfg_check_fun(check_cfg)
+
+
+def uses_plugin(cfg: Any) -> bool:
+    return str(cfg.federate.method).lower() in METHODS
+
+
+def check_cfg(cfg: Any) -> None:
+    """Registered check function; a no-op for other methods."""
+    if not uses_plugin(cfg):
+        return
+    _replace_fs_defaults(cfg)
+    _refuse_unsupported(cfg)
+    schema_view(cfg)
+    _check_types(cfg)
+
+
+def _replace_fs_defaults(cfg: Any) -> None:
+    for key, (fs_default, ours) in FS_DEFAULTS_REPLACED.items():
+        if _get(cfg, key) != fs_default:
+            continue
+        _set(cfg, key, copy.deepcopy(ours))
+        if key not in _announced:
+            _announced.add(key)
+            logger.info("rolora plugin: %s set to %r (FederatedScope's "
+                        "default %r does not fit %s)", key, ours,
+                        fs_default, cfg.federate.method)
+
+
+def _refuse_unsupported(cfg: Any) -> None:
+    method = cfg.federate.method
+    for key, (works, why) in UNSUPPORTED.items():
+        value = _get(cfg, key)
+        if value is _MISSING or value == works:
+            continue
+        if key == "federate.process_num" and value <= 1:
+            continue
+        raise ConfigError(f"config key {key!r} is {value!r}; "
+                          f"federate.method {method} in the rolora plugin "
+                          f"needs {works!r}: {why}")
+
+
+def _check_types(cfg: Any) -> None:
+    from federatedscope_rolora.training.glue import DataError, task_spec
+
+    method = cfg.federate.method
+    kind = str(cfg.data.type).partition("@")[2]
+    if kind and "@" + kind != DATA_SUFFIX:
+        raise ConfigError(f"config key 'data.type' is {cfg.data.type!r}; "
+                          f"federate.method {method} needs a GLUE task, "
+                          f"TASK{DATA_SUFFIX}")
+    try:
+        task_spec(task_name(cfg.data.type))
+    except DataError as err:
+        raise ConfigError(f"config key 'data.type': {err}") from err
+    hub = str(cfg.model.type).partition("@")[2]
+    if hub and "@" + hub != MODEL_SUFFIX:
+        raise ConfigError(f"config key 'model.type' is {cfg.model.type!r}; "
+                          f"federate.method {method} needs a "
+                          "sequence-classification checkpoint, "
+                          f"NAME{MODEL_SUFFIX} or a bare name or path")
+
+
+def schema_view(cfg: Any) -> Config:
+    """The embedded runner's validated view of a FederatedScope config:
+    every key of the shared schema, with its FederatedScope value. A
+    ConfigError names a key the embedded runner would reject, including
+    an extra ``train.optimizer`` key (FederatedScope accepts any there)."""
+    values: dict[str, Any] = {}
+    for key in SCHEMA:
+        value = _get(cfg, key)
+        if key in _NOT_VALIDATED or value is _MISSING:
+            continue
+        values[key] = _plain(value)
+    for name in cfg.train.optimizer:
+        key = f"train.optimizer.{name}"
+        if name not in _CN_INTERNALS and key not in SCHEMA:
+            raise ConfigError(f"config key {key!r} is not one the embedded "
+                              "runner honours (type, lr, weight_decay, "
+                              "momentum)")
+    return build_config(values)
+
+
+def task_name(data_type: str) -> str:
+    return str(data_type).split("@")[0].lower()
+
+
+def model_name(model_type: str) -> str:
+    return str(model_type).split("@")[0]
+
+
+def claims_data(cfg: Any) -> bool:
+    """``<task>@glue``, or a bare task name under the plugin's methods."""
+    data_type = str(cfg.data.type)
+    if data_type.lower().endswith(DATA_SUFFIX):
+        return True
+    return uses_plugin(cfg) and "@" not in data_type and bool(data_type)
+
+
+def claims_model(model_cfg: Any) -> bool:
+    """``<name>@huggingface_seqcls``, or a bare name or path in a run whose
+    data this plugin built."""
+    model_type = str(model_cfg.type)
+    if model_type.lower().endswith(MODEL_SUFFIX):
+        return True
+    return "@" not in model_type and bool(_run_config) \
+        and uses_plugin(_run_config[-1])
+
+
+def remember_run_config(cfg: Any) -> None:
+    """FederatedScope hands model builders ``cfg.model`` alone; the data
+    builder, which always runs first and gets the whole config, keeps it
+    here for them (LoRA settings, seed, task)."""
+    _run_config[:] = [cfg]
+
+
+def run_config() -> Any:
+    if not _run_config:
+        raise RuntimeError("the rolora model builder needs the run's config, "
+                           "which its data builder keeps: build the data "
+                           "(FederatedScope's get_data) before the model")
+    return _run_config[-1]
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _set(cfg: Any, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def _plain(value: Any) -> Any:
+    """FederatedScope's nodes and tuples as the dicts and lists the
+    embedded runner's schema expects."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()
+                if k not in _CN_INTERNALS}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

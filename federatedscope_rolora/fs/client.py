@@ -1,0 +1,93 @@
+"""The client of ``federate.method`` rolora, lora and ffa_lora.
+
+A client keeps its own copy of the adapter (a few tensors), so it is
+right whether it has a model of its own (distributed mode,
+``share_local_model: False``) or shares the server's one model with every
+other client (``share_local_model: True``): before each local update it
+loads its whole adapter into the model. The round's plan comes from the
+server's round in the message (FederatedScope's 0-based ``state`` + 1),
+and the update it sends is the core's ``build_update``: the trained keys
+and the fingerprint of the frozen ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from federatedscope.core.message import Message
+from federatedscope.core.workers import Client
+
+from federatedscope_rolora.core.server import build_update
+from federatedscope_rolora.fs.cfg_rolora import schema_view
+from federatedscope_rolora.fs.wire import (
+    pack_failure,
+    pack_update,
+    unpack_payload,
+)
+from federatedscope_rolora.runners.setup import method_from_config
+from federatedscope_rolora.training.models import (
+    get_adapter_state,
+    load_adapter_state,
+)
+
+logger = logging.getLogger("federatedscope.rolora")
+
+
+class RoloraClient(Client):  # type: ignore[misc]
+    def __init__(self, ID: int = -1, server_id: Any = None, state: int = -1,
+                 config: Any = None, data: Any = None, model: Any = None,
+                 device: str = "cpu", strategy: Any = None,
+                 is_unseen_client: bool = False, *args: Any,
+                 **kwargs: Any) -> None:
+        super().__init__(ID, server_id, state, config, data, model, device,
+                         strategy, is_unseen_client, *args, **kwargs)
+        if config is None:  # FederatedScope probes an empty instance
+            return
+        self.method = method_from_config(schema_view(config))
+        self.adapter: dict[str, torch.Tensor] = {}
+
+    def callback_funcs_for_model_para(self, message: Message) -> None:
+        """Sync with what the server sent, train the round's keys, send
+        them up; an error in the local update is sent up as the client's
+        failure, and the round goes on without it."""
+        round_idx = int(message.state) + 1
+        self.state = message.state
+        start = time.perf_counter()
+        try:
+            content = self._local_update(message, round_idx)
+        except Exception as err:
+            logger.exception("client %d failed in round %d", self.ID,
+                             round_idx)
+            content = pack_failure(err, time.perf_counter() - start)
+        self.comm_manager.send(Message(
+            msg_type="model_para", sender=self.ID,
+            receiver=[message.sender], state=self.state,
+            timestamp=self._gen_timestamp(init_timestamp=message.timestamp,
+                                          instance_number=content[0]),
+            content=content))
+
+    def _local_update(self, message: Message, round_idx: int) -> Any:
+        self.adapter.update(unpack_payload(message.content))
+        load_adapter_state(self.model, self.adapter)
+        plan = self.method.plan(round_idx)
+        self.trainer.set_plan(plan)
+        start = time.perf_counter()
+        _, _, results = self.trainer.train()
+        seconds = time.perf_counter() - start
+        logger.info(self._monitor.format_eval_res(
+            results, rnd=self.state, role=f"Client #{self.ID}",
+            return_raw=True))
+        self.adapter = get_adapter_state(self.model)
+        update = build_update(self.ID, plan, self.adapter,
+                              int(self.trainer.ctx.num_train_data),
+                              float(results.get("train_avg_loss",
+                                                float("nan"))))
+        return pack_update(update, seconds)
+
+    def callback_funcs_for_finish(self, message: Message) -> None:
+        logger.info("client %d: finished after round %s", self.ID,
+                    message.state)
+        self._monitor.finish_fl()

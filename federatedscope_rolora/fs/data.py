@@ -1,0 +1,143 @@
+"""GLUE for FederatedScope: the registered data builder.
+
+The same train and test examples as the embedded runner (same files, same
+seeded subsets), tokenised once, then handed to FederatedScope's own
+``BaseDataTranslator`` so its splitters (``iid``, ``lda``) deal them to the
+clients. FederatedScope builds plain ``DataLoader``s with the default
+collate and probes a batch for the input shape, so each example is one
+tensor of fixed width (``llm.tok_len``): the trainer cuts every batch back
+to its longest row, which saves what padding would waste.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from federatedscope_rolora.fs.cfg_rolora import (
+    model_name,
+    remember_run_config,
+    task_name,
+)
+from federatedscope_rolora.training.encoding import EncodedDataset, encode
+from federatedscope_rolora.training.glue import Split, load_task, task_spec
+from federatedscope_rolora.training.models import resolve_model_path
+from federatedscope_rolora.training.partition import subsample_indices
+
+# Rows of an example tensor: token ids, attention mask[, token types].
+IDS, MASK, TYPES = 0, 1, 2
+
+
+class GlueRows(Dataset[tuple[torch.Tensor, int]]):
+    """Tokenised examples; item i is ``(x, label)`` with ``x`` of shape
+    (2 or 3, max_len): ids, attention mask and, for tokenizers that make
+    them, token types, right-padded. Built on access, so memory holds the
+    unpadded token lists only."""
+
+    def __init__(self, encoded: EncodedDataset, max_len: int,
+                 pad_token_id: int) -> None:
+        self.encoded = encoded
+        self.max_len = max_len
+        self.pad_token_id = pad_token_id
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        ids = self.encoded.input_ids[index]  # IndexError ends iteration
+        rows = 2 if self.encoded.token_type_ids is None else 3
+        x = torch.zeros(rows, self.max_len, dtype=torch.long)
+        x[IDS].fill_(self.pad_token_id)
+        x[IDS, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        x[MASK, :len(ids)] = 1
+        if self.encoded.token_type_ids is not None:
+            types = self.encoded.token_type_ids[index]
+            x[TYPES, :len(types)] = torch.tensor(types, dtype=torch.long)
+        return x, self.encoded.labels[index]
+
+    def length(self, index: int) -> int:
+        return len(self.encoded.input_ids[index])
+
+
+def row_lengths(dataset: Any) -> list[int]:
+    """Token count of each example of a GlueRows or a Subset of one."""
+    if isinstance(dataset, GlueRows):
+        return [len(ids) for ids in dataset.encoded.input_ids]
+    if isinstance(dataset, Subset):
+        inner = row_lengths(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    raise TypeError(f"not GLUE rows of this plugin: {type(dataset)}")
+
+
+def _subset(split: Split, size: int, seed: int) -> Split:
+    rows = subsample_indices(len(split), size or None, seed)
+    return Split([split.texts[i] for i in rows],
+                 [split.labels[i] for i in rows], split.source)
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of checkpoint ``name``, as the embedded runner loads
+    it (a model without a pad token pads with its end token)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def glue_rows(config: Any) -> tuple[GlueRows, GlueRows]:
+    """Train and test rows of the run: the embedded runner's subsets
+    (``rolora.train_samples`` with the seed, ``rolora.eval_samples`` with
+    seed + 1), tokenised to at most ``llm.tok_len`` tokens."""
+    task = task_spec(task_name(config.data.type))
+    root = config.data.root or None
+    train, test = load_task(task.name, root, seed=config.seed,
+                            holdout=config.rolora.holdout)
+    train = _subset(train, config.rolora.train_samples, config.seed)
+    test = _subset(test, config.rolora.eval_samples, config.seed + 1)
+    tokenizer = load_tokenizer(model_name(config.model.type))
+    max_len = int(config.llm.tok_len)
+    pad = int(tokenizer.pad_token_id)
+    return (GlueRows(encode(train, tokenizer, max_len), max_len, pad),
+            GlueRows(encode(test, tokenizer, max_len), max_len, pad))
+
+
+def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
+    """Registered data builder: ``(data, config)`` as FederatedScope's
+    ``get_data`` returns them, with ``model.num_labels`` set."""
+    from federatedscope.core.auxiliaries.utils import setup_seed
+    from federatedscope.core.data import BaseDataTranslator
+
+    remember_run_config(config)
+    train, test = glue_rows(config)
+    # The splitters draw from numpy's global generator. FederatedScope
+    # seeds it with a constant before calling a data builder; the run's
+    # seed instead makes the split follow the seed, as the embedded
+    # runner's does.
+    setup_seed(config.seed)
+    data = BaseDataTranslator(config, client_cfgs)((train, [], test))
+    setup_seed(config.seed)
+    config.model.num_labels = task_spec(
+        task_name(config.data.type)).num_labels
+    return _for_this_process(data, config), config
+
+
+def _for_this_process(data: Any, config: Any) -> Any:
+    """Standalone: every party's data. Distributed: this process's share;
+    the server holds the whole test set for the global evaluation."""
+    if config.federate.mode.lower() == "standalone":
+        return data
+    index = int(config.distribute.data_idx)
+    if index == -1 and config.distribute.role == "server":
+        index = 0
+    if index not in data:
+        parties: Sequence[int] = sorted(data)
+        raise ValueError(f"config key 'distribute.data_idx' is {index}; "
+                         f"a {config.distribute.role} needs one of "
+                         f"{parties[1:]} (0, the server's, holds the test "
+                         "set)")
+    return data[index]

@@ -1,0 +1,43 @@
+"""The registered model builder: a PEFT ``SEQ_CLS`` LoRA model.
+
+FederatedScope-LLM builds causal language models only; this builds what
+the embedded runner builds (``training.models.build_model``): any
+``AutoModelForSequenceClassification`` checkpoint with the LoRA of
+``llm.adapter.args``, seeded by ``seed`` so every process, and every
+client that builds its own copy, starts from the same adapter. The head
+policy is not the model's business: each round's plan decides what
+trains (``rolora.head``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from federatedscope_rolora.fs.cfg_rolora import (
+    model_name,
+    run_config,
+    task_name,
+)
+from federatedscope_rolora.training.glue import task_spec
+from federatedscope_rolora.training.models import LoraSpec, build_model
+
+
+def build(model_cfg: Any) -> torch.nn.Module:
+    """The model of ``model.type``, with the run's LoRA, seed and task.
+
+    FederatedScope's standalone runner sets one torch thread before it
+    builds models; ``rolora.threads`` (if set) takes over from here.
+    """
+    cfg = run_config()
+    if model_name(model_cfg.type) != model_name(cfg.model.type):
+        raise ValueError(f"model.type {model_cfg.type!r} differs from the "
+                         f"run's {cfg.model.type!r}")
+    if cfg.rolora.threads:
+        torch.set_num_threads(int(cfg.rolora.threads))
+    lora = LoraSpec.from_args(dict(cfg.llm.adapter.args[0]))
+    num_labels = task_spec(task_name(cfg.data.type)).num_labels
+    model, _ = build_model(model_name(model_cfg.type), num_labels, lora,
+                           int(cfg.seed))
+    return model

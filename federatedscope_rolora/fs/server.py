@@ -1,0 +1,247 @@
+"""The server of ``federate.method`` rolora, lora and ffa_lora.
+
+FederatedScope's ``Server`` with the core's ``AdapterServer`` in charge of
+the protocol, the same code as the embedded runner's:
+
+- broadcast: the round's participants are the core's pure function of
+  (seed, round) with FederatedScope's ``sample_client_num``, and each gets
+  its own message with what it lacks (the whole adapter on first contact,
+  the factor averaged last round, whatever changed while it was away);
+- aggregation: each update is validated (keys, shapes, dtypes, finite
+  values, frozen-factor fingerprint, deadline), then the trained keys are
+  averaged; FederatedScope's aggregator is replaced by one over the core;
+- evaluation: the global adapter on the server's test set; every round is
+  written to ``metrics.jsonl`` with exact bytes by role and direction;
+- the end: ``summary.json`` and the whole adapter in PEFT format in the
+  outdir; ``finish`` carries no weights.
+
+FederatedScope's round (``state``) counts from 0; the core's from 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from federatedscope.core.aggregators.aggregator import Aggregator
+from federatedscope.core.message import Message
+from federatedscope.core.workers import Server
+
+from federatedscope_rolora.core.sampling import sample_clients
+from federatedscope_rolora.core.server import AdapterServer
+from federatedscope_rolora.core.validation import InvalidUpdate
+from federatedscope_rolora.fs.cfg_rolora import (
+    model_name,
+    schema_view,
+    task_name,
+)
+from federatedscope_rolora.fs.records import RunRecorder
+from federatedscope_rolora.fs.wire import ClientFailed, unpack_update
+from federatedscope_rolora.runners.outputs import ADAPTER_DIR
+from federatedscope_rolora.runners.setup import method_from_config
+from federatedscope_rolora.training.glue import task_spec
+from federatedscope_rolora.training.models import (
+    count_parameters,
+    get_adapter_state,
+    load_adapter_state,
+    save_adapter,
+)
+
+logger = logging.getLogger("federatedscope.rolora")
+
+
+@contextmanager
+def _without_fs_aggregator_warning() -> Iterator[None]:
+    """FederatedScope warns that it has no aggregator for the method and
+    builds a default one, which this server replaces straight away."""
+    fs_logger = logging.getLogger(
+        "federatedscope.core.auxiliaries.aggregator_builder")
+    drop = _DropMessage("is not implemented. Will use default one")
+    fs_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        fs_logger.removeFilter(drop)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+class RoundFailed(RuntimeError):
+    """Fewer than ``rolora.min_received`` updates were accepted."""
+
+
+class AdapterAggregator(Aggregator):  # type: ignore[misc]
+    """FederatedScope's aggregator slot, filled by the core: averages the
+    round's trained keys and installs the whole global adapter in the
+    server's model; saves it in PEFT format (``federate.save_to``)."""
+
+    def __init__(self, server: AdapterServer, model: torch.nn.Module
+                 ) -> None:
+        super().__init__()
+        self.server = server
+        self.model = model
+
+    def aggregate(self, agg_info: dict[str, Any]) -> dict[str, Any]:
+        merged = self.server.aggregate(int(agg_info["round"]))
+        load_adapter_state(self.model, self.server.state)
+        return merged
+
+    def save_model(self, path: str, cur_round: int = -1) -> None:
+        save_adapter(self.model, self.server.state, Path(path))
+
+    def load_model(self, path: str) -> int:
+        raise NotImplementedError("the rolora plugin does not restore "
+                                  "runs (federate.restore_from)")
+
+
+class RoloraServer(Server):  # type: ignore[misc]
+    is_finish: bool
+    def __init__(self, ID: int = -1, state: int = 0, config: Any = None,
+                 data: Any = None, model: Any = None, client_num: int = 5,
+                 total_round_num: int = 10, device: str = "cpu",
+                 strategy: Any = None, unseen_clients_id: Any = None,
+                 **kwargs: Any) -> None:
+        with _without_fs_aggregator_warning():
+            super().__init__(ID, state, config, data, model, client_num,
+                             total_round_num, device, strategy,
+                             unseen_clients_id, **kwargs)
+        if config is None:  # FederatedScope probes an empty instance
+            return
+        self.settings = schema_view(config)
+        self.task = task_spec(task_name(config.data.type))
+        self.adapter_server = AdapterServer(
+            method_from_config(self.settings),
+            get_adapter_state(self.model), self.settings["rolora.weighting"])
+        self.aggregator = AdapterAggregator(self.adapter_server, self.model)
+        self.aggregators = [self.aggregator]
+        self.recorder = RunRecorder(Path(config.outdir),
+                                    self.adapter_server.ledger,
+                                    self.task.metrics)
+        self._outputs_written = False
+
+    # --- rounds -------------------------------------------------------
+    def participants(self, round_idx: int, sample_client_num: int
+                     ) -> list[int]:
+        """FederatedScope's count, the core's draw: the embedded runner
+        draws the same clients in the same round."""
+        count = sample_client_num if 0 < sample_client_num \
+            < self.client_num else self.client_num
+        return sample_clients(self.client_num, round_idx,
+                              self.settings["seed"],
+                              sample_client_num=count)
+
+    def broadcast_model_para(self, msg_type: str = "model_para",
+                             sample_client_num: int = -1,
+                             filter_unseen_clients: bool = True) -> None:
+        if msg_type != "model_para":
+            super().broadcast_model_para(msg_type, sample_client_num,
+                                         filter_unseen_clients)
+            return
+        self._close_round()
+        round_idx = self.state + 1
+        receivers = self.participants(round_idx, sample_client_num)
+        self.sampler.change_state(receivers, "working")
+        for client_id in receivers:
+            payload = self.adapter_server.downlink(client_id, round_idx)
+            self.comm_manager.send(Message(
+                msg_type="model_para", sender=self.ID,
+                receiver=[client_id], state=self.state,
+                timestamp=self.cur_timestamp, content=payload))
+        self.recorder.open_round(self.adapter_server.plan(round_idx),
+                                 receivers)
+
+    def _perform_federated_aggregation(self) -> int:
+        round_idx = self.state + 1
+        buffer = self.msg_buffer["train"].get(self.state, {})
+        losses: dict[int, tuple[float, int]] = {}
+        rejected: dict[int, str] = {}
+        train_seconds = 0.0
+        for client_id in sorted(buffer):
+            try:
+                update, seconds = unpack_update(client_id, round_idx,
+                                                buffer[client_id])
+                train_seconds += seconds
+                self._check_deadline(seconds)
+                self.adapter_server.receive(update)
+            except ClientFailed as err:
+                rejected[client_id] = str(err)
+            except InvalidUpdate as err:
+                rejected[client_id] = f"invalid update: {err}"
+            else:
+                losses[client_id] = (update.train_loss, update.num_examples)
+                continue
+            logger.warning("rolora round %d: client %d left out: %s",
+                           round_idx, client_id, rejected[client_id])
+        needed = self.settings["rolora.min_received"]
+        if len(losses) < needed:
+            raise RoundFailed(
+                f"round {round_idx}: {len(losses)} client update(s) "
+                f"accepted, fewer than rolora.min_received ({needed}); "
+                "left out: " + "; ".join(f"client {c}: {why}" for c, why in
+                                         rejected.items()))
+        self.aggregator.aggregate({"round": round_idx})
+        self.recorder.trained(losses, rejected, train_seconds)
+        return len(losses)
+
+    def _check_deadline(self, seconds: float) -> None:
+        deadline = float(self.settings["rolora.client_deadline_s"])
+        if deadline > 0 and seconds > deadline:
+            raise ClientFailed(f"late: took {seconds:.2f} s, past the "
+                               "rolora.client_deadline_s of "
+                               f"{deadline:g} s")
+
+    # --- the end --------------------------------------------------------
+    def _close_round(self) -> None:
+        trainer = getattr(self, "trainer", None)
+        results = trainer.take_eval_results() if trainer is not None \
+            else {}
+        self.recorder.close_round(results)
+
+    def terminate(self, msg_type: str = "finish") -> None:
+        """Write the outputs, then tell the clients; the message carries
+        the round only (FederatedScope would send every weight of the
+        model). FederatedScope calls this twice in distributed mode."""
+        if self.is_finish:
+            return
+        self._write_outputs()
+        self.is_finish = True
+        self._monitor.finish_fl()
+        self.comm_manager.send(Message(
+            msg_type=msg_type, sender=self.ID,
+            receiver=list(self.comm_manager.neighbors.keys()),
+            state=self.state, timestamp=self.cur_timestamp,
+            content={"round": int(self.state)}))
+
+    def _write_outputs(self) -> None:
+        if self._outputs_written:
+            return
+        self._outputs_written = True
+        self._close_round()
+        run_dir = Path(self._cfg.outdir)
+        start = time.perf_counter()
+        save_adapter(self.model, self.adapter_server.state,
+                     run_dir / ADAPTER_DIR)
+        summary = self.recorder.write_summary({
+            "method": self.settings["federate.method"],
+            "task": self.task.name,
+            "model": model_name(self._cfg.model.type),
+            "mode": self._cfg.federate.mode,
+            "clients": self.client_num,
+            "parameters": count_parameters(self.model),
+        })
+        logger.info("rolora: adapter saved to %s (%.2f s); bytes up %d, "
+                    "down %d", run_dir / ADAPTER_DIR,
+                    time.perf_counter() - start, summary["bytes_up_total"],
+                    summary["bytes_down_total"])

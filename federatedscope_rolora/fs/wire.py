@@ -1,0 +1,77 @@
+"""What the plugin's messages carry, and how it reads them back.
+
+Down (``model_para``, one message per client): ``{key: tensor}``, what
+that client lacks (``AdapterServer.downlink``). Up (``model_para``):
+``(num_examples, {key: tensor}, meta)`` with ``meta`` holding the
+fingerprint of the client's frozen keys, its mean training loss and the
+seconds its local update took; a client whose local update raised sends
+the error text in place of the tensors. Standalone mode hands these
+objects over as they are; gRPC turns each tensor into a base64 pickle
+(exact dtype and values), tuples into lists, and ``param2tensor`` undoes
+that. Bytes are counted from the tensors before they are sent, never
+from the encoding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from federatedscope.core.auxiliaries.utils import param2tensor
+
+from federatedscope_rolora.core.server import ClientUpdate
+from federatedscope_rolora.core.validation import InvalidUpdate
+
+Upload = tuple[int, Any, dict[str, Any]]
+
+
+class ClientFailed(InvalidUpdate):
+    """The client's local update raised; the message is its error."""
+
+
+def pack_update(update: ClientUpdate, seconds: float) -> Upload:
+    meta = {"fingerprint": update.frozen_fingerprint,
+            "loss": float(update.train_loss), "seconds": float(seconds)}
+    return (update.num_examples, update.tensors, meta)
+
+
+def pack_failure(error: BaseException, seconds: float) -> Upload:
+    """What a client whose local update raised sends instead."""
+    text = f"raised {type(error).__name__}: {error}"
+    return (0, text, {"fingerprint": "", "loss": math.nan,
+                      "seconds": float(seconds)})
+
+
+def unpack_payload(content: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a download, whatever the transport did to them."""
+    if not isinstance(content, Mapping):
+        raise TypeError(f"expected a mapping of adapter tensors, got "
+                        f"{type(content).__name__}")
+    return {str(k): param2tensor(v) for k, v in content.items()}
+
+
+def unpack_update(client_id: int, round_idx: int, content: Any
+                  ) -> tuple[ClientUpdate, float]:
+    """The client's update and the seconds its local update took;
+    InvalidUpdate (naming the client) if it is malformed or a failure."""
+    who = f"client {client_id}, round {round_idx}"
+    if not isinstance(content, (list, tuple)) or len(content) != 3:
+        raise InvalidUpdate(f"{who}: malformed upload (expected num_examples"
+                            ", tensors and meta)")
+    num_examples, tensors, meta = content
+    if not isinstance(meta, Mapping):
+        raise InvalidUpdate(f"{who}: malformed upload meta")
+    seconds = float(meta.get("seconds", 0.0))
+    if isinstance(tensors, str):
+        raise ClientFailed(tensors)
+    if not isinstance(tensors, Mapping):
+        raise InvalidUpdate(f"{who}: malformed upload tensors")
+    update = ClientUpdate(
+        client_id=client_id, round_idx=round_idx,
+        tensors={str(k): param2tensor(v) for k, v in tensors.items()},
+        num_examples=num_examples,
+        frozen_fingerprint=str(meta.get("fingerprint", "")),
+        train_loss=float(meta.get("loss", math.nan)))
+    return update, seconds

@@ -1,0 +1,107 @@
+"""The ``rolora:`` node and the check function inside FederatedScope's own
+config system: every shipped YAML file means the same under both runners,
+and what the plugin cannot honour is refused with the key's name.
+
+One FederatedScope process (in the venv with the plugin installed) loads
+every file and tries every bad setting, and reports back as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fs.conftest import ROOT, TIMEOUT_S, FsMain, clean_env
+
+pytestmark = pytest.mark.fs
+
+CONFIGS = sorted((ROOT / "yaml_configs").glob("*.yaml"))
+BAD = {
+    "federate.online_aggr": "True",
+    "trainer.type": "llmtrainer",
+    "asyn.use": "True",
+    "rolora.first": "C",
+    "rolora.bogus": "1",
+    "train.optimizer.betas": "[0.9, 0.99]",
+    "llm.adapter.args": "[{'r': 4, 'bias': 'all'}]",
+    "model.type": "gpt2@huggingface_llm",
+    "data.type": "alpaca@llm",
+}
+
+PROBE = """\
+import json, sys
+from federatedscope.core.configs.config import global_cfg
+from federatedscope_rolora.config import SCHEMA, load_config
+from federatedscope_rolora.core.sampling import clients_per_round
+from federatedscope_rolora.fs.cfg_rolora import schema_view
+
+configs, bad = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+node = {k: v for k, v in global_cfg.rolora.items()
+        if not k.startswith("__") and k != "is_ready_for_run"}
+out = {"node": node, "files": {}, "bad": {}}
+for path in configs:
+    fs = global_cfg.clone()
+    fs.merge_from_file(path)
+    ours, theirs = load_config(path), schema_view(fs)
+    out["files"][path] = {
+        "differ": sorted(k for k in SCHEMA if k not in
+                         ("device", "federate.sample_client_num")
+                         and ours[k] != theirs[k]),
+        "per_round": [clients_per_round(c["federate.client_num"],
+                                        c["federate.sample_client_rate"],
+                                        c["federate.sample_client_num"])
+                      for c in (ours, theirs)],
+    }
+for key, value in bad.items():
+    fs = global_cfg.clone()
+    fs.merge_from_file(configs[0])
+    try:
+        fs.merge_from_list([key, value])
+        out["bad"][key] = None
+    except Exception as err:
+        out["bad"][key] = f"{type(err).__name__}: {err}"
+print(json.dumps(out, default=str))
+"""
+
+
+@pytest.fixture(scope="module")
+def probed(fs_main: FsMain) -> dict[str, Any]:
+    proc = subprocess.run(
+        [str(fs_main.venv.python), "-c", PROBE,
+         json.dumps([str(p) for p in CONFIGS]), json.dumps(BAD)],
+        env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+def test_the_node_holds_the_embedded_runners_rolora_keys(
+        probed: dict[str, Any]) -> None:
+    from federatedscope_rolora.config import SCHEMA
+
+    expected = {k.split(".", 1)[1]: f.default for k, f in SCHEMA.items()
+                if k.startswith("rolora.")}
+
+    assert probed["node"] == expected
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_each_shipped_file_means_the_same_under_both_runners(
+        probed: dict[str, Any], path: Path) -> None:
+    report = probed["files"][str(path)]
+
+    assert report["differ"] == []
+    assert report["per_round"][0] == report["per_round"][1]
+
+
+@pytest.mark.parametrize("key", sorted(BAD))
+def test_what_the_plugin_cannot_honour_is_refused_by_name(
+        probed: dict[str, Any], key: str) -> None:
+    error = probed["bad"][key]
+
+    assert error is not None, f"{key} {BAD[key]} was accepted"
+    assert key.split(".")[-1] in error or key in error

@@ -1,0 +1,212 @@
+"""FederatedScope's own ``main.py`` runs RoLoRA, LoRA and FFA-LoRA on a
+tiny BERT through the installed plugin, and does what the embedded runner
+does: the same keys travel, the same bytes, the same participants.
+
+Every run is a real ``federatedscope/main.py`` process in a venv where
+this package was pip-installed (``conftest.installed_venv``), so the
+plugin is found by its ``.pth`` hook and nothing else. Skipped when
+FederatedScope is not installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.fs.conftest import (
+    TIMEOUT_S,
+    FsMain,
+    FsRun,
+    embedded_records,
+    fs_tree,
+    read_jsonl,
+    write_config,
+)
+
+pytestmark = [pytest.mark.fs, pytest.mark.slow]
+
+
+def roles_sent_up(records: list[dict[str, Any]]) -> list[set[str]]:
+    return [set(r["bytes"]["up"]) for r in records]
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``text`` appears in ``log``; AssertionError if ``proc`` ends
+    or TIMEOUT_S passes first."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} in {log}"
+        time.sleep(0.2)
+
+
+def eval_log(run: FsRun) -> list[dict[str, Any]]:
+    """FederatedScope's own ``eval_results.log`` (one dict per line)."""
+    text = (run.run_dir / "eval_results.log").read_text(encoding="utf-8")
+    return [ast.literal_eval(line) for line in text.splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def rolora(fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+           tmp_path_factory: pytest.TempPathFactory
+           ) -> tuple[FsRun, list[dict[str, Any]]]:
+    """RoLoRA, 3 clients sharing the server's one model, 3 rounds; and the
+    embedded runner on the same file."""
+    tmp = tmp_path_factory.mktemp("fs_rolora")
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp / "fs",
+                   federate={"total_round_num": 3,
+                             "share_local_model": True})
+    cfg = write_config(tmp / "rolora.yaml", tree)
+    return fs_main.run(cfg), embedded_records(cfg, tmp / "embedded")
+
+
+def test_rolora_uploads_b_then_a_then_b(
+        rolora: tuple[FsRun, list[dict[str, Any]]]) -> None:
+    run, _ = rolora
+
+    records = read_jsonl(run.run_dir / "metrics.jsonl")
+
+    assert [r["phase"] for r in records] == ["B", "A", "B"]
+    assert roles_sent_up(records) == [{"lora_B"}, {"lora_A"}, {"lora_B"}]
+
+
+def test_rolora_bytes_equal_the_embedded_runners(
+        rolora: tuple[FsRun, list[dict[str, Any]]]) -> None:
+    run, embedded = rolora
+
+    records = read_jsonl(run.run_dir / "metrics.jsonl")
+
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+    # and they are FederatedScope's log's too, not only our file's
+    assert f"bytes up {records[1]['bytes']['up']}" in \
+        (run.run_dir / "exp_print.log").read_text(encoding="utf-8")
+
+
+def test_accuracy_is_reported_every_round(
+        rolora: tuple[FsRun, list[dict[str, Any]]]) -> None:
+    run, _ = rolora
+
+    server = [e for e in eval_log(run) if e["Role"] == "Server #"
+              and e["Round"] != "Final"]
+    records = read_jsonl(run.run_dir / "metrics.jsonl")
+
+    assert [e["Round"] for e in server] == [1, 2, 3]
+    assert all(0 <= e["Results_raw"]["test_acc"] <= 1 for e in server)
+    assert [r["eval"]["acc"] for r in records] == \
+        [e["Results_raw"]["test_acc"] for e in server]
+
+
+def test_the_saved_adapter_loads_with_peft(
+        rolora: tuple[FsRun, list[dict[str, Any]]],
+        tiny_model_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    run, _ = rolora
+    base = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir), num_labels=2)
+
+    model = PeftModel.from_pretrained(base, str(run.run_dir / "adapter"))
+
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b
+    # PEFT starts B at zero; rounds 1 and 3 trained it
+    assert all(bool(torch.count_nonzero(p) > 0) for p in lora_b)
+
+
+@pytest.mark.parametrize("method, shared, trained, fallback", [
+    ("lora", False, {"lora_A", "lora_B"}, True),
+    ("ffa_lora", True, {"lora_B"}, False),
+])
+def test_lora_and_ffa_lora_send_what_they_train(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, method: str, shared: bool, trained: set[str],
+        fallback: bool) -> None:
+    """LoRA runs through the ``fs-main`` fallback with the ``.pth`` hook
+    off, FFA-LoRA through the hook."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"method": method, "total_round_num": 2,
+                             "share_local_model": shared})
+    cfg = write_config(tmp_path / f"{method}.yaml", tree)
+
+    run = fs_main.run(cfg, fallback=fallback)
+    records = read_jsonl(run.run_dir / "metrics.jsonl")
+    embedded = embedded_records(cfg, tmp_path / "embedded")
+
+    assert roles_sent_up(records) == [trained, trained]
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+
+
+def test_sampled_clients_with_their_own_models_stay_in_sync(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """Half of 4 clients per round, each with its own model: a client
+    that missed rounds is re-synced with everything it lacks. The server
+    checks the fingerprint of every update's frozen factor against its
+    own, so no client left out means every frozen half was bit-identical
+    to the server's."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"client_num": 4, "sample_client_rate": 0.5,
+                             "total_round_num": 4,
+                             "share_local_model": False})
+    cfg = write_config(tmp_path / "sampled.yaml", tree)
+
+    records = read_jsonl(fs_main.run(cfg).run_dir / "metrics.jsonl")
+    embedded = embedded_records(cfg, tmp_path / "embedded")
+
+    assert [len(r["clients"]) for r in records] == [2, 2, 2, 2]
+    assert [r["clients"] for r in records] == \
+        [r["clients"] for r in embedded]
+    assert all(r["rejected"] == {} for r in records)
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+    assert roles_sent_up(records) == [{"lora_B"}, {"lora_A"}] * 2
+
+
+def test_distributed_mode_on_loopback(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, free_ports: list[int]) -> None:
+    """A server and two clients, three processes talking gRPC on
+    127.0.0.1; each builds the data and its partition itself."""
+    rounds = {"client_num": 2, "total_round_num": 2}
+    standalone = write_config(tmp_path / "standalone.yaml", fs_tree(
+        tiny_model_dir, tiny_glue_root, tmp_path / "st", federate=rounds))
+    procs = []
+    try:
+        for index, port in enumerate(free_ports):
+            role = "server" if index == 0 else "client"
+            tree = fs_tree(
+                tiny_model_dir, tiny_glue_root, tmp_path / "dist",
+                expname=f"{role}{index}",
+                federate={**rounds, "mode": "distributed"},
+                distribute={"use": True, "role": role, "data_idx": index,
+                            "server_host": "127.0.0.1",
+                            "server_port": free_ports[0],
+                            "client_host": "127.0.0.1",
+                            "client_port": port})
+            cfg = write_config(tmp_path / f"{role}{index}.yaml", tree)
+            log = tmp_path / f"{role}{index}.log"
+            procs.append(fs_main.start(cfg, log=log))
+            if role == "server":  # a client that finds no server gives up
+                wait_for(log, "Server: Listen to", procs[0])
+        codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    logs = {f.name: f.read_text(errors="replace")[-3000:]
+            for f in tmp_path.glob("*.log")}
+
+    assert codes == [0, 0, 0], logs
+    records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")
+    embedded = embedded_records(standalone, tmp_path / "embedded")
+    assert roles_sent_up(records) == [{"lora_B"}, {"lora_A"}]
+    assert [r["clients"] for r in records] == [[1, 2], [1, 2]]
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+    assert all("finished after round 2" in logs[f"client{i}.log"]
+               for i in (1, 2))
