@@ -160,11 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s",
                         stream=sys.stderr)
+    from federatedscope_rolora.core.server import RoundFailed
     from federatedscope_rolora.runners.checkpoint import CheckpointError
-    from federatedscope_rolora.runners.simulation import (
-        RoundFailed,
-        SetupError,
-    )
+    from federatedscope_rolora.runners.simulation import SetupError
 
     bad_input = (ConfigError, OutdirError, CheckpointError, SetupError)
     try:

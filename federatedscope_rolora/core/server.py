@@ -53,6 +53,24 @@ class ClientUpdate:
     train_loss: float = float("nan")
 
 
+class RoundFailed(RuntimeError):
+    """Fewer than ``rolora.min_received`` updates were accepted in a
+    round; the round is not aggregated."""
+
+
+def require_received(round_idx: int, accepted: int, needed: int,
+                     rejected: Mapping[int, str]) -> None:
+    """RoundFailed naming every left-out client and why, unless at least
+    ``needed`` updates were accepted."""
+    if accepted >= needed:
+        return
+    reasons = "; ".join(f"client {c}: {why}" for c, why in
+                        rejected.items())
+    raise RoundFailed(f"round {round_idx}: {accepted} client update(s) "
+                      f"accepted, fewer than rolora.min_received "
+                      f"({needed}); left out: {reasons}")
+
+
 def build_update(client_id: int, plan: RoundPlan,
                  state: Mapping[str, torch.Tensor], num_examples: int,
                  train_loss: float = float("nan")) -> ClientUpdate:

@@ -33,7 +33,10 @@ from federatedscope.core.message import Message
 from federatedscope.core.workers import Server
 
 from federatedscope_rolora.core.sampling import sample_clients
-from federatedscope_rolora.core.server import AdapterServer
+from federatedscope_rolora.core.server import (
+    AdapterServer,
+    require_received,
+)
 from federatedscope_rolora.core.validation import InvalidUpdate
 from federatedscope_rolora.fs.cfg_rolora import (
     model_name,
@@ -76,10 +79,6 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.text not in record.getMessage()
-
-
-class RoundFailed(RuntimeError):
-    """Fewer than ``rolora.min_received`` updates were accepted."""
 
 
 class AdapterAggregator(Aggregator):  # type: ignore[misc]
@@ -184,13 +183,8 @@ class RoloraServer(Server):  # type: ignore[misc]
                 continue
             logger.warning("rolora round %d: client %d left out: %s",
                            round_idx, client_id, rejected[client_id])
-        needed = self.settings["rolora.min_received"]
-        if len(losses) < needed:
-            raise RoundFailed(
-                f"round {round_idx}: {len(losses)} client update(s) "
-                f"accepted, fewer than rolora.min_received ({needed}); "
-                "left out: " + "; ".join(f"client {c}: {why}" for c, why in
-                                         rejected.items()))
+        require_received(round_idx, len(losses),
+                         self.settings["rolora.min_received"], rejected)
         self.aggregator.aggregate({"round": round_idx})
         self.recorder.trained(losses, rejected, train_seconds)
         return len(losses)

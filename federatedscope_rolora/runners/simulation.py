@@ -23,7 +23,9 @@ from federatedscope_rolora.core.sampling import derive_seed, sample_clients
 from federatedscope_rolora.core.server import (
     AdapterServer,
     ClientUpdate,
+    RoundFailed,
     build_update,
+    require_received,
 )
 from federatedscope_rolora.core.validation import InvalidUpdate
 from federatedscope_rolora.runners.checkpoint import (
@@ -61,11 +63,6 @@ UpdateHook = Callable[[ClientUpdate], ClientUpdate]
 class SetupError(ValueError):
     """The run could not start: bad data, model or split. Nothing was
     written."""
-
-
-class RoundFailed(RuntimeError):
-    """Fewer than ``rolora.min_received`` updates were accepted in a
-    round; the round was not recorded and the last checkpoint stands."""
 
 
 class Simulation:
@@ -132,13 +129,8 @@ class Simulation:
             rejected[client_id] = " ".join(reason.split())
             log.warning("round %d: client %d left out: %s", round_idx,
                         client_id, rejected[client_id])
-        needed = self.cfg["rolora.min_received"]
-        if len(losses) < needed:
-            raise RoundFailed(
-                f"round {round_idx}: {len(losses)} client update(s) "
-                f"accepted, fewer than rolora.min_received ({needed}); "
-                "left out: " + "; ".join(f"client {c}: {why}" for c, why in
-                                         rejected.items()))
+        require_received(round_idx, len(losses),
+                         self.cfg["rolora.min_received"], rejected)
         self.server.aggregate(round_idx)
         record: dict[str, Any] = {
             "round": round_idx, "phase": plan.phase,

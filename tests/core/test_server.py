@@ -588,3 +588,15 @@ def test_late_update_of_an_aggregated_round_is_refused() -> None:
     server.receive(clients[0].train(server, 2, {LORA_A: 1.0}))
     server.aggregate(2)
     assert torch.equal(server.state[A_V], torch.ones(2, 4))
+
+
+def test_require_received_names_every_left_out_client() -> None:
+    from federatedscope_rolora.core.server import RoundFailed, require_received
+
+    require_received(4, accepted=2, needed=2, rejected={3: "late"})
+    with pytest.raises(RoundFailed) as err:
+        require_received(4, accepted=1, needed=2,
+                         rejected={2: "raised", 3: "late"})
+
+    assert "round 4: 1 client update(s) accepted" in str(err.value)
+    assert "client 2: raised; client 3: late" in str(err.value)

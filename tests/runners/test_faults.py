@@ -17,7 +17,7 @@ from federatedscope_rolora.cli import main
 from federatedscope_rolora.config import ConfigError, build_config
 from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.core.roles import role_of
-from federatedscope_rolora.core.server import ClientUpdate
+from federatedscope_rolora.core.server import ClientUpdate, RoundFailed
 from federatedscope_rolora.runners.checkpoint import load_checkpoint
 from federatedscope_rolora.runners.faults import (
     FAULTS_ENV,
@@ -26,11 +26,7 @@ from federatedscope_rolora.runners.faults import (
 )
 from federatedscope_rolora.runners.outputs import read_metrics
 from federatedscope_rolora.runners.setup import build_federation
-from federatedscope_rolora.runners.simulation import (
-    RoundFailed,
-    Simulation,
-    run,
-)
+from federatedscope_rolora.runners.simulation import Simulation, run
 from tests.conftest import tiny_config_tree
 
 # Far above a tiny client's local update (tens of ms), far below the stall.

@@ -1,0 +1,163 @@
+"""GLUE head-to-head benchmarks: the quick run on the tiny model, the
+analytic byte count, and the run store that lets a suite resume.
+
+The tests marked slow share one quick run of the script (tiny BERT, tiny
+SST-2); the others need no model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.conftest import write_sst2, write_tiny_bert
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+SCRIPT = BENCH / "glue_head_to_head.py"
+METHODS = ("rolora", "lora", "ffa_lora")
+Run = dict[str, Any]
+
+
+def load(name: str) -> ModuleType:
+    """Import a benchmark module (benchmarks/ is not a package)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return __import__(name)
+
+
+def run_script(out: Path, model: Path, glue: Path, *extra: str
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--model", str(model),
+         "--glue-root", str(glue), "--out", str(out), *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One quick run of every benchmark on the tiny BERT and tiny SST-2."""
+    base = tmp_path_factory.mktemp("glue_bench")
+    model = write_tiny_bert(base / "tiny")
+    glue = write_sst2(base / "glue")
+    out = base / "out"
+    proc = run_script(out, model, glue)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "glue_quick_head_to_head.json").read_text())
+    return {"out": out, "model": model, "glue": glue, "data": data,
+            "stdout": proc.stdout}
+
+
+@pytest.mark.slow
+def test_measured_bytes_equal_the_analytic_count(quick: Run) -> None:
+    comm = quick["data"]["comm"]
+
+    assert comm, "no communication rows"
+    assert all(r["per_client"] == r["analytic"] for r in comm)
+
+
+@pytest.mark.slow
+def test_rolora_and_ffa_upload_half_of_lora(quick: Run) -> None:
+    frozen = [r for r in quick["data"]["comm"] if r["head"] == "frozen"]
+    up = {(r["method"], r["round"]): sum(r["per_client"]["up"].values())
+          for r in frozen}
+
+    for t in (1, 2, 3):
+        assert 2 * up[("rolora", t)] == up[("lora", t)]
+        assert 2 * up[("ffa_lora", t)] == up[("lora", t)]
+
+
+@pytest.mark.slow
+def test_rolora_alternates_the_factor_it_sends(quick: Run) -> None:
+    rows = [r for r in quick["data"]["comm"]
+            if r["method"] == "rolora" and r["head"] == "frozen"]
+
+    sent = [sorted(r["per_client"]["up"]) for r in rows]
+
+    assert sent == [["lora_B"], ["lora_A"], ["lora_B"]]
+
+
+@pytest.mark.slow
+def test_every_table_has_every_method_and_seed(quick: Run) -> None:
+    data = quick["data"]
+    seeds = len(data["plan"]["seeds"])
+
+    for cells in data["clients"]["sst2"].values():
+        assert {m: len(v) for m, v in cells.items()} == \
+            dict.fromkeys(METHODS, seeds)
+    for table in ("skew", "rank"):
+        for cells in data[table].values():
+            assert set(cells) == set(METHODS)
+            assert all(cells[m] for m in METHODS)
+    assert set(data["best_lr"]) == set(METHODS)
+
+
+@pytest.mark.slow
+def test_outputs_name_the_command_and_draw_plots(quick: Run) -> None:
+    out = quick["out"]
+
+    names = {p.name for p in out.iterdir()}
+
+    assert quick["data"]["command"].startswith(
+        "python benchmarks/glue_head_to_head.py --quick")
+    for plot in ("clients", "skew", "rank", "lr_grid", "comm", "curves"):
+        assert f"glue_quick_{plot}.png" in names
+    assert "| rolora |" in quick["stdout"]
+    assert "glue_quick_runs.jsonl" in names
+
+
+@pytest.mark.slow
+def test_restart_skips_finished_runs(quick: Run) -> None:
+    runs = quick["out"] / "glue_quick_runs.jsonl"
+    before = runs.read_text()
+
+    proc = run_script(quick["out"], quick["model"], quick["glue"])
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert runs.read_text() == before
+
+
+def test_analytic_count_follows_the_phase() -> None:
+    bench = load("glue_head_to_head")
+    common = load("_common")
+    spec = common.RunSpec(task="sst2", method="rolora", clients=3, seed=0,
+                          lr=1e-2, rank=2)
+    shapes = {"hidden": 384, "layers": 6}
+    factor = 12 * 2 * 384 * 4
+
+    first = bench.analytic_round(spec, shapes, 2, 1)
+    second = bench.analytic_round(spec, shapes, 2, 2)
+
+    assert first["up"] == {"lora_B": factor}
+    assert first["down"] == {"lora_A": factor, "lora_B": factor,
+                             "head": (384 * 2 + 2) * 4}
+    assert second == {"up": {"lora_A": factor},
+                      "down": {"lora_B": factor}}
+
+
+def test_store_round_trip_and_distinct_keys(tmp_path: Path) -> None:
+    common = load("_common")
+    spec = common.RunSpec(task="sst2", method="lora", clients=3, seed=0,
+                          lr=1e-2)
+    store = common.Store(tmp_path / "runs.jsonl")
+
+    store.add({"key": spec.key, "final": {"acc": 0.5}})
+    again = common.Store(tmp_path / "runs.jsonl")
+
+    assert spec in again
+    assert spec.with_(seed=1) not in again
+    assert spec.with_(alpha=0.5).key != spec.key
+    assert spec.with_(rank=4).key != spec.key
+
+
+def test_incomplete_lr_grid_is_an_error(tmp_path: Path) -> None:
+    bench = load("glue_head_to_head")
+    common = load("_common")
+
+    with pytest.raises(RuntimeError, match="grid incomplete"):
+        bench.best_lrs(bench.QUICK, common.Store(tmp_path / "none.jsonl"))
