@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     parser.add_argument("--glue-root", default=os.environ.get(
         "GLUE_DATA_ROOT", str(ROOT.parent / "shared/data/glue")))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", action="store_true",
                         help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=3)

@@ -1,0 +1,215 @@
+"""Shared pieces of the GLUE benchmarks: one run, the results store, stats.
+
+A run is identified by its protocol alone (task, method, clients, rank,
+split, seed, learning rate, sizes), never by the benchmark that asked for
+it: the same config and seed give the same numbers (DESIGN.md, invariant
+7), so a run that two benchmarks need (e.g. rank 2 at 3 clients) is done
+once. Every finished run is appended to a JSONL file at once, so a stopped
+suite keeps what it finished and a restart skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout that is not installed
+    sys.path.insert(0, str(ROOT))
+
+METHODS = ("rolora", "lora", "ffa_lora")
+MODEL = "all-MiniLM-L6-v2"
+
+
+def default_glue_root() -> Path:
+    """$GLUE_DATA_ROOT, else the shared copy beside the checkout."""
+    env = os.environ.get("GLUE_DATA_ROOT")
+    return Path(env) if env else ROOT.parent / "shared" / "data" / "glue"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides a run's numbers."""
+
+    task: str
+    method: str
+    clients: int
+    seed: int
+    lr: float
+    rank: int = 2
+    alpha: float = 0.0          # Dirichlet alpha; 0 means iid
+    rounds: int = 10
+    train_samples: int = 320
+    eval_samples: int = 400
+    eval_every: int = 5
+    tok_len: int = 64
+    batch_size: int = 16
+    local_epochs: int = 1
+    lora_alpha: int = 16
+    head: str = "frozen"
+    model: str = MODEL
+
+    @property
+    def key(self) -> str:
+        """A readable id; equal keys mean equal configs."""
+        split = f"lda{self.alpha:g}" if self.alpha else "iid"
+        return (f"{self.task}|{self.method}|c{self.clients}|r{self.rank}|"
+                f"{split}|s{self.seed}|lr{self.lr:g}|R{self.rounds}|"
+                f"N{self.train_samples}|E{self.eval_samples}"
+                f"/{self.eval_every}|T{self.tok_len}|B{self.batch_size}|"
+                f"ep{self.local_epochs}|a{self.lora_alpha}|{self.head}|"
+                f"{self.model}")
+
+    def with_(self, **changes: Any) -> RunSpec:
+        return replace(self, **changes)
+
+
+def overrides(spec: RunSpec, glue_root: Path, outdir: Path
+              ) -> dict[str, Any]:
+    """The config keys of ``spec`` (FederatedScope names)."""
+    values: dict[str, Any] = {
+        "seed": spec.seed, "outdir": str(outdir),
+        "data.root": str(glue_root), "data.type": f"{spec.task}@glue",
+        "model.type": spec.model,
+        "federate.method": spec.method,
+        "federate.client_num": spec.clients,
+        "federate.total_round_num": spec.rounds,
+        "llm.tok_len": spec.tok_len,
+        "llm.adapter.args": [{
+            "adapter_package": "peft", "adapter_method": "lora",
+            "r": spec.rank, "lora_alpha": spec.lora_alpha,
+            "lora_dropout": 0.0, "target_modules": ["query", "value"]}],
+        "train.batch_or_epoch": "epoch",
+        "train.local_update_steps": spec.local_epochs,
+        "train.optimizer.type": "AdamW", "train.optimizer.lr": spec.lr,
+        "dataloader.batch_size": spec.batch_size,
+        "eval.freq": spec.eval_every,
+        "rolora.head": spec.head,
+        "rolora.train_samples": spec.train_samples,
+        "rolora.eval_samples": spec.eval_samples,
+        "rolora.threads": 1,
+    }
+    if spec.alpha:
+        values["data.splitter"] = "lda"
+        values["data.splitter_args"] = [{"alpha": spec.alpha}]
+    return values
+
+
+def run_one(spec: RunSpec, glue_root: Path) -> dict[str, Any]:
+    """Run ``spec`` in a scratch outdir (removed afterwards) and keep what
+    the tables and plots need: curve, bytes per round, final metrics."""
+    from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.outputs import read_metrics
+    from federatedscope_rolora.runners.simulation import run
+
+    scratch = Path(tempfile.mkdtemp(prefix="glue_bench_"))
+    try:
+        cfg = load_config(None, overrides(spec, glue_root, scratch / "run"))
+        start = time.perf_counter()
+        summary = run(cfg)
+        wall = time.perf_counter() - start
+        records = read_metrics(cfg.run_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result_row(spec, summary, records, wall)
+
+
+def result_row(spec: RunSpec, summary: dict[str, Any],
+               records: list[dict[str, Any]], wall: float
+               ) -> dict[str, Any]:
+    """One JSONL line: the spec, the eval curve, bytes per round."""
+    sizes = [int(n) for n in summary["client_examples"].values()]
+    return {
+        "key": spec.key, "spec": asdict(spec),
+        "primary_metric": summary["primary_metric"],
+        "final": summary["final"], "best": summary["best"],
+        "curve": [{"round": r["round"], **r["eval"]}
+                  for r in records if "eval" in r],
+        "bytes_rounds": [{"round": r["round"], "up": r["bytes"]["up"],
+                          "down": r["bytes"]["down"]} for r in records],
+        "bytes_up_total": summary["bytes_up_total"],
+        "bytes_down_total": summary["bytes_down_total"],
+        "parameters": summary["parameters"],
+        "train_examples": summary["train_examples"],
+        "test_examples": summary["test_examples"],
+        "client_examples_min": min(sizes), "client_examples_max": max(sizes),
+        "data_sources": summary["data_sources"],
+        "train_seconds": sum(r["seconds"]["train"] for r in records),
+        "eval_seconds": sum(r["seconds"]["eval"] for r in records),
+        "wall_seconds": wall,
+    }
+
+
+class Store:
+    """Finished runs, one JSON object a line; appended run by run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.rows[row["key"]] = row
+
+    def __contains__(self, spec: object) -> bool:
+        return isinstance(spec, RunSpec) and spec.key in self.rows
+
+    def get(self, spec: RunSpec) -> dict[str, Any] | None:
+        return self.rows.get(spec.key)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows[row["key"]] = row
+
+
+def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
+           status: Path | None = None) -> None:
+    """Run every spec the store lacks, in order, logging progress."""
+    todo = [s for s in dict.fromkeys(specs) if s not in store]
+    for i, spec in enumerate(todo, 1):
+        start = time.perf_counter()
+        row = run_one(spec, glue_root)
+        store.add(row)
+        metric = row["primary_metric"]
+        line = (f"[{i}/{len(todo)}] {spec.key}: {metric} "
+                f"{row['final'][metric]:.4f} in "
+                f"{time.perf_counter() - start:.0f} s")
+        print(line, file=sys.stderr, flush=True)
+        if status is not None:
+            with open(status, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+
+def final_metric(row: dict[str, Any]) -> float:
+    return float(row["final"][row["primary_metric"]])
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    if not values:
+        return math.nan, math.nan
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), sd
+
+
+def cell(values: list[float], scale: float = 100.0) -> str:
+    """'mean ± sd (n)' in percent, or 'n/a'."""
+    if not values:
+        return "n/a"
+    mean, sd = mean_sd([v * scale for v in values])
+    return f"{mean:.2f} ± {sd:.2f} ({len(values)})"

@@ -1,0 +1,226 @@
+"""Tables, markdown and plots of the GLUE benchmarks, from the run store.
+
+The paper's numbers (RoBERTa-Large, arXiv 2409.02346 v1) sit beside ours
+so that every table shows where the two agree and where they do not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from _common import METHODS, Store, cell, final_metric, mean_sd
+
+PAPER_TASKS = ("sst2", "qnli", "mnli", "qqp", "rte")
+# Table 2: rank 2, LoRA on query/value of layers 15-23, total samples fixed.
+PAPER_T2: dict[int, dict[str, tuple[float, ...]]] = {
+    3: {"lora": (95.64, 92.04, 85.85, 86.16, 82.19),
+        "ffa_lora": (94.91, 90.11, 84.06, 85.48, 80.86),
+        "rolora": (95.60, 91.62, 85.66, 86.16, 82.19)},
+    20: {"lora": (94.27, 86.91, 81.22, 82.07, 46.21),
+         "ffa_lora": (93.92, 89.58, 80.51, 82.62, 57.76),
+         "rolora": (94.84, 90.77, 85.13, 85.10, 81.23)},
+    50: {"lora": (93.23, 82.57, 58.96, 76.96, 49.10),
+         "ffa_lora": (92.32, 85.15, 62.79, 77.78, 53.07),
+         "rolora": (94.61, 89.83, 85.15, 85.55, 72.92)},
+}
+# Table 1: 3 clients, mean over the five tasks, by rank.
+PAPER_T1: dict[str, dict[int, float]] = {
+    "lora": {8: 88.07, 4: 88.20, 2: 88.38, 1: 87.40},
+    "ffa_lora": {8: 87.44, 4: 87.48, 2: 87.08, 1: 86.21},
+    "rolora": {8: 88.06, 4: 88.28, 2: 88.22, 1: 87.33},
+}
+LABELS = {"rolora": "RoLoRA", "lora": "LoRA", "ffa_lora": "FFA-LoRA"}
+
+
+def paper_t2(clients: int, method: str, task: str) -> float | None:
+    if clients not in PAPER_T2 or task not in PAPER_TASKS:
+        return None
+    return PAPER_T2[clients][method][PAPER_TASKS.index(task)]
+
+
+def _values(store: Store, specs: list[Any]) -> list[float]:
+    rows = [store.get(s) for s in specs]
+    return [final_metric(r) for r in rows if r is not None]
+
+
+def _sizes(store: Store, specs: list[Any]) -> dict[str, list[int]]:
+    """Smallest and largest client (examples), per seed."""
+    rows = [r for r in (store.get(s) for s in specs) if r is not None]
+    return {str(r["spec"]["seed"]): [r["client_examples_min"],
+                                     r["client_examples_max"]]
+            for r in rows}
+
+
+def tables(plan: Any, store: Store, lrs: dict[str, float],
+           benches: list[str]) -> dict[str, Any]:
+    """Final metrics per cell (one value per seed), for JSON and text."""
+    out: dict[str, Any] = {}
+    if "lr" in benches or lrs:
+        out["lr_grid"] = {m: {f"{lr:g}": _values(store, [plan.spec(
+            plan.lr_task, method=m, lr=lr, clients=plan.few,
+            seed=0)]) for lr in plan.lr_grid} for m in METHODS}
+    if not lrs:
+        return out
+    if "clients" in benches:
+        out["clients"] = {t: {str(c): {m: _values(store, [plan.spec(
+            t, method=m, clients=c, seed=s, lr=lrs[m])
+            for s in plan.seeds]) for m in METHODS}
+            for c in plan.clients} for t in plan.tasks}
+    if "skew" in benches:
+        out["skew"] = {f"{a:g}" if a else "iid": {m: _values(store, [
+            plan.spec(plan.skew_task, method=m, seed=s, lr=lrs[m],
+                       clients=plan.skew_clients, alpha=a)
+            for s in plan.skew_seeds]) for m in METHODS}
+            for a in (0.0, *plan.alphas)}
+        out["skew_client_sizes"] = {
+            f"{a:g}" if a else "iid": _sizes(store, [plan.spec(
+                plan.skew_task, method=METHODS[0], seed=s,
+                lr=lrs[METHODS[0]], clients=plan.skew_clients, alpha=a)
+                for s in plan.skew_seeds]) for a in (0.0, *plan.alphas)}
+    if "rank" in benches:
+        out["rank"] = {str(r): {m: _values(store, [plan.spec(
+            plan.rank_task, method=m, clients=plan.few,
+            seed=s, lr=lrs[m], rank=r) for s in plan.rank_seeds])
+            for m in METHODS} for r in plan.ranks}
+    return out
+
+
+def ordering(cells: dict[str, list[float]]) -> str:
+    """'rolora 84.1 > lora 83.0 > ffa_lora 80.2' by mean."""
+    means = {m: mean_sd(v)[0] * 100 for m, v in cells.items() if v}
+    ranked = sorted(means, key=lambda m: -means[m])
+    return " > ".join(f"{m} {means[m]:.1f}" for m in ranked)
+
+
+def markdown(results: dict[str, Any], plan: Any) -> str:
+    base = plan.base
+    lines = [
+        "# GLUE head to head: RoLoRA vs LoRA vs FFA-LoRA", "",
+        f"Command: `{results['command']}`", "",
+        f"Protocol: {base.model}, LoRA r={base.rank} (unless stated), "
+        f"lora_alpha {base.lora_alpha}, query/value of every layer, head "
+        f"{base.head}; {base.train_samples} train examples in total over "
+        f"all clients, {base.local_epochs} local epoch(s) per round, batch "
+        f"{base.batch_size}, AdamW, {base.rounds} rounds, tok_len "
+        f"{base.tok_len}; metric on {base.eval_samples or 'all'} test rows "
+        f"(GLUE dev), evaluated every {base.eval_every} rounds and after the "
+        "last. Cells: final metric in %, mean ± sd over seeds (n seeds).",
+        "",
+    ]
+    if results.get("comm"):
+        lines += _comm_md(results["comm"])
+    if "lr_grid" in results:
+        lines += ["## Learning-rate grid", "",
+                  f"Task {plan.lr_task}, {plan.few} clients, seed "
+                  "0; final metric in %. Best per method (used "
+                  "everywhere): " + ", ".join(
+                      f"{m} {lr:g}" for m, lr in results["best_lr"].items()),
+                  "", "| method | " + " | ".join(
+                      f"lr {lr:g}" for lr in plan.lr_grid) + " |",
+                  "|---" * (len(plan.lr_grid) + 1) + "|"]
+        for m, row in results["lr_grid"].items():
+            lines.append(f"| {m} | " + " | ".join(
+                cell(v) for v in row.values()) + " |")
+        lines.append("")
+    if "clients" in results:
+        lines += _clients_md(results["clients"])
+    if "rank" in results:
+        lines += [f"## Rank ({plan.rank_task}, {plan.few} "
+                  "clients)", "",
+                  "Paper column: Table 1, mean over 5 tasks, RoBERTa-Large.",
+                  "", "| rank | method | ours | paper (5-task mean) |",
+                  "|---|---|---|---|"]
+        for r, cells in results["rank"].items():
+            for m, v in cells.items():
+                paper = PAPER_T1[m].get(int(r))
+                lines.append(f"| {r} | {m} | {cell(v)} | "
+                             f"{f'{paper:.2f}' if paper else 'n/a'} |")
+        lines.append("")
+    if "skew" in results:
+        lines += [f"## Label skew ({plan.skew_task}, {plan.skew_clients} "
+                  "clients, Dirichlet alpha)", "",
+                  "Client sizes: smallest-largest client (examples) per "
+                  "seed; the split is the same for every method.", "",
+                  "| split | method | ours | per seed | client sizes |",
+                  "|---|---|---|---|---|"]
+        sizes = results.get("skew_client_sizes", {})
+        for key, cells in results["skew"].items():
+            split = key if key == "iid" else f"alpha {key}"
+            span = "; ".join(f"s{k}: {lo}-{hi}" for k, (lo, hi) in
+                             sizes.get(key, {}).items())
+            for m, v in cells.items():
+                seeds = ", ".join(f"{x * 100:.1f}" for x in v)
+                lines.append(f"| {split} | {m} | {cell(v)} | {seeds} | "
+                             f"{span} |")
+        lines += ["", "Ordering by mean:", ""] + [
+            f"- {k if k == 'iid' else 'alpha ' + k}: {ordering(cells)}"
+            for k, cells in results["skew"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _clients_md(table: dict[str, Any]) -> list[str]:
+    tasks = list(table)
+    lines = ["## More clients, total samples fixed (Table 2 question)", "",
+             "| clients | method | " + " | ".join(
+                 f"{t} ours | {t} paper" for t in tasks) + " |",
+             "|---|---|" + "---|---|" * len(tasks)]
+    for c in next(iter(table.values())):
+        for m in METHODS:
+            cells = []
+            for t in tasks:
+                paper = paper_t2(int(c), m, t)
+                cells += [cell(table[t][c][m]),
+                          f"{paper:.2f}" if paper else "n/a"]
+            lines.append(f"| {c} | {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Ordering by mean:", ""]
+    for t in tasks:
+        for c, cells in table[t].items():
+            lines.append(f"- {t}, {c} clients: {ordering(cells)}")
+    return lines + [""]
+
+
+def _comm_md(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Communication per client and round (bytes)", "",
+             "Measured by the runner's ledger and asserted equal to the "
+             "count from the model's shapes (float32; A = r x hidden and "
+             "B = hidden x r per adapted module).", "",
+             "| method | rank | head | round | up (by role) | up total | "
+             "down total | = analytic | up vs LoRA |", "|---" * 9 + "|"]
+    lora_up = {(r["rank"], r["round"]): sum(r["per_client"]["up"].values())
+               for r in rows if r["method"] == "lora"}
+    for r in rows:
+        up = r["per_client"]["up"]
+        total = sum(up.values())
+        ref = lora_up.get((r["rank"], r["round"]))
+        ratio = f"{total / ref:.2f}" if ref else "n/a"
+        roles = ", ".join(f"{k} {v}" for k, v in sorted(up.items()))
+        lines.append(
+            f"| {r['method']} | {r['rank']} | {r['head']} | {r['round']} | "
+            f"{roles} | {total} | {sum(r['per_client']['down'].values())} "
+            f"| {r['per_client'] == r['analytic']} | {ratio} |")
+    return lines + [""]
+
+
+def plots(results: dict[str, Any], plan: Any, store: Store, out: Path,
+          stem: str) -> list[str]:
+    """One PNG per benchmark that has numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import _glue_plots as gp
+
+    written = []
+    for name, draw in (("clients", gp.clients), ("skew", gp.skew),
+                       ("rank", gp.rank), ("lr_grid", gp.lr_grid),
+                       ("comm", gp.comm)):
+        if results.get(name):
+            path = out / f"{stem}_{name}.png"
+            draw(results, plan, path)
+            written.append(path.name)
+    if results.get("clients"):
+        path = out / f"{stem}_curves.png"
+        gp.curves(results, plan, store, path)
+        written.append(path.name)
+    return written
