@@ -42,7 +42,7 @@ class Progress:
         if record["train_loss"] is not None:
             parts.append(f"loss {record['train_loss']:.4f}")
         for name, value in record.get("eval", {}).items():
-            parts.append(f"{name} {value:.4f}")
+            parts.append(f"test {name} {value:.4f}")
         up = sum(record["bytes"]["up"].values())
         parts.append(f"up {up / 1e3:.1f} KB")
         if record["rejected"]:
