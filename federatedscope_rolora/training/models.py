@@ -67,6 +67,11 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def public_model_name(name: str) -> str:
+    """The Hub id of the offline MiniLM copy; any other name as given."""
+    return _MINILM_HUB_ID if name.lower() in _MINILM_NAMES else name
+
+
 def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
                 ) -> tuple[torch.nn.Module, Any]:
     """Build (peft_model, tokenizer) deterministically from ``seed``.
@@ -109,6 +114,10 @@ def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
             model = get_peft_model(base, config)
     except ValueError as err:
         raise ModelError(f"cannot add LoRA to {name!r}: {err}") from err
+    # The adapter records the base model by its public name, not by the
+    # local path it was loaded from, so it stays usable elsewhere.
+    for peft_config in model.peft_config.values():
+        peft_config.base_model_name_or_path = public_model_name(name)
     if not any(role_of(k) in ("lora_A", "lora_B")
                for k, _ in model.named_parameters()):
         raise ModelError(f"LoRA matched no module of {name!r}: check "
