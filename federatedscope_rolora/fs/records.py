@@ -10,9 +10,7 @@ FederatedScope's own files (``eval_results.log``, ``exp_print.log``,
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,9 @@ from federatedscope_rolora import __version__
 from federatedscope_rolora.core.accounting import TrafficLedger
 from federatedscope_rolora.core.methods import RoundPlan
 from federatedscope_rolora.runners.outputs import (
-    METRICS_FILE,
     SUMMARY_FILE,
+    RunWriter,
+    round_results,
     write_json_atomic,
 )
 
@@ -91,8 +90,7 @@ class RunRecorder:
                              self._round_start,
                              "train": record.pop("train_seconds", 0.0)}
         self.records.append(record)
-        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        RunWriter(self.run_dir).append_round(record)
         self._log(record)
         return record
 
@@ -110,29 +108,13 @@ class RunRecorder:
     def write_summary(self, about: dict[str, Any]) -> dict[str, Any]:
         """``summary.json``: final and best evaluation, bytes, time, plus
         ``about`` (method, task, model...)."""
-        primary = self.metric_names[0]
-        evals = [(r["round"], r["eval"]) for r in self.records
-                 if "eval" in r]
-        totals = self.ledger.totals()
         summary: dict[str, Any] = {
             "version": __version__, "runner": "federatedscope", **about,
-            "rounds": len(self.records), "primary_metric": primary,
-            "bytes": totals,
-            "bytes_up_total": sum(totals["up"].values()),
-            "bytes_down_total": sum(totals["down"].values()),
+            **round_results(self.records, self.metric_names[0]),
             "wall_seconds": time.perf_counter() - self._run_start,
             "client_examples": {str(c): n for c, n in
                                 sorted(self.client_examples.items())},
         }
-        if evals:
-            best_round, best = max(
-                evals, key=lambda e: _finite(e[1].get(primary)))
-            summary["final"] = evals[-1][1]
-            summary["best"] = {**best, "round": best_round}
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         return summary
 
-
-def _finite(value: float | None) -> float:
-    return value if value is not None and math.isfinite(value) \
-        else -math.inf

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,6 +110,43 @@ class RunWriter:
     @property
     def checkpoint_dir(self) -> Path:
         return self.run_dir / CHECKPOINT_DIR
+
+
+def bytes_totals(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Bytes by direction and role over the rounds of ``records``: the
+    same sums as the ledger's, and whole across a resume."""
+    out: dict[str, dict[str, int]] = {"up": {}, "down": {}}
+    for record in records:
+        for direction, by_role in record["bytes"].items():
+            for role, num in by_role.items():
+                out[direction][role] = out[direction].get(role, 0) + num
+    return out
+
+
+def _finite(value: float | None) -> float:
+    return value if value is not None and math.isfinite(value) \
+        else -math.inf
+
+
+def round_results(records: list[dict[str, Any]], primary: str
+                  ) -> dict[str, Any]:
+    """What both runners' ``summary.json`` reports from the metrics lines:
+    final and best evaluation (by ``primary``; absent if none ran) and
+    bytes by direction and role, with their totals."""
+    totals = bytes_totals(records)
+    out: dict[str, Any] = {
+        "rounds": len(records), "primary_metric": primary,
+        "bytes": totals,
+        "bytes_up_total": sum(totals["up"].values()),
+        "bytes_down_total": sum(totals["down"].values()),
+    }
+    evals = [(r["round"], r["eval"]) for r in records if "eval" in r]
+    if evals:
+        best_round, best = max(evals,
+                               key=lambda e: _finite(e[1].get(primary)))
+        out["final"] = evals[-1][1]
+        out["best"] = {**best, "round": best_round}
+    return out
 
 
 def read_metrics_head(run_dir: Path, lines: int

@@ -40,6 +40,7 @@ from federatedscope_rolora.runners.outputs import (
     RunWriter,
     holds_run,
     read_metrics_head,
+    round_results,
 )
 from federatedscope_rolora.runners.setup import Federation, build_federation
 from federatedscope_rolora.training.local import evaluate, local_train
@@ -229,35 +230,16 @@ class Simulation:
         restore_rng(ckpt.rng)
 
 
-def bytes_totals(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Bytes by direction and role over the rounds of ``records``: the
-    same sums as the ledger's, and whole across a resume."""
-    out: dict[str, dict[str, int]] = {"up": {}, "down": {}}
-    for record in records:
-        for direction, by_role in record["bytes"].items():
-            for role, num in by_role.items():
-                out[direction][role] = out[direction].get(role, 0) + num
-    return out
-
-
 def summarize(sim: Simulation, records: list[dict[str, Any]],
               wall_seconds: float) -> dict[str, Any]:
     """Final and best metrics, bytes by role and direction, provenance."""
     fed, cfg = sim.fed, sim.cfg
-    primary = fed.task.metrics[0]
-    evals = [(r["round"], r["eval"]) for r in records if "eval" in r]
-    best_round, best = max(evals, key=lambda e: e[1][primary])
-    totals = bytes_totals(records)
     return {
         "version": __version__,
         "method": cfg["federate.method"], "task": fed.task.name,
-        "model": cfg.model_name, "rounds": len(records),
+        "model": cfg.model_name,
         "clients": cfg["federate.client_num"],
-        "primary_metric": primary,
-        "final": evals[-1][1], "best": {**best, "round": best_round},
-        "bytes": totals,
-        "bytes_up_total": sum(totals["up"].values()),
-        "bytes_down_total": sum(totals["down"].values()),
+        **round_results(records, fed.task.metrics[0]),
         "wall_seconds": wall_seconds,
         "train_examples": len(fed.train), "test_examples": len(fed.test),
         "client_examples": {str(c): len(r) for c, r in
