@@ -6,6 +6,7 @@ so that every table shows where the two agree and where they do not.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,14 @@ def tables(plan: Any, store: Store, lrs: dict[str, float],
 
 def ordering(cells: dict[str, list[float]]) -> str:
     """'rolora 84.1 > lora 83.0 > ffa_lora 80.2' by mean."""
-    means = {m: mean_sd(v)[0] * 100 for m, v in cells.items() if v}
+    means = {m: round(mean_sd(v)[0] * 100, 1)
+             for m, v in cells.items() if v}
     ranked = sorted(means, key=lambda m: -means[m])
-    return " > ".join(f"{m} {means[m]:.1f}" for m in ranked)
+    text = [f"{ranked[0]} {means[ranked[0]]:.1f}"] if ranked else []
+    for prev, m in itertools.pairwise(ranked):
+        sign = "=" if means[m] == means[prev] else ">"
+        text.append(f"{sign} {m} {means[m]:.1f}")
+    return " ".join(text)
 
 
 def markdown(results: dict[str, Any], plan: Any) -> str:
@@ -230,6 +236,12 @@ def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
 def _pairs_md(table: dict[str, Any], plan: Any) -> list[str]:
     lines = [f"## Sentence-pair tasks, {plan.few} clients "
              f"({_sizes_text(plan.pair_sizes)})", "",
+             "Each method at the learning rate the grid chose on "
+             f"{plan.lr_task} (not re-tuned per task). Test rows: "
+             f"{plan.big_eval} seeded rows of the GLUE dev set. QNLI trains "
+             "on the local train subset; MNLI, whose local copy has no "
+             "train split, trains on dev_mismatched and is tested on "
+             "dev_matched (disjoint).", "",
              "| task | method | ours | per seed | paper (Table 2) |",
              "|---|---|---|---|---|"]
     for t, cells in table.items():

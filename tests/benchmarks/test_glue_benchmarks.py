@@ -189,6 +189,16 @@ def test_store_round_trip_and_distinct_keys(tmp_path: Path) -> None:
     assert spec.with_(rank=4).key != spec.key
 
 
+def test_ordering_ranks_by_mean_and_marks_ties() -> None:
+    report = load("_glue_report")
+
+    text = report.ordering({"rolora": [0.70, 0.72], "lora": [0.80],
+                            "ffa_lora": [0.71]})
+
+    assert text == "lora 80.0 > rolora 71.0 = ffa_lora 71.0"
+    assert report.ordering({"rolora": [], "lora": []}) == ""
+
+
 def test_incomplete_lr_grid_is_an_error(tmp_path: Path) -> None:
     bench = load("glue_head_to_head")
     common = load("_common")
