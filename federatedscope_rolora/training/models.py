@@ -164,7 +164,11 @@ def save_adapter(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
     """Write ``state`` in PEFT's format (adapter_config.json +
     adapter_model.safetensors), loadable with PeftModel.from_pretrained."""
     load_adapter_state(model, state)
-    model.save_pretrained(str(path))  # type: ignore[operator]
+    # The base model's embeddings are never resized or trained here, so
+    # there is nothing of them to save; PEFT's default ("auto") would look
+    # the base model up on the Hub to find out, a network call at run time.
+    model.save_pretrained(  # type: ignore[operator]
+        str(path), save_embedding_layers=False)
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
