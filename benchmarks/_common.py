@@ -216,8 +216,11 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def cell(values: list[float], scale: float = 100.0) -> str:
-    """'mean ± sd (n)' in percent, or 'n/a'."""
+    """'mean ± sd (n)' in percent ('value (1)' for one seed: no spread
+    to show), or 'n/a'."""
     if not values:
         return "n/a"
     mean, sd = mean_sd([v * scale for v in values])
+    if len(values) == 1:
+        return f"{mean:.2f} (1)"
     return f"{mean:.2f} ± {sd:.2f} ({len(values)})"

@@ -122,6 +122,8 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
         "last. Cells: final metric in %, mean ± sd over seeds (n seeds).",
         "",
     ]
+    if results.get("coverage"):
+        lines += _coverage_md(results["coverage"])
     if results.get("comm"):
         lines += _comm_md(results["comm"])
     if "lr_grid" in results:
@@ -199,6 +201,18 @@ def _clients_md(table: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _coverage_md(table: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["## Runs", "",
+             "Runs each benchmark needs, how many are in the store, and "
+             "their run time (one torch thread each). 'all' counts a run "
+             "shared by two benchmarks once. A cell of a table whose runs "
+             "are missing shows fewer seeds or 'n/a'.", "",
+             "| benchmark | planned | done | run hours |", "|---|---|---|---|"]
+    lines += [f"| {name} | {c['planned']} | {c['done']} | {c['run_hours']} |"
+              for name, c in table.items()]
+    return lines + [""]
+
+
 def _sizes_text(sizes: tuple[tuple[str, Any], ...]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sizes)
 
@@ -228,7 +242,7 @@ def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
                          f"{cell(base)} | "
                          f"{f'{paper:.2f}' if paper else 'n/a'} |")
     lines += ["", "Ordering by mean:", ""] + [
-        f"- {c} clients: {ordering(cells)}"
+        f"- {c} clients: {ordering(cells) or 'not run'}"
         for c, cells in results["local"].items()]
     return lines + [""]
 

@@ -257,6 +257,11 @@ def check_comm(plan: Plan, store: Store, model: str) -> list[dict[str, Any]]:
     return rows
 
 
+SPEC_MAKERS = (("clients", clients_specs), ("skew", skew_specs),
+               ("rank", rank_specs), ("local", local_specs),
+               ("pairs", pair_specs))
+
+
 def run_plan(plan: Plan, benches: list[str], store: Store, glue_root: Path,
              status: Path | None) -> None:
     """Run what the chosen benchmarks lack, cheapest and most needed
@@ -269,11 +274,32 @@ def run_plan(plan: Plan, benches: list[str], store: Store, glue_root: Path,
     if set(benches) - {"comm"}:
         go(lr_specs(plan))
         lrs = best_lrs(plan, store)
-        for name, make in (("clients", clients_specs),
-                           ("skew", skew_specs), ("rank", rank_specs),
-                           ("local", local_specs), ("pairs", pair_specs)):
+        for name, make in SPEC_MAKERS:
             if name in benches:
                 go(make(plan, lrs))
+
+
+def coverage(plan: Plan, benches: list[str], store: Store,
+             lrs: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per benchmark: runs planned, runs in the store, and their run
+    time; ``all`` counts a run two benchmarks share once. A suite stopped
+    early shows here what its tables lack."""
+    planned: dict[str, list[RunSpec]] = {}
+    if "comm" in benches:
+        planned["comm"] = comm_specs(plan)
+    if lrs:
+        planned["lr"] = lr_specs(plan)
+        planned.update((name, make(plan, lrs)) for name, make in SPEC_MAKERS
+                       if name in benches)
+    planned["all"] = list(dict.fromkeys(
+        s for specs in planned.values() for s in specs))
+    out = {}
+    for name, specs in planned.items():
+        rows = [r for r in (store.get(s) for s in specs) if r is not None]
+        out[name] = {"planned": len(specs), "done": len(rows),
+                     "run_hours": round(sum(r["wall_seconds"] for r in rows)
+                                        / 3600, 2)}
+    return out
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -343,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": asdict(plan), "benches": benches,
         "versions": {"python": platform.python_version()},
         "best_lr": lrs, "comm": comm,
+        "coverage": coverage(plan, benches, store, lrs),
     }
     results.update(report.tables(plan, store, lrs, benches))
     text = report.markdown(results, plan)

@@ -124,6 +124,17 @@ def test_restart_skips_finished_runs(quick: Run) -> None:
 
 
 @pytest.mark.slow
+def test_coverage_counts_every_planned_run_once(quick: Run) -> None:
+    cov = quick["data"]["coverage"]
+    lines = (quick["out"] / "glue_quick_runs.jsonl").read_text().splitlines()
+
+    assert all(c["done"] == c["planned"] for c in cov.values())
+    assert cov["all"]["done"] == len(lines)
+    assert cov["all"]["planned"] < sum(
+        c["planned"] for name, c in cov.items() if name != "all")
+
+
+@pytest.mark.slow
 def test_local_runs_do_the_local_work_they_name(quick: Run) -> None:
     rows = [json.loads(line) for line in
             (quick["out"] / "glue_quick_runs.jsonl").read_text().splitlines()]
