@@ -119,7 +119,10 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
         f"{base.batch_size}, AdamW, {base.rounds} rounds, tok_len "
         f"{base.tok_len}; metric on {base.eval_samples or 'all'} test rows "
         f"(GLUE dev), evaluated every {base.eval_every} rounds and after the "
-        "last. Cells: final metric in %, mean ± sd over seeds (n seeds).",
+        "last. Cells: final metric in %, mean ± sd over seeds (n seeds). "
+        "Chance (the majority label's share of the test rows): " + ", ".join(
+            f"{t} {v * 100:.2f}%" for t, v in results.get("chance",
+                                                          {}).items()) + ".",
         "",
     ]
     if results.get("coverage"):
@@ -144,7 +147,7 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
     if "local" in results:
         lines += _local_md(results, plan)
     if "pairs" in results:
-        lines += _pairs_md(results["pairs"], plan)
+        lines += _pairs_md(results["pairs"], plan, results.get("chance", {}))
     if "rank" in results:
         lines += [f"## Rank ({plan.rank_task}, {plan.few} "
                   "clients)", "",
@@ -247,7 +250,8 @@ def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
     return lines + [""]
 
 
-def _pairs_md(table: dict[str, Any], plan: Any) -> list[str]:
+def _pairs_md(table: dict[str, Any], plan: Any,
+              chance: dict[str, float]) -> list[str]:
     lines = [f"## Sentence-pair tasks, {plan.few} clients "
              f"({_sizes_text(plan.pair_sizes)})", "",
              "Each method at the learning rate the grid chose on "
@@ -256,13 +260,14 @@ def _pairs_md(table: dict[str, Any], plan: Any) -> list[str]:
              "on the local train subset; MNLI, whose local copy has no "
              "train split, trains on dev_mismatched and is tested on "
              "dev_matched (disjoint).", "",
-             "| task | method | ours | per seed | paper (Table 2) |",
-             "|---|---|---|---|---|"]
+             "| task | method | ours | per seed | chance | paper (Table 2) |",
+             "|---|---|---|---|---|---|"]
     for t, cells in table.items():
+        floor = f"{chance[t] * 100:.2f}" if t in chance else "n/a"
         for m, v in cells.items():
             paper = paper_t2(plan.few, m, t)
             lines.append(f"| {t} | {m} | {cell(v)} | {_per_seed(v)} | "
-                         f"{f'{paper:.2f}' if paper else 'n/a'} |")
+                         f"{floor} | {f'{paper:.2f}' if paper else 'n/a'} |")
     lines += ["", "Ordering by mean:", ""] + [
         f"- {t}: {ordering(cells) or 'not run'}"
         for t, cells in table.items()]

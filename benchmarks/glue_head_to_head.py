@@ -262,6 +262,22 @@ SPEC_MAKERS = (("clients", clients_specs), ("skew", skew_specs),
                ("pairs", pair_specs))
 
 
+def chance(plan: Plan, task: str, glue_root: Path, seed: int = 0
+           ) -> float:
+    """Share of the majority label among the test rows a run of ``task``
+    at ``seed`` is scored on: what predicting one class scores."""
+    from collections import Counter
+
+    from federatedscope_rolora.training.glue import load_task
+    from federatedscope_rolora.training.partition import subsample_indices
+
+    spec = plan.spec(task, seed=seed)
+    _, test = load_task(task, glue_root, seed=seed)
+    rows = subsample_indices(len(test), spec.eval_samples or None, seed + 1)
+    counts = Counter(test.labels[i] for i in rows)
+    return max(counts.values()) / len(rows)
+
+
 def run_plan(plan: Plan, benches: list[str], store: Store, glue_root: Path,
              status: Path | None) -> None:
     """Run what the chosen benchmarks lack, cheapest and most needed
@@ -372,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         "coverage": coverage(plan, benches, store, lrs),
     }
     results.update(report.tables(plan, store, lrs, benches))
+    tasks = {plan.lr_task, *plan.tasks, *plan.pair_tasks, plan.local_task}
+    results["chance"] = {t: chance(plan, t, args.glue_root)
+                         for t in sorted(tasks)}
     text = report.markdown(results, plan)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

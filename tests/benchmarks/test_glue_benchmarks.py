@@ -135,6 +135,19 @@ def test_coverage_counts_every_planned_run_once(quick: Run) -> None:
 
 
 @pytest.mark.slow
+def test_chance_is_the_majority_share_of_the_test_rows(quick: Run) -> None:
+    from federatedscope_rolora.training.partition import subsample_indices
+
+    dev = (quick["glue"] / "SST-2" / "dev.tsv").read_text().splitlines()[1:]
+    labels = [int(line.rsplit("\t", 1)[1]) for line in dev]
+    rows = subsample_indices(len(labels), 16, 1)  # quick: 16 rows, seed 0
+    share = max(sum(labels[i] == y for i in rows) for y in (0, 1)) / 16
+
+    assert quick["data"]["chance"]["sst2"] == share
+    assert f"sst2 {share * 100:.2f}%" in quick["stdout"]
+
+
+@pytest.mark.slow
 def test_local_runs_do_the_local_work_they_name(quick: Run) -> None:
     rows = [json.loads(line) for line in
             (quick["out"] / "glue_quick_runs.jsonl").read_text().splitlines()]
