@@ -268,14 +268,16 @@ def chance(plan: Plan, task: str, glue_root: Path, seed: int = 0
     at ``seed`` is scored on: what predicting one class scores."""
     from collections import Counter
 
+    from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.setup import scored_subset
     from federatedscope_rolora.training.glue import load_task
-    from federatedscope_rolora.training.partition import subsample_indices
 
-    spec = plan.spec(task, seed=seed)
-    _, test = load_task(task, glue_root, seed=seed)
-    rows = subsample_indices(len(test), spec.eval_samples or None, seed + 1)
-    counts = Counter(test.labels[i] for i in rows)
-    return max(counts.values()) / len(rows)
+    cfg = load_config(None, common.overrides(plan.spec(task, seed=seed),
+                                             glue_root, Path("unused")))
+    _, test = load_task(task, glue_root, seed=seed,
+                        holdout=cfg["rolora.holdout"])
+    labels = scored_subset(cfg, test).labels
+    return max(Counter(labels).values()) / len(labels)
 
 
 def run_plan(plan: Plan, benches: list[str], store: Store, glue_root: Path,

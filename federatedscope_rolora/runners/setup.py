@@ -95,7 +95,9 @@ def split_train(cfg: Config, train: Split) -> tuple[Split, list[list[int]]]:
     return subset, parts
 
 
-def _test_subset(cfg: Config, test: Split) -> Split:
+def scored_subset(cfg: Config, test: Split) -> Split:
+    """The test rows a run of ``cfg`` is scored on (``rolora.eval_samples``
+    of them, seeded, or all)."""
     rows = subsample_indices(len(test), cfg["rolora.eval_samples"] or None,
                              cfg["seed"] + 1)
     return Split([test.texts[i] for i in rows],
@@ -122,7 +124,7 @@ def build_federation(cfg: Config) -> Federation:
     train, test = load_task(cfg.task, root, seed=cfg["seed"],
                             holdout=cfg["rolora.holdout"])
     subset, parts = split_train(cfg, train)
-    test = _test_subset(cfg, test)
+    test = scored_subset(cfg, test)
     lora = LoraSpec.from_args(cfg.lora)
     model, tokenizer = build_model(cfg.model_name, task.num_labels, lora,
                                    cfg["seed"])
