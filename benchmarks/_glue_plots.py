@@ -34,15 +34,20 @@ def _errorbars(ax: Any, xs: list[float], cells: list[dict[str, Any]],
                         color=COLORS[m], label=LABELS[m])
 
 
-def _by_clients(ax: Any, by_clients: dict[str, Any], title: str) -> None:
-    xs = list(range(len(by_clients)))
-    _errorbars(ax, [float(x) for x in xs], list(by_clients.values()), 0.06)
-    ax.set_xticks(xs, [str(c) for c in by_clients])
-    ax.set_xlabel("clients (total train examples fixed)")
+def _finish(ax: Any, xlabel: str, title: str) -> None:
+    """Labels, grid and legend of a line plot of final accuracy."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _by_clients(ax: Any, by_clients: dict[str, Any], title: str) -> None:
+    xs = list(range(len(by_clients)))
+    _errorbars(ax, [float(x) for x in xs], list(by_clients.values()), 0.06)
+    ax.set_xticks(xs, [str(c) for c in by_clients])
+    _finish(ax, "clients (total train examples fixed)", title)
 
 
 def clients(results: dict[str, Any], plan: Any, path: Path) -> None:
@@ -105,11 +110,7 @@ def rank(results: dict[str, Any], plan: Any, path: Path) -> None:
     _errorbars(ax, xs, list(table.values()), 0.03 * max(xs))
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(int(x)) for x in xs])
-    ax.set_xlabel("LoRA rank")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(f"{plan.rank_task}, {plan.few} clients")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, "LoRA rank", f"{plan.rank_task}, {plan.few} clients")
     _save(fig, path)
 
 
@@ -120,11 +121,8 @@ def lr_grid(results: dict[str, Any], plan: Any, path: Path) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                 color=COLORS[m], label=LABELS[m])
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate (AdamW)")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(f"{plan.lr_task}, {plan.few} clients, seed 0")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, "learning rate (AdamW)",
+            f"{plan.lr_task}, {plan.few} clients, seed 0")
     _save(fig, path)
 
 
