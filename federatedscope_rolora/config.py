@@ -176,6 +176,16 @@ SCHEMA: dict[str, Field] = {
     "rolora.client_deadline_s": Field(
         0.0, _NUM, "seconds a client's local update may take; a later "
         "update is left out of its round; 0: no deadline", **_NONNEG),
+    "rolora.prefix_cache": Field(
+        False, bool, "run the frozen layers below the lowest adapted one "
+        "(embeddings and layers 0..L-1, L = min(layers_to_transform)) "
+        "once per input, without dropout, and train and evaluate only "
+        "the layers above; off by default because it drops dropout in "
+        "that prefix"),
+    "rolora.prefix_cache_mb": Field(
+        2048.0, _NUM, "largest prefix cache allowed, in MB (10^6 bytes); a "
+        "larger one stops the run before it starts (exit code 2)",
+        **_POS),
 }
 
 LORA_ARG_KINDS: dict[str, type | tuple[type, ...]] = {

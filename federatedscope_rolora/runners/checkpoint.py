@@ -28,7 +28,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from federatedscope_rolora.config import Config, ConfigError, load_config
+from federatedscope_rolora.config import (
+    SCHEMA,
+    Config,
+    ConfigError,
+    load_config,
+)
 from federatedscope_rolora.runners.outputs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -45,7 +50,7 @@ _META = "rolora_checkpoint"
 MAY_CHANGE = frozenset({
     "outdir", "expname", "verbose", "use_gpu", "device", "rolora.threads",
     "federate.total_round_num", "eval.freq", "rolora.min_received",
-    "rolora.client_deadline_s",
+    "rolora.client_deadline_s", "rolora.prefix_cache_mb",
 })
 
 
@@ -183,7 +188,9 @@ def config_differences(saved: Mapping[str, Any], cfg: Mapping[str, Any]
     for key in sorted(set(saved) | set(now)):
         if key in MAY_CHANGE:
             continue
-        before, after = saved.get(key, absent), now.get(key, absent)
+        # A key newer than the checkpoint: its run had the default.
+        default = SCHEMA[key].default if key in SCHEMA else absent
+        before, after = saved.get(key, default), now.get(key, absent)
         if before != after:
             out.append(f"{key}: {before!r} in the checkpoint, {after!r} "
                        "now")

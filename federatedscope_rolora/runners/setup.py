@@ -7,6 +7,8 @@ run that never starts leaves its outdir untouched.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,18 @@ from federatedscope_rolora.training.partition import (
     partition,
     subsample_indices,
 )
+from federatedscope_rolora.training.prefix import (
+    PrefixCache,
+    build_prefix_cache,
+    cache_bytes,
+    check_cache_size,
+    check_frozen_prefix,
+    distinct_inputs,
+    nothing_to_cache,
+    prefix_layers,
+)
+
+log = logging.getLogger("federatedscope_rolora")
 
 
 @dataclass
@@ -44,6 +58,7 @@ class Federation:
     local: LocalSpec
     device: torch.device
     sources: dict[str, str]
+    prefix: PrefixCache | None = None   # None: every layer runs
 
     @property
     def pad_token_id(self) -> int:
@@ -104,6 +119,44 @@ def scored_subset(cfg: Config, test: Split) -> Split:
                  [test.labels[i] for i in rows], test.source)
 
 
+def prefix_cache_from_config(cfg: Config, model: torch.nn.Module,
+                             datasets: Sequence[EncodedDataset],
+                             pad_token_id: int, device: torch.device
+                             ) -> PrefixCache | None:
+    """The frozen prefix's states for every input of ``datasets`` when
+    ``rolora.prefix_cache`` is on and LoRA leaves layers below it; None
+    (every layer runs) otherwise. Refuses a cache larger than
+    ``rolora.prefix_cache_mb`` before building it."""
+    if not cfg["rolora.prefix_cache"]:
+        return None
+    adapted = LoraSpec.from_args(cfg.lora).layers_to_transform
+    layers = prefix_layers(adapted)
+    if layers == 0:
+        log.warning("%s", nothing_to_cache(adapted))
+        return None
+    check_frozen_prefix(model, layers)
+    keys = distinct_inputs(datasets)
+    check_cache_size(cache_bytes(keys, model), cfg["rolora.prefix_cache_mb"],
+                     layers)
+    cache = build_prefix_cache(model, keys, layers,
+                               pad_token_id=pad_token_id,
+                               batch_size=cfg["rolora.eval_batch_size"],
+                               device=device)
+    log.info("%s", cache.describe())
+    return cache
+
+
+def prefix_summary(cfg: Config, cache: PrefixCache | None
+                   ) -> dict[str, Any] | None:
+    """``summary.json``'s ``prefix_cache``: None when the key is off, 0
+    layers when there was nothing to cache."""
+    if not cfg["rolora.prefix_cache"]:
+        return None
+    if cache is None:
+        return PrefixCache(0).summary()
+    return cache.summary()
+
+
 def device_from_config(cfg: Config) -> torch.device:
     if cfg["use_gpu"] and torch.cuda.is_available():
         return torch.device("cuda", cfg["device"])
@@ -131,11 +184,14 @@ def build_federation(cfg: Config) -> Federation:
     device = device_from_config(cfg)
     model.to(device)
     max_len = cfg["llm.tok_len"]
+    encoded = (encode(subset, tokenizer, max_len),
+               encode(test, tokenizer, max_len))
+    pad = int(tokenizer.pad_token_id)
     return Federation(
         cfg=cfg, task=task, method=method_from_config(cfg), model=model,
-        tokenizer=tokenizer, train=encode(subset, tokenizer, max_len),
-        test=encode(test, tokenizer, max_len),
+        tokenizer=tokenizer, train=encoded[0], test=encoded[1],
         client_indices={i + 1: rows for i, rows in enumerate(parts)},
         local=local_spec_from_config(cfg), device=device,
         sources={"train": train.source, "test": test.source},
+        prefix=prefix_cache_from_config(cfg, model, encoded, pad, device),
     )

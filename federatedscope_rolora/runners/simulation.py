@@ -42,7 +42,11 @@ from federatedscope_rolora.runners.outputs import (
     read_metrics_head,
     round_results,
 )
-from federatedscope_rolora.runners.setup import Federation, build_federation
+from federatedscope_rolora.runners.setup import (
+    Federation,
+    build_federation,
+    prefix_summary,
+)
 from federatedscope_rolora.training.local import evaluate, local_train
 from federatedscope_rolora.training.models import (
     count_parameters,
@@ -100,7 +104,8 @@ class Simulation:
             fed.model, fed.train, rows, fed.local,
             seed=derive_seed("local", self.cfg["seed"], plan.round_idx,
                              client_id),
-            pad_token_id=fed.pad_token_id, device=fed.device)
+            pad_token_id=fed.pad_token_id, device=fed.device,
+            cache=fed.prefix)
         train_s = time.perf_counter() - start
         trained = get_adapter_state(fed.model)
         self.clients[client_id] = trained
@@ -186,7 +191,8 @@ class Simulation:
         load_adapter_state(fed.model, self.server.state)
         return evaluate(fed.model, fed.test, fed.task.metrics,
                         batch_size=self.cfg["rolora.eval_batch_size"],
-                        pad_token_id=fed.pad_token_id, device=fed.device)
+                        pad_token_id=fed.pad_token_id, device=fed.device,
+                        cache=fed.prefix)
 
     def _eval_due(self, round_idx: int) -> bool:
         last = round_idx == int(self.cfg["federate.total_round_num"])
@@ -246,6 +252,7 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
                             fed.client_indices.items()},
         "parameters": count_parameters(fed.model),
         "data_sources": fed.sources,
+        "prefix_cache": prefix_summary(cfg, fed.prefix),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -13,6 +14,11 @@ from federatedscope_rolora.training.encoding import (
     collate,
 )
 from federatedscope_rolora.training.metrics import compute_metrics
+from federatedscope_rolora.training.prefix import (
+    PrefixCache,
+    cached_inputs,
+    run_model,
+)
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,27 @@ def _batches(indices: Sequence[int], spec: LocalSpec,
                 return
 
 
+def _outputs(model: torch.nn.Module, data: EncodedDataset,
+             rows: Sequence[int], pad_token_id: int, device: torch.device,
+             cache: PrefixCache | None) -> Any:
+    """The model's output on a batch of ``rows``; with a prefix cache,
+    only the layers above the prefix run, on the cached states."""
+    inputs = collate(data, rows, pad_token_id)
+    if cache is not None:
+        inputs = cached_inputs(cache, data, rows, inputs)
+    return run_model(model, {k: v.to(device) for k, v in inputs.items()},
+                     cache)
+
+
 def local_train(model: torch.nn.Module, data: EncodedDataset,
                 indices: Sequence[int], spec: LocalSpec, *, seed: int,
-                pad_token_id: int, device: torch.device) -> LocalResult:
+                pad_token_id: int, device: torch.device,
+                cache: PrefixCache | None = None) -> LocalResult:
     """Train the parameters that have ``requires_grad`` on ``indices``.
 
     A fresh optimizer per round, as in FedAvg; ``seed`` fixes both the
     batch order and dropout, so a local update is reproducible alone.
+    The batches are the same with and without a prefix ``cache``.
     """
     if not indices:
         raise ValueError("a client with no examples cannot train")
@@ -88,9 +108,8 @@ def local_train(model: torch.nn.Module, data: EncodedDataset,
     model.train()
     total, batches, seen = 0.0, 0, 0
     for batch in _batches(indices, spec, generator):
-        inputs = {k: v.to(device) for k, v in
-                  collate(data, batch, pad_token_id).items()}
-        loss = model(**inputs).loss
+        loss = _outputs(model, data, batch, pad_token_id, device,
+                        cache).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if spec.grad_clip > 0:
@@ -106,7 +125,8 @@ def local_train(model: torch.nn.Module, data: EncodedDataset,
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: EncodedDataset,
              metric_names: Sequence[str], *, batch_size: int,
-             pad_token_id: int, device: torch.device) -> dict[str, float]:
+             pad_token_id: int, device: torch.device,
+             cache: PrefixCache | None = None) -> dict[str, float]:
     """Task metrics and mean loss of the model on all of ``data``."""
     model.eval()
     # Batching rows of similar length wastes little compute on padding.
@@ -114,9 +134,7 @@ def evaluate(model: torch.nn.Module, data: EncodedDataset,
     predictions = [0] * len(data)
     loss_sum = 0.0
     for batch in batch_indices(order, batch_size, None):
-        inputs = {k: v.to(device) for k, v in
-                  collate(data, batch, pad_token_id).items()}
-        out = model(**inputs)
+        out = _outputs(model, data, batch, pad_token_id, device, cache)
         loss_sum += float(out.loss) * len(batch)
         for i, label in zip(batch, out.logits.argmax(dim=-1).tolist(),
                             strict=True):

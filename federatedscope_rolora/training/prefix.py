@@ -52,11 +52,12 @@ def prefix_layers(layers_to_transform: Sequence[int] | None) -> int:
     return min(layers_to_transform) if layers_to_transform else 0
 
 
-def backbone_of(model: nn.Module) -> nn.Module:
+def backbone_of(model: nn.Module) -> Any:
     """The transformer under PEFT's wrapper and the task head: the module
-    holding ``embeddings`` and ``encoder.layer``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") \
-        else model
+    holding ``embeddings`` and ``encoder.layer`` (typed Any: those are
+    the model's own attributes, unknown to ``nn.Module``)."""
+    unwrap = getattr(model, "get_base_model", None)
+    base = unwrap() if callable(unwrap) else model
     backbone = getattr(base, str(getattr(base, "base_model_prefix", "")),
                        None)
     encoder = getattr(backbone, "encoder", None)
@@ -88,6 +89,15 @@ def check_frozen_prefix(model: nn.Module, layers: int) -> None:
                                   "the input")
 
 
+def nothing_to_cache(layers_to_transform: Sequence[int] | None) -> str:
+    """Why ``rolora.prefix_cache`` has no layer to cache, for the log."""
+    key = "llm.adapter.args[0].layers_to_transform"
+    why = f"{key} is unset, so every layer is adapted" \
+        if not layers_to_transform else f"{key} starts at layer 0"
+    return (f"rolora.prefix_cache: nothing to cache ({why}); every layer "
+            "runs, as without the cache")
+
+
 def input_key(data: EncodedDataset, row: int) -> InputKey:
     types = data.token_type_ids
     return (tuple(data.input_ids[row]),
@@ -107,7 +117,7 @@ def cache_bytes(keys: Sequence[InputKey], model: nn.Module) -> int:
     """Bytes the cache of ``keys`` holds: a state per real token."""
     backbone = backbone_of(model)
     width = int(backbone.config.hidden_size)
-    element = next(backbone.embeddings.parameters()).element_size()
+    element = int(next(backbone.embeddings.parameters()).element_size())
     return sum(len(ids) for ids, _ in keys) * width * element
 
 
@@ -139,6 +149,13 @@ class PrefixCache:
                 "inputs": len(self.states),
                 "build_seconds": self.build_seconds}
 
+    def describe(self) -> str:
+        """The log line: what was cached, its size and time."""
+        return (f"prefix cache: embeddings and layers 0-{self.layers - 1} "
+                f"ran once for {len(self.states):,} distinct inputs, "
+                f"{self.nbytes / MB:,.1f} MB, in "
+                f"{self.build_seconds:.1f} s")
+
     def hidden(self, keys: Sequence[InputKey], length: int
                ) -> torch.Tensor:
         """The states of ``keys``, right-padded with zeros to ``length``:
@@ -156,7 +173,7 @@ class PrefixCache:
 
 
 @contextmanager
-def _layers_only(backbone: nn.Module, layers: slice) -> Iterator[None]:
+def _layers_only(backbone: Any, layers: slice) -> Iterator[None]:
     stack = backbone.encoder.layer
     backbone.encoder.layer = nn.ModuleList(list(stack)[layers])
     try:
@@ -243,7 +260,7 @@ def build_prefix_cache(model: nn.Module, keys: Sequence[InputKey],
     return cache
 
 
-def _add_states(cache: PrefixCache, backbone: nn.Module,
+def _add_states(cache: PrefixCache, backbone: Any,
                 keys: Sequence[InputKey], pad_token_id: int,
                 device: torch.device) -> None:
     with_types = keys[0][1] is not None
