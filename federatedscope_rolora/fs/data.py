@@ -20,8 +20,10 @@ from torch.utils.data import Dataset, Subset
 from federatedscope_rolora.fs.cfg_rolora import (
     model_name,
     remember_run_config,
+    schema_view,
     task_name,
 )
+from federatedscope_rolora.fs.prefix import remember_inputs
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import Split, load_task, task_spec
 from federatedscope_rolora.training.models import resolve_model_path
@@ -114,6 +116,8 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
 
     remember_run_config(config)
     train, test = glue_rows(config)
+    remember_inputs(schema_view(config), [train.encoded, test.encoded],
+                    train.pad_token_id)
     # The splitters draw from numpy's global generator. FederatedScope
     # seeds it with a constant before calling a data builder; the run's
     # seed instead makes the split follow the seed, as the embedded

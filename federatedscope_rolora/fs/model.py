@@ -18,8 +18,10 @@ import torch
 from federatedscope_rolora.fs.cfg_rolora import (
     model_name,
     run_config,
+    schema_view,
     task_name,
 )
+from federatedscope_rolora.fs.prefix import prepare
 from federatedscope_rolora.training.glue import task_spec
 from federatedscope_rolora.training.models import LoraSpec, build_model
 
@@ -28,7 +30,9 @@ def build(model_cfg: Any) -> torch.nn.Module:
     """The model of ``model.type``, with the run's LoRA, seed and task.
 
     FederatedScope's standalone runner sets one torch thread before it
-    builds models; ``rolora.threads`` (if set) takes over from here.
+    builds models; ``rolora.threads`` (if set) takes over from here. With
+    ``rolora.prefix_cache``, the first model runs its frozen prefix over
+    the run's inputs (``fs/prefix.py``).
     """
     cfg = run_config()
     if model_name(model_cfg.type) != model_name(cfg.model.type):
@@ -40,4 +44,5 @@ def build(model_cfg: Any) -> torch.nn.Module:
     num_labels = task_spec(task_name(cfg.data.type)).num_labels
     model, _ = build_model(model_name(model_cfg.type), num_labels, lora,
                            int(cfg.seed))
+    prepare(schema_view(cfg), model)
     return model

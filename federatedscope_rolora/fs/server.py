@@ -38,6 +38,7 @@ from federatedscope_rolora.core.server import (
     require_received,
 )
 from federatedscope_rolora.core.validation import InvalidUpdate
+from federatedscope_rolora.fs import prefix
 from federatedscope_rolora.fs.cfg_rolora import (
     model_name,
     schema_view,
@@ -46,7 +47,10 @@ from federatedscope_rolora.fs.cfg_rolora import (
 from federatedscope_rolora.fs.records import RunRecorder
 from federatedscope_rolora.fs.wire import ClientFailed, unpack_update
 from federatedscope_rolora.runners.outputs import ADAPTER_DIR
-from federatedscope_rolora.runners.setup import method_from_config
+from federatedscope_rolora.runners.setup import (
+    method_from_config,
+    prefix_summary,
+)
 from federatedscope_rolora.training.glue import task_spec
 from federatedscope_rolora.training.models import (
     count_parameters,
@@ -234,6 +238,7 @@ class RoloraServer(Server):  # type: ignore[misc]
             "mode": self._cfg.federate.mode,
             "clients": self.client_num,
             "parameters": count_parameters(self.model),
+            "prefix_cache": prefix_summary(self.settings, prefix.current()),
         })
         logger.info("rolora: adapter saved to %s (%.2f s); bytes up %d, "
                     "down %d", run_dir / ADAPTER_DIR,

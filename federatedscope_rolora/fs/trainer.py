@@ -8,7 +8,9 @@ FederatedScope's ``GeneralTorchTrainer`` with four hooks changed:
 - the optimizer is the embedded runner's (trained parameters only, the
   same types and defaults: AdamW without weight decay unless set);
 - the forward pass feeds a sequence-classification model and cuts each
-  batch to its longest row;
+  batch to its longest row; with ``rolora.prefix_cache`` it feeds the
+  cached states after the frozen prefix instead of the tokens, and only
+  the layers above run (``fs/prefix.py``);
 - the metrics are the task's own (GLUE F1 of the positive class, MCC),
   beside FederatedScope's loss, total and ``eval.metrics``.
 
@@ -32,6 +34,7 @@ from federatedscope.core.trainers.enums import LIFECYCLE, MODE
 from torch.utils.data import DataLoader
 
 from federatedscope_rolora.core.methods import RoundPlan
+from federatedscope_rolora.fs import prefix
 from federatedscope_rolora.fs.cfg_rolora import schema_view, task_name
 from federatedscope_rolora.fs.data import IDS, MASK, TYPES, row_lengths
 from federatedscope_rolora.runners.setup import local_spec_from_config
@@ -43,6 +46,7 @@ from federatedscope_rolora.training.models import (
     load_adapter_state,
     set_trainable,
 )
+from federatedscope_rolora.training.prefix import run_model
 
 
 class RoloraTrainer(GeneralTorchTrainer):  # type: ignore[misc]
@@ -108,12 +112,20 @@ class RoloraTrainer(GeneralTorchTrainer):  # type: ignore[misc]
     def _hook_on_batch_forward(self, ctx: Any) -> None:
         x, labels = ctx.data_batch
         width = max(int(x[:, MASK].sum(dim=1).max()), 1)
-        x = x[:, :, :width].to(ctx.device)
-        inputs = {"input_ids": x[:, IDS], "attention_mask": x[:, MASK]}
-        if x.shape[1] > TYPES:
-            inputs["token_type_ids"] = x[:, TYPES]
+        x = x[:, :, :width]
+        cache = prefix.current()
+        inputs = {"attention_mask": x[:, MASK]}
+        if cache is not None:
+            inputs["inputs_embeds"] = cache.hidden(
+                prefix.row_keys(x, IDS, MASK, TYPES), width)
+        else:
+            inputs["input_ids"] = x[:, IDS]
+            if x.shape[1] > TYPES:
+                inputs["token_type_ids"] = x[:, TYPES]
         labels = labels.to(ctx.device)
-        out = ctx.model(**inputs, labels=labels)
+        out = run_model(ctx.model,
+                        {k: v.to(ctx.device) for k, v in inputs.items()}
+                        | {"labels": labels}, cache)
         ctx.y_true = CtxVar(labels, LIFECYCLE.BATCH)
         ctx.y_prob = CtxVar(out.logits, LIFECYCLE.BATCH)
         ctx.loss_batch = CtxVar(out.loss, LIFECYCLE.BATCH)

@@ -30,6 +30,8 @@ BAD = {
     "llm.adapter.args": "[{'r': 4, 'bias': 'all'}]",
     "model.type": "gpt2@huggingface_llm",
     "data.type": "alpaca@llm",
+    "rolora.prefix_cache": "'yes'",
+    "rolora.prefix_cache_mb": "0",
 }
 
 PROBE = """\
