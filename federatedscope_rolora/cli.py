@@ -74,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="OUTDIR",
                 help="continue the run in OUTDIR (default: the config's "
                 "outdir) from its last checkpoint; the config may change "
-                "only in outdir, rounds, threads, eval.freq and fault "
-                "tolerance")
+                "only in outdir, rounds, threads, eval.freq, fault "
+                "tolerance and the prefix cache's memory limit")
         if name == "compare":
             cmd.add_argument("--methods", default="rolora,lora,ffa_lora",
                              help="comma-separated methods "

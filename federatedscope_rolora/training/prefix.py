@@ -70,8 +70,9 @@ def backbone_of(model: nn.Module) -> Any:
 
 
 def check_frozen_prefix(model: nn.Module, layers: int) -> None:
-    """PrefixError unless layers 0..``layers``-1 exist above others and
-    hold no adapter tensor: a trained prefix cannot be cached."""
+    """PrefixError unless some layer lies above the first ``layers`` and
+    neither they nor the embeddings hold an adapter tensor: a prefix that
+    trains is no fixed function of the input."""
     backbone = backbone_of(model)
     stack = backbone.encoder.layer
     if layers >= len(stack):
@@ -125,7 +126,7 @@ def check_cache_size(nbytes: int, limit_mb: float, layers: int) -> None:
     if nbytes > limit_mb * MB:
         raise PrefixError(
             f"rolora.prefix_cache: the states after layers 0-{layers - 1} "
-            f"would take {nbytes / MB:,.1f} MB, over "
+            f"would take {nbytes / MB:,.2f} MB ({nbytes:,} bytes), over "
             f"rolora.prefix_cache_mb ({limit_mb:g} MB); raise "
             "rolora.prefix_cache_mb or set rolora.prefix_cache false")
 

@@ -198,7 +198,7 @@ def test_a_trained_prefix_is_refused() -> None:
 
 
 def test_a_cache_over_the_limit_names_its_size_and_the_key() -> None:
-    with pytest.raises(PrefixError, match=r"2\.5 MB, over "
-                       r"rolora\.prefix_cache_mb \(2 MB\)"):
+    with pytest.raises(PrefixError, match=r"2\.50 MB \(2,500,000 bytes\), "
+                       r"over rolora\.prefix_cache_mb \(2 MB\)"):
         check_cache_size(2_500_000, 2, LAYERS)
     check_cache_size(2_000_000, 2, LAYERS)
