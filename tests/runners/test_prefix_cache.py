@@ -20,6 +20,10 @@ from safetensors.torch import load_file
 from federatedscope_rolora.config import Config, build_config
 from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.runners import simulation
+from federatedscope_rolora.runners.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+)
 from federatedscope_rolora.runners.outputs import read_metrics
 from federatedscope_rolora.runners.setup import Federation
 from federatedscope_rolora.runners.simulation import run
@@ -243,3 +247,25 @@ def test_resume_refuses_to_switch_the_cache(
                        "the checkpoint, False now"):
         run(cfg.replace(rolora__prefix_cache=False,
                         federate__total_round_num=2), resume=True)
+
+
+def test_a_checkpoint_older_than_the_keys_resumes_as_uncached(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """A run checkpointed before the keys existed ran uncached: it
+    resumes as such, and switching the cache on is refused."""
+    cfg = make_cfg(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                   cached=False, rounds=1)
+    run(cfg)
+    old = load_checkpoint(cfg.run_dir)
+    assert old is not None
+    for key in ("rolora.prefix_cache", "rolora.prefix_cache_mb"):
+        del old.config[key]
+    save_checkpoint(cfg.run_dir, old)
+
+    with pytest.raises(ValueError, match="rolora.prefix_cache: False in "
+                       "the checkpoint, True now"):
+        run(cfg.replace(rolora__prefix_cache=True,
+                        federate__total_round_num=2), resume=True)
+    resumed = run(cfg.replace(federate__total_round_num=2), resume=True)
+
+    assert resumed["rounds"] == 2
