@@ -220,14 +220,21 @@ def test_a_bad_value_names_the_key(
 
 def test_a_resumed_run_rebuilds_the_cache_and_matches_the_straight_run(
         cached_runs: dict[str, Path], tiny_model_dir: Path,
-        tiny_glue_root: Path, tmp_path: Path) -> None:
+        tiny_glue_root: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     cfg = make_cfg(tiny_model_dir, tiny_glue_root, tmp_path / "run",
                    cached=True)
     with pytest.raises(Stop):
         run(cfg, on_round=stop_after(2))
 
     # the cache is rebuilt, not read back: a limit change is allowed
-    resumed = run(cfg.replace(rolora__prefix_cache_mb=100.0), resume=True)
+    with caplog.at_level(logging.INFO, "federatedscope_rolora"):
+        resumed = run(cfg.replace(rolora__prefix_cache_mb=100.0),
+                      resume=True)
+
+    assert "prefix cache: embeddings and layers 0-0 ran once for " \
+        f"{resumed['prefix_cache']['inputs']:,} distinct inputs" \
+        in caplog.text
 
     assert_same_run(cfg.run_dir, cached_runs["rolora"])
     assert resumed["prefix_cache"]["bytes"] == \
