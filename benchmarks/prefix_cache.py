@@ -100,6 +100,8 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(plain: dict[str, Any], cached: dict[str, Any]) -> str:
+    from federatedscope_rolora.training.prefix import prefix_span
+
     cache = cached["prefix_cache"]
     rows = ["| | uncached | cached | speed-up |", "|---|---|---|---|"]
     for label, key in (("local training s / round", "train_s"),
@@ -109,7 +111,7 @@ def table(plain: dict[str, Any], cached: dict[str, Any]) -> str:
     rows.append(f"| final accuracy | {plain['final_acc']:.4f} | "
                 f"{cached['final_acc']:.4f} | |")
     rows.append("")
-    rows.append(f"Cache: embeddings and layers 0-{cache['layers'] - 1} "
+    rows.append(f"Cache: embeddings and {prefix_span(cache['layers'])} "
                 f"for {cache['inputs']:,} distinct inputs, "
                 f"{cache['bytes'] / 1e6:.1f} MB, built once in "
                 f"{cache['build_seconds']:.2f} s.")

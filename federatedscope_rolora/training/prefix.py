@@ -122,10 +122,15 @@ def cache_bytes(keys: Sequence[InputKey], model: nn.Module) -> int:
     return sum(len(ids) for ids, _ in keys) * width * element
 
 
+def prefix_span(layers: int) -> str:
+    """'layer 0' or 'layers 0-3', for messages."""
+    return "layer 0" if layers == 1 else f"layers 0-{layers - 1}"
+
+
 def check_cache_size(nbytes: int, limit_mb: float, layers: int) -> None:
     if nbytes > limit_mb * MB:
         raise PrefixError(
-            f"rolora.prefix_cache: the states after layers 0-{layers - 1} "
+            f"rolora.prefix_cache: the states after {prefix_span(layers)} "
             f"would take {nbytes / MB:,.2f} MB ({nbytes:,} bytes), over "
             f"rolora.prefix_cache_mb ({limit_mb:g} MB); raise "
             "rolora.prefix_cache_mb or set rolora.prefix_cache false")
@@ -152,7 +157,7 @@ class PrefixCache:
 
     def describe(self) -> str:
         """The log line: what was cached, its size and time."""
-        return (f"prefix cache: embeddings and layers 0-{self.layers - 1} "
+        return (f"prefix cache: embeddings and {prefix_span(self.layers)} "
                 f"ran once for {len(self.states):,} distinct inputs, "
                 f"{self.nbytes / MB:,.1f} MB, in "
                 f"{self.build_seconds:.1f} s")

@@ -85,7 +85,7 @@ def test_cached_run_ends_with_the_uncached_adapter(
     assert (report["bytes"], report["inputs"]) == \
         (theirs["bytes"], theirs["inputs"])
     assert summary(runs[False].run_dir)["prefix_cache"] is None
-    assert "rolora prefix cache: embeddings and layers 0-0" in \
+    assert "rolora prefix cache: embeddings and layer 0" in \
         runs[True].log
 
 

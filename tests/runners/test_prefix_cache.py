@@ -232,7 +232,7 @@ def test_a_resumed_run_rebuilds_the_cache_and_matches_the_straight_run(
         resumed = run(cfg.replace(rolora__prefix_cache_mb=100.0),
                       resume=True)
 
-    assert "prefix cache: embeddings and layers 0-0 ran once for " \
+    assert "prefix cache: embeddings and layer 0 ran once for " \
         f"{resumed['prefix_cache']['inputs']:,} distinct inputs" \
         in caplog.text
 
