@@ -6,11 +6,14 @@ one implementation of the protocol:
 
 1. ``downlink(client, t)``: the adapter tensors the client does not hold in
    their current version (everything on first contact, everything that
-   changed while it was away, and whatever it trained itself last time).
+   changed while it was away, whatever it trained itself last time, and
+   everything after it was left out of a round).
 2. The client trains the keys of ``plan(t)`` and sends them with the
    fingerprint of its frozen keys (``build_update``).
 3. ``receive(update)`` validates key set, shapes, dtypes, finiteness and
-   the fingerprint, and keeps the update.
+   the fingerprint, and keeps the update; ``refuse`` leaves a client out
+   (invalid, late or failed), counts what it sent as refused traffic and
+   forgets what it holds.
 4. ``aggregate(t)`` averages the trained keys only and bumps their version.
 """
 
@@ -141,9 +144,40 @@ class AdapterServer:
     def receive(self, update: ClientUpdate) -> None:
         """Validate and keep one update; InvalidUpdate if it is bad.
 
-        A refused update changes nothing here; the client's trained keys
-        were marked stale at download, so it is re-synced next time.
+        A refused update changes nothing in the adapter; it is counted as
+        refused traffic and the client is re-synced in full next time
+        (``refuse``).
         """
+        try:
+            self._accept(update)
+        except InvalidUpdate:
+            self.refuse(update.client_id, self._arrival_round(update),
+                        update.tensors)
+            raise
+
+    def refuse(self, client_id: int, round_idx: int,
+               payload: Mapping[str, Any] | None = None) -> None:
+        """Leave ``client_id`` out of ``round_idx``, for any reason
+        (invalid, late, raised): what it uploaded is counted as refused
+        traffic, and the server assumes nothing about what the client
+        holds, so its next downlink re-syncs every key (DESIGN.md,
+        invariant 2). A client whose frozen factor drifted is thus
+        repaired, never trusted."""
+        if isinstance(payload, Mapping) and payload:
+            self.ledger.record_refused(round_idx, client_id, payload)
+        if client_id in self.client_versions:
+            self.client_versions[client_id] = {}
+
+    def _arrival_round(self, update: ClientUpdate) -> int:
+        """The round an update is counted in: its own, or, for a stale or
+        malformed round number, the round now open."""
+        round_idx = update.round_idx
+        if isinstance(round_idx, int) and not isinstance(round_idx, bool) \
+                and round_idx > self._aggregated_round:
+            return round_idx
+        return self._pending_round or self._aggregated_round + 1
+
+    def _accept(self, update: ClientUpdate) -> None:
         who = f"client {update.client_id}, round {update.round_idx}"
         self._check_round(update.round_idx, who)
         if update.client_id in self._pending:

@@ -168,15 +168,17 @@ class Simulation:
         # A client's failure is the client's, never the round's.
         except Exception as err:
             log.debug("client %d failed", client_id, exc_info=True)
+            self.server.refuse(client_id, plan.round_idx)
             return None, f"raised {type(err).__name__}: {err}", 0.0
         took = time.perf_counter() - start
         deadline = float(self.cfg["rolora.client_deadline_s"])
         if deadline > 0 and took > deadline:
+            self.server.refuse(client_id, plan.round_idx, update.tensors)
             return None, (f"late: took {took:.2f} s, past the "
                           f"rolora.client_deadline_s of {deadline:g} s"), \
                 train_s
         try:
-            self.server.receive(update)
+            self.server.receive(update)  # refuses what it refuses itself
         except InvalidUpdate as err:
             return None, f"invalid update: {err}", train_s
         return update, "", train_s

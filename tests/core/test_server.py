@@ -408,7 +408,13 @@ def _assert_unchanged(server: AdapterServer,
 
 def _refused(server: AdapterServer, update: ClientUpdate,
              *fragments: str) -> None:
-    before = _snapshot(server)
+    """Refused with a message naming the client and the fault; nothing
+    of the adapter changed; the upload counted as refused traffic; and
+    the server forgot what the client holds (a full re-sync next)."""
+    state, version, records, received = _snapshot(server)
+    sent = sum(v.numel() * v.element_size()
+               for v in update.tensors.values()
+               if isinstance(v, torch.Tensor))
 
     with pytest.raises(InvalidUpdate) as err:
         server.receive(update)
@@ -417,7 +423,13 @@ def _refused(server: AdapterServer, update: ClientUpdate,
     assert f"client {update.client_id}" in message
     for fragment in fragments:
         assert fragment in message
-    _assert_unchanged(server, before)
+    _assert_same_state(server.state, state)  # type: ignore[arg-type]
+    assert server.version == version
+    assert server.received() == received
+    new = server.ledger.records[len(records):]  # type: ignore[arg-type]
+    assert all(r.direction == "up_rejected" for r in new)
+    assert sum(r.num_bytes for r in new) == sent
+    assert server.client_versions.get(update.client_id, {}) == {}
 
 
 def test_wrong_key_set_is_refused() -> None:
@@ -527,7 +539,7 @@ def test_refused_update_gets_its_trained_keys_resent() -> None:
 
     payload = client.sync(server, 2)
 
-    assert set(payload) == B_KEYS
+    assert set(payload) == ALL
     _assert_same_state(client.state, server.state)
 
 
@@ -600,3 +612,35 @@ def test_require_received_names_every_left_out_client() -> None:
 
     assert "round 4: 1 client update(s) accepted" in str(err.value)
     assert "client 2: raised; client 3: late" in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["rolora", "lora", "ffa_lora"])
+def test_drifted_client_is_resynced_in_full_and_accepted_next(
+        method: str) -> None:
+    """Invariant 2: a client whose frozen half drifted (real tensors, not
+    a fake fingerprint) is refused, then re-synced with every key; its
+    next update is accepted and started from the server's exact state.
+
+    Before the fix, FFA-LoRA refused that client forever (A never
+    changes, so it was never re-sent), and RoLoRA accepted its next
+    round trained from the drifted A (the fingerprint then covers B)."""
+    server = _rolora_server(method)
+    client, other = Client(0, 2), Client(1, 3)
+    for c in (client, other):
+        c.sync(server, 1)
+    frozen = server.plan(1).frozen_keys(server.state)
+    drifted = sorted(frozen)[0]
+    client.state[drifted] = client.state[drifted] + 1e-3
+
+    with pytest.raises(InvalidUpdate, match="fingerprint"):
+        server.receive(client.train(server, 1, {LORA_A: 1.0,
+                                                LORA_B: 2.0}))
+    server.receive(other.train(server, 1, {LORA_A: 1.0, LORA_B: 2.0}))
+    server.aggregate(1)
+
+    payload = client.sync(server, 2)
+
+    assert set(payload) == ALL
+    _assert_same_state(client.state, server.state)
+    server.receive(client.train(server, 2, {LORA_A: 3.0, LORA_B: 4.0}))
+    assert server.received() == [0]
