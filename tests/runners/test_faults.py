@@ -19,6 +19,7 @@ from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.core.accounting import bytes_by_role
 from federatedscope_rolora.core.roles import LORA_A, role_of
 from federatedscope_rolora.core.server import ClientUpdate, RoundFailed
+from federatedscope_rolora.runners import simulation
 from federatedscope_rolora.runners.checkpoint import load_checkpoint
 from federatedscope_rolora.runners.faults import (
     FAULTS_ENV,
@@ -27,7 +28,6 @@ from federatedscope_rolora.runners.faults import (
 )
 from federatedscope_rolora.runners.outputs import read_metrics
 from federatedscope_rolora.runners.setup import build_federation
-from federatedscope_rolora.runners import simulation
 from federatedscope_rolora.runners.simulation import Simulation, run
 from federatedscope_rolora.training.models import get_adapter_state
 from tests.conftest import tiny_config_tree
