@@ -6,8 +6,18 @@ BIN := $(VENV)/bin
 # The GLUE copy in TSV layout; every machine of this project has one here.
 GLUE_ROOT ?= $(firstword $(wildcard ../shared/data/glue) data/glue)
 STAMP := $(VENV)/.installed
+CLI_CHECK_DIR := runs/cli-check
 
-.PHONY: install test lint quickstart clean
+# The stamp says the venv was set up; this says it still holds the
+# package and its command. If not (removed by hand, or by a test), the
+# stamp goes and the venv is set up again.
+ifneq ($(shell $(BIN)/python -c "import federatedscope_rolora" \
+               2>/dev/null && test -x $(BIN)/federatedscope-rolora \
+               && echo ok),ok)
+$(shell rm -f $(STAMP))
+endif
+
+.PHONY: install test lint check-cli quickstart clean
 
 # The exact CPU build of torch goes in first, so nothing pulls a CUDA
 # build; the offline model goes in with --no-deps, as its own dependency
@@ -26,8 +36,25 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# After the suite, the command still runs in the venv it tested: its
+# help, and one round of a tiny real run whose summary is checked.
 test: lint
 	GLUE_DATA_ROOT=$(GLUE_ROOT) $(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory check-cli
+
+check-cli:
+	$(BIN)/federatedscope-rolora --help > /dev/null
+	rm -rf $(CLI_CHECK_DIR)
+	$(BIN)/federatedscope-rolora run --cfg yaml_configs/quickstart_sst2.yaml \
+	    data.root $(GLUE_ROOT) outdir $(CLI_CHECK_DIR) \
+	    federate.total_round_num 1 rolora.train_samples 48 \
+	    rolora.eval_samples 32 train.local_update_steps 2
+	$(BIN)/python -c "import json, sys; \
+	    s = json.load(open('$(CLI_CHECK_DIR)/summary.json')); \
+	    ok = s['rounds'] == 1 and s['bytes_up_total'] > 0; \
+	    print('check-cli:', 'ok' if ok else 'FAILED', s['final']); \
+	    sys.exit(0 if ok else 1)"
+	rm -rf $(CLI_CHECK_DIR)
 
 quickstart: $(STAMP)
 	$(BIN)/federatedscope-rolora compare \

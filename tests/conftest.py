@@ -6,12 +6,53 @@ tokenizer from a vocabulary file written here.
 
 from __future__ import annotations
 
+import importlib.metadata
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+def environment_snapshot() -> dict[str, object]:
+    """What a test must not change in the environment running it
+    (DESIGN.md, invariant 9): the installed distributions and versions,
+    and the scripts in its ``bin``."""
+    bindir = Path(sys.prefix) / "bin"
+    return {
+        "distributions": sorted(
+            {(d.metadata["Name"] or "?", d.version)
+             for d in importlib.metadata.distributions()}),
+        "scripts": sorted(p.name for p in bindir.iterdir())
+        if bindir.is_dir() else [],
+    }
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_ENV_KEY] = environment_snapshot()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test installed, removed or replaced anything in
+    the environment running the tests."""
+    before = session.config.stash.get(_ENV_KEY, None)
+    after = environment_snapshot()
+    if before is None or before == after:
+        return
+    changes = []
+    for field in ("distributions", "scripts"):
+        old, new = set(before[field]), set(after[field])  # type: ignore
+        changes += [f"{field}: lost {sorted(old - new)}"] if old - new \
+            else []
+        changes += [f"{field}: gained {sorted(new - old)}"] if new - old \
+            else []
+    print("\nThe tests changed the environment running them "
+          f"({sys.prefix}): " + "; ".join(changes), file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_ENV_KEY = pytest.StashKey[dict[str, object]]()
 
 POSITIVE = ["good", "great", "fine", "nice", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "sad", "dull"]

@@ -55,10 +55,16 @@ class Venv:
     site: Path
 
 
-def make_venv(path: Path) -> Venv:
-    """A venv without pip: built in well under a second, offline."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip",
-                    str(path)], check=True)
+def make_venv(path: Path, with_pip: bool = False) -> Venv:
+    """A venv, without pip unless asked (built in well under a second;
+    with pip, from the bundled wheel, offline, in a few seconds).
+
+    Uninstall with the venv's own pip: this environment's pip, even
+    with ``--python VENV``, acts on this environment's packages too.
+    """
+    flags = [] if with_pip else ["--without-pip"]
+    subprocess.run([sys.executable, "-m", "venv", *flags, str(path)],
+                   check=True)
     python = path / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; "
@@ -71,8 +77,11 @@ def pip_install(venv: Venv, source: Path, editable: bool) -> None:
     """This environment's pip installs into the venv's prefix; no index,
     no build isolation, no dependencies: nothing is downloaded."""
     prefix = venv.python.parent.parent
+    # --ignore-installed: without it, pip first uninstalls the copy of
+    # this package in the environment running the tests.
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-           "--no-build-isolation", "--no-index", "--prefix", str(prefix)]
+           "--no-build-isolation", "--no-index", "--ignore-installed",
+           "--prefix", str(prefix)]
     cmd += ["-e", str(source)] if editable else [str(source)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 

@@ -80,17 +80,18 @@ def probe(venv: Venv, stub: Path) -> dict[str, object]:
 
 
 def uninstall(venv: Venv) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "--python",
-                    str(venv.python), "uninstall", "--yes", "--quiet",
-                    "federatedscope-rolora"],
-                   check=True, capture_output=True, text=True)
+    """The venv's own pip, offline: it sees nothing but the venv."""
+    subprocess.run([str(venv.python), "-m", "pip", "uninstall", "--yes",
+                    "--quiet", "--no-input", "federatedscope-rolora"],
+                   env=clean_env(PIP_NO_INDEX="1"), check=True,
+                   capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("editable", [False, True],
                          ids=["install", "editable"])
 def test_install_ships_the_hook_and_uninstall_removes_it(
         tmp_path: Path, editable: bool) -> None:
-    venv = make_venv(tmp_path / "venv")
+    venv = make_venv(tmp_path / "venv", with_pip=True)
     source = copy_source(tmp_path / "src")
     stub = write_stub(tmp_path / "stub")
 
