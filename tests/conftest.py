@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+
 def environment_snapshot() -> dict[str, object]:
     """What a test must not change in the environment running it
     (DESIGN.md, invariant 9): the installed distributions and versions,
