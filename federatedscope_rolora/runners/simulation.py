@@ -59,6 +59,9 @@ RoundCallback = Callable[[dict[str, Any]], None]
 # Test hook: may replace a client's update, stall or raise before it is
 # sent, as a faulty client would (see runners/faults.py).
 UpdateHook = Callable[[ClientUpdate], ClientUpdate]
+# Test hook: may change a client's adapter after its local training, as a
+# buggy client would (runners/faults.py, ``drift``).
+StateHook = Callable[[RoundPlan, int, State], None]
 
 
 class SetupError(ValueError):
@@ -70,7 +73,8 @@ class Simulation:
     """Server, clients' adapter states and the shared model of one run."""
 
     def __init__(self, fed: Federation,
-                 update_hook: UpdateHook | None = None) -> None:
+                 update_hook: UpdateHook | None = None,
+                 state_hook: StateHook | None = None) -> None:
         self.fed = fed
         self.cfg = fed.cfg
         self.server = AdapterServer(fed.method,
@@ -78,6 +82,7 @@ class Simulation:
                                     fed.cfg["rolora.weighting"])
         self.clients: dict[int, State] = {}
         self.update_hook = update_hook
+        self.state_hook = state_hook
 
     def participants(self, round_idx: int) -> list[int]:
         return sample_clients(self.cfg["federate.client_num"], round_idx,
@@ -103,6 +108,8 @@ class Simulation:
             pad_token_id=fed.pad_token_id, device=fed.device)
         train_s = time.perf_counter() - start
         trained = get_adapter_state(fed.model)
+        if self.state_hook is not None:
+            self.state_hook(plan, client_id, trained)
         self.clients[client_id] = trained
         update = build_update(client_id, plan, trained, len(rows),
                               result.loss)
@@ -251,7 +258,8 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
     }
 
 
-def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None
+def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
+           state_hook: StateHook | None = None
            ) -> tuple[Simulation, RunWriter, list[dict[str, Any]], float]:
     """Check everything, then open the outdir: a run that cannot start
     (bad data or model, a checkpoint that does not match) writes
@@ -271,7 +279,7 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None
         fed = build_federation(cfg)
     except ValueError as err:
         raise SetupError(str(err)) from err
-    sim = Simulation(fed, update_hook)
+    sim = Simulation(fed, update_hook, state_hook)
     if ckpt is not None:
         sim.restore(ckpt)
         log.info("resuming %s after round %d", cfg.run_dir, ckpt.round_idx)
@@ -282,11 +290,13 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None
 
 def run(cfg: Config, *, on_round: RoundCallback | None = None,
         update_hook: UpdateHook | None = None,
+        state_hook: StateHook | None = None,
         resume: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to the end, checkpointing after every round; with
     ``resume``, continue the run in ``cfg.run_dir`` from its checkpoint.
     Returns the summary written to the outdir."""
-    sim, writer, records, before = _start(cfg, resume, update_hook)
+    sim, writer, records, before = _start(cfg, resume, update_hook,
+                                          state_hook)
     start = time.perf_counter()
     for round_idx in range(len(records) + 1,
                            cfg["federate.total_round_num"] + 1):
