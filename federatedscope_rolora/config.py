@@ -10,6 +10,7 @@ Overrides use FederatedScope's form: ``KEY VALUE`` pairs after ``--cfg``.
 
 from __future__ import annotations
 
+import ast
 import copy
 import difflib
 import re
@@ -320,6 +321,14 @@ def _check_cross(cfg: dict[str, Any]) -> None:
         raise ConfigError("config key 'rolora.min_received' "
                           f"({cfg['rolora.min_received']}) exceeds the "
                           f"{per_round} client(s) drawn per round")
+    optimizer = cfg["train.optimizer.type"]
+    if cfg["train.optimizer.momentum"] != 0 and optimizer != "SGD":
+        # torch's Adam and AdamW take no momentum: the embedded runner
+        # would drop it, FederatedScope would raise in every client.
+        raise ConfigError("config key 'train.optimizer.momentum' "
+                          f"({cfg['train.optimizer.momentum']}) applies to "
+                          f"SGD only; train.optimizer.type is {optimizer} "
+                          "(set momentum to 0, or use SGD)")
     args = cfg["data.splitter_args"]
     if not all(isinstance(a, Mapping) for a in args):
         raise ConfigError("config key 'data.splitter_args' must be a list of "
@@ -330,6 +339,19 @@ def _check_cross(cfg: dict[str, Any]) -> None:
             raise ConfigError("data.splitter 'lda' needs "
                               "data.splitter_args [{alpha: A}] with A > 0, "
                               f"got {args!r}")
+
+
+def config_warnings(cfg: Mapping[str, Any]) -> list[str]:
+    """Settings that are valid but probably not what the user wants, with
+    the reason; both runners log them once at start."""
+    warnings = []
+    if cfg["federate.method"] == "rolora" and cfg["rolora.first"] == "A":
+        warnings.append(
+            "rolora.first is A: PEFT initialises lora_B to zero, so the "
+            "gradient of lora_A is exactly zero in the first phase "
+            f"({cfg['rolora.period']} round(s)): it trains nothing, yet "
+            "uploads A. Keep the default B unless B starts non-zero.")
+    return warnings
 
 
 def splitter_alpha(args: Sequence[Mapping[str, Any]]) -> Any:
@@ -376,15 +398,37 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
                           f"{pairs[-1]!r} has no value")
     out: dict[str, Any] = {}
     for key, raw in zip(pairs[::2], pairs[1::2], strict=True):
-        try:
-            out[key] = _load_yaml(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {key!r}: cannot parse {raw!r}: "
-                              f"{err}") from err
-        # only an explicit null is None; ``KEY ''`` is the empty string
-        if out[key] is None and raw.strip().lower() not in ("null", "~"):
-            out[key] = raw
+        out[key] = parse_value(key, raw)
     return out
+
+
+def parse_value(key: str, raw: str) -> Any:
+    """One override's value, in either form a user may have in hand:
+    a Python literal, as FederatedScope's command line takes it
+    (``"[{'r': 2}]"``, ``None``), else YAML (``"[{r: 2}]"``, ``null``).
+    Tuples become lists, as YAML would give them."""
+    try:
+        return _lists(ast.literal_eval(raw.strip()))
+    except (ValueError, SyntaxError, TypeError, MemoryError,
+            RecursionError):
+        pass
+    try:
+        value = _load_yaml(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key!r}: cannot parse {raw!r}: "
+                          f"{err}") from err
+    # only an explicit null is None; ``KEY ''`` is the empty string
+    if value is None and raw.strip().lower() not in ("null", "~"):
+        return raw
+    return value
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return value
 
 
 def load_config(path: str | Path | None,

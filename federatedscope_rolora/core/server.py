@@ -5,7 +5,8 @@ Framework-free, so the embedded runner and the FederatedScope plugin share
 one implementation of the protocol:
 
 1. ``downlink(client, t)``: the adapter tensors the client does not hold in
-   their current version (everything on first contact, everything that
+   their current version (everything on first contact but a frozen head,
+   which every client builds itself from the seed; everything that
    changed while it was away, whatever it trained itself last time, and
    everything after it was left out of a round).
 2. The client trains the keys of ``plan(t)`` and sends them with the
@@ -32,7 +33,7 @@ from federatedscope_rolora.core.aggregation import (
     weighted_average,
 )
 from federatedscope_rolora.core.methods import Method, RoundPlan
-from federatedscope_rolora.core.roles import role_of
+from federatedscope_rolora.core.roles import HEAD, role_of
 from federatedscope_rolora.core.validation import (
     InvalidUpdate,
     fingerprint,
@@ -74,6 +75,17 @@ def require_received(round_idx: int, accepted: int, needed: int,
                       f"({needed}); left out: {reasons}")
 
 
+def client_built_keys(method: Method, state: Mapping[str, torch.Tensor]
+                      ) -> frozenset[str]:
+    """Keys every client builds itself, bit-identical to the server's:
+    the classifier head when the method never trains it. Seeded like
+    the rest of the initial adapter and never changed, so it need not
+    travel; it is sent only to re-sync a client that was refused."""
+    if HEAD in method.plan(1).trained_roles:
+        return frozenset()
+    return frozenset(k for k in state if role_of(k) == HEAD)
+
+
 def build_update(client_id: int, plan: RoundPlan,
                  state: Mapping[str, torch.Tensor], num_examples: int,
                  train_loss: float = float("nan")) -> ClientUpdate:
@@ -112,6 +124,7 @@ class AdapterServer:
         self.state = {k: v.detach().clone() for k, v in
                       initial_state.items()}
         self.version = dict.fromkeys(self.state, 0)
+        self.client_built = client_built_keys(method, self.state)
         self.client_versions: dict[int, dict[str, int]] = {}
         self._pending: dict[int, ClientUpdate] = {}
         self._pending_round: int | None = None
@@ -129,7 +142,12 @@ class AdapterServer:
     def downlink(self, client_id: int, round_idx: int
                  ) -> dict[str, torch.Tensor]:
         """Tensors ``client_id`` lacks; recorded in the ledger as sent."""
-        held = self.client_versions.setdefault(client_id, {})
+        if client_id not in self.client_versions:
+            # First contact: the client built these itself, identical to
+            # the server's (its fingerprint checks that), so they stay.
+            self.client_versions[client_id] = dict.fromkeys(
+                self.client_built, 0)
+        held = self.client_versions[client_id]
         payload = {k: v.clone() for k, v in self.state.items()
                    if held.get(k) != self.version[k]}
         for key in payload:

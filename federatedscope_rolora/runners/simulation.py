@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from federatedscope_rolora import __version__
-from federatedscope_rolora.config import Config
+from federatedscope_rolora.config import Config, config_warnings
 from federatedscope_rolora.core.methods import RoundPlan
 from federatedscope_rolora.core.sampling import derive_seed, sample_clients
 from federatedscope_rolora.core.server import (
@@ -81,6 +81,10 @@ class Simulation:
                                     get_adapter_state(fed.model),
                                     fed.cfg["rolora.weighting"])
         self.clients: dict[int, State] = {}
+        # What a client builds itself before first contact: the seeded
+        # frozen head, as the shared model holds it now.
+        self.built = {k: v.clone() for k, v in self.server.state.items()
+                      if k in self.server.client_built}
         self.update_hook = update_hook
         self.state_hook = state_hook
 
@@ -95,7 +99,8 @@ class Simulation:
         """Sync, train and package one client's update; also returns the
         seconds spent in local training alone."""
         fed = self.fed
-        state = self.clients.setdefault(client_id, {})
+        state = self.clients.setdefault(
+            client_id, {k: v.clone() for k, v in self.built.items()})
         state.update(self.server.downlink(client_id, plan.round_idx))
         load_adapter_state(fed.model, state)
         set_trainable(fed.model, plan.trained_keys(state))
@@ -275,6 +280,8 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
         raise CheckpointError(f"cannot resume {str(cfg.run_dir)!r}: round "
                               f"{total} was not evaluated; set "
                               "federate.total_round_num above it")
+    for warning in config_warnings(cfg):
+        log.warning("%s", warning)
     try:
         fed = build_federation(cfg)
     except ValueError as err:
