@@ -71,6 +71,14 @@ def _rate(v: Any) -> bool:
     return bool(v == -1 or 0 < v <= 1)
 
 
+GLUE_TASKS = ("sst2", "qnli", "mnli", "qqp", "rte", "cola", "mrpc")
+
+
+def _task_ok(v: Any) -> bool:
+    task, _, suffix = str(v).partition("@")
+    return task.lower() in GLUE_TASKS and suffix in ("", "glue")
+
+
 _POS: dict[str, Any] = {"check": _positive, "check_help": "must be > 0"}
 _NONNEG: dict[str, Any] = {"check": _non_negative,
                            "check_help": "must be >= 0"}
@@ -102,20 +110,32 @@ SCHEMA: dict[str, Field] = {
         "-1; -1: all",
         check=lambda v: v == -1 or v >= 1, check_help="must be -1 or >= 1"),
     "federate.share_local_model": Field(False, bool, FS_ONLY),
-    "federate.online_aggr": Field(False, bool, FS_ONLY),
-    "federate.make_global_eval": Field(True, bool, FS_ONLY),
+    "federate.online_aggr": Field(False, bool, FS_ONLY + "; must be "
+                                  "False (the online aggregator needs "
+                                  "every key in every update)",
+                                  choices=(False,)),
+    "federate.make_global_eval": Field(True, bool, FS_ONLY + "; the "
+                                       "global adapter is always evaluated "
+                                       "(the plugin sets True)"),
     "federate.save_to": Field("", str, FS_ONLY),
     "data.root": Field("data", str,
                        "GLUE directory in TSV layout (<root>/SST-2/"
                        "train.tsv); empty: the Hugging Face Hub"),
     "data.type": Field("sst2@glue", str, "GLUE task: sst2, qnli, mnli, "
-                       "qqp, rte, cola or mrpc (suffix @glue optional)"),
+                       "qqp, rte, cola or mrpc (suffix @glue optional)",
+                       check=lambda v: _task_ok(v),
+                       check_help="must name a GLUE task (sst2, qnli, mnli, "
+                       "qqp, rte, cola, mrpc), optionally with @glue"),
     "data.splitter": Field("iid", str, "how train data is split over "
                            "clients", choices=("iid", "lda")),
     "data.splitter_args": Field([], list, "e.g. [{alpha: 0.5}] for lda"),
     "model.type": Field("all-MiniLM-L6-v2@huggingface_seqcls", str,
                         "checkpoint name or local path "
-                        "(suffix @huggingface_seqcls optional)"),
+                        "(suffix @huggingface_seqcls optional)",
+                        check=lambda v: str(v).partition("@")[2] in
+                        ("", "huggingface_seqcls"),
+                        check_help="must be a sequence-classification "
+                        "checkpoint, NAME or NAME@huggingface_seqcls"),
     "llm.tok_len": Field(128, int, "maximum tokens per example", **_POS),
     "llm.adapter.use": Field(True, bool, "must be True: LoRA adapters"),
     "llm.adapter.args": Field(
@@ -148,7 +168,8 @@ SCHEMA: dict[str, Field] = {
     "eval.split": Field(["test"], list, FS_ONLY),
     "eval.best_res_update_round_wise_key": Field("test_acc", str, FS_ONLY),
     "eval.count_flops": Field(False, bool, FS_ONLY),
-    "trainer.type": Field("rolora_trainer", str, FS_ONLY),
+    "trainer.type": Field("rolora_trainer", str, FS_ONLY + "; must be "
+                          "rolora_trainer", choices=("rolora_trainer",)),
     "rolora.head": Field("frozen", str,
                          "frozen: classifier stays at its seeded init and "
                          "never travels (the paper's code); trained: "

@@ -557,3 +557,24 @@ def test_any_override_tokens_build_a_config_or_raise_config_error(
         assert str(err)
     else:
         assert isinstance(cfg, Config)
+
+
+def test_the_schemas_task_list_is_the_loaders() -> None:
+    from federatedscope_rolora.config import GLUE_TASKS
+    from federatedscope_rolora.training.glue import TASKS
+
+    assert set(GLUE_TASKS) == set(TASKS)
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("data.type", "imdb@glue", "must name a GLUE task"),
+    ("data.type", "sst2@hub", "must name a GLUE task"),
+    ("model.type", "gpt2@huggingface_llm", "sequence-classification"),
+    ("trainer.type", "llmtrainer", "must be one of rolora_trainer"),
+    ("federate.online_aggr", True, "must be one of False"),
+])
+def test_what_the_plugin_refuses_the_embedded_runner_refuses(
+        key: str, value: Any, fragment: str) -> None:
+    message = _error({key: value})
+
+    assert f"'{key}'" in message and fragment in message
