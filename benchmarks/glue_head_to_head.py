@@ -214,8 +214,10 @@ def analytic_round(spec: RunSpec, shapes: dict[str, int], labels: int,
 
     LoRA on query and value (hidden -> hidden) of every layer: A is
     r x hidden and B hidden x r per module, float32. The head is
-    Linear(hidden, labels). Up: the roles trained this round. Down: all
-    of the adapter in round 1, then what the server averaged last round.
+    Linear(hidden, labels). Up: the roles trained this round. Down: the
+    adapter in round 1 (the head only if it is trained: a frozen head is
+    built by every client from the seed), then what the server averaged
+    last round.
     """
     modules = 2 * shapes["layers"]
     factor = modules * spec.rank * shapes["hidden"] * 4
@@ -227,7 +229,9 @@ def analytic_round(spec: RunSpec, shapes: dict[str, int], labels: int,
                  "rolora": ["lora_B" if t % 2 else "lora_A"]}[spec.method]
         return roles + (["head"] if spec.head == "trained" else [])
 
-    down = list(sizes) if round_idx == 1 else trained(round_idx - 1)
+    first = ["lora_A", "lora_B"] + (["head"] if spec.head == "trained"
+                                    else [])
+    down = first if round_idx == 1 else trained(round_idx - 1)
     return {"up": {r: sizes[r] for r in trained(round_idx)},
             "down": {r: sizes[r] for r in down}}
 

@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from federatedscope_rolora.runners.faults import (
         FAULTS_ENV,
+        drift_hook,
         fault_hook,
         parse_faults,
     )
@@ -114,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
                         cfg["federate.total_round_num"])
     summary = run(cfg, on_round=progress,
                   update_hook=fault_hook(faults) if faults else None,
+                  state_hook=drift_hook(faults) if faults else None,
                   resume=resume is not None)
     metric = summary["primary_metric"]
     print(f"{summary['method']} on {summary['task']}: final {metric} "

@@ -10,6 +10,7 @@ Overrides use FederatedScope's form: ``KEY VALUE`` pairs after ``--cfg``.
 
 from __future__ import annotations
 
+import ast
 import copy
 import difflib
 import re
@@ -70,6 +71,14 @@ def _rate(v: Any) -> bool:
     return bool(v == -1 or 0 < v <= 1)
 
 
+GLUE_TASKS = ("sst2", "qnli", "mnli", "qqp", "rte", "cola", "mrpc")
+
+
+def _task_ok(v: Any) -> bool:
+    task, _, suffix = str(v).partition("@")
+    return task.lower() in GLUE_TASKS and suffix in ("", "glue")
+
+
 _POS: dict[str, Any] = {"check": _positive, "check_help": "must be > 0"}
 _NONNEG: dict[str, Any] = {"check": _non_negative,
                            "check_help": "must be >= 0"}
@@ -101,20 +110,32 @@ SCHEMA: dict[str, Field] = {
         "-1; -1: all",
         check=lambda v: v == -1 or v >= 1, check_help="must be -1 or >= 1"),
     "federate.share_local_model": Field(False, bool, FS_ONLY),
-    "federate.online_aggr": Field(False, bool, FS_ONLY),
-    "federate.make_global_eval": Field(True, bool, FS_ONLY),
+    "federate.online_aggr": Field(False, bool, FS_ONLY + "; must be "
+                                  "False (the online aggregator needs "
+                                  "every key in every update)",
+                                  choices=(False,)),
+    "federate.make_global_eval": Field(True, bool, FS_ONLY + "; the "
+                                       "global adapter is always evaluated "
+                                       "(the plugin sets True)"),
     "federate.save_to": Field("", str, FS_ONLY),
     "data.root": Field("data", str,
                        "GLUE directory in TSV layout (<root>/SST-2/"
                        "train.tsv); empty: the Hugging Face Hub"),
     "data.type": Field("sst2@glue", str, "GLUE task: sst2, qnli, mnli, "
-                       "qqp, rte, cola or mrpc (suffix @glue optional)"),
+                       "qqp, rte, cola or mrpc (suffix @glue optional)",
+                       check=lambda v: _task_ok(v),
+                       check_help="must name a GLUE task (sst2, qnli, mnli, "
+                       "qqp, rte, cola, mrpc), optionally with @glue"),
     "data.splitter": Field("iid", str, "how train data is split over "
                            "clients", choices=("iid", "lda")),
     "data.splitter_args": Field([], list, "e.g. [{alpha: 0.5}] for lda"),
     "model.type": Field("all-MiniLM-L6-v2@huggingface_seqcls", str,
                         "checkpoint name or local path "
-                        "(suffix @huggingface_seqcls optional)"),
+                        "(suffix @huggingface_seqcls optional)",
+                        check=lambda v: str(v).partition("@")[2] in
+                        ("", "huggingface_seqcls"),
+                        check_help="must be a sequence-classification "
+                        "checkpoint, NAME or NAME@huggingface_seqcls"),
     "llm.tok_len": Field(128, int, "maximum tokens per example", **_POS),
     "llm.adapter.use": Field(True, bool, "must be True: LoRA adapters"),
     "llm.adapter.args": Field(
@@ -147,7 +168,8 @@ SCHEMA: dict[str, Field] = {
     "eval.split": Field(["test"], list, FS_ONLY),
     "eval.best_res_update_round_wise_key": Field("test_acc", str, FS_ONLY),
     "eval.count_flops": Field(False, bool, FS_ONLY),
-    "trainer.type": Field("rolora_trainer", str, FS_ONLY),
+    "trainer.type": Field("rolora_trainer", str, FS_ONLY + "; must be "
+                          "rolora_trainer", choices=("rolora_trainer",)),
     "rolora.head": Field("frozen", str,
                          "frozen: classifier stays at its seeded init and "
                          "never travels (the paper's code); trained: "
@@ -330,6 +352,14 @@ def _check_cross(cfg: dict[str, Any]) -> None:
         raise ConfigError("config key 'rolora.min_received' "
                           f"({cfg['rolora.min_received']}) exceeds the "
                           f"{per_round} client(s) drawn per round")
+    optimizer = cfg["train.optimizer.type"]
+    if cfg["train.optimizer.momentum"] != 0 and optimizer != "SGD":
+        # torch's Adam and AdamW take no momentum: the embedded runner
+        # would drop it, FederatedScope would raise in every client.
+        raise ConfigError("config key 'train.optimizer.momentum' "
+                          f"({cfg['train.optimizer.momentum']}) applies to "
+                          f"SGD only; train.optimizer.type is {optimizer} "
+                          "(set momentum to 0, or use SGD)")
     args = cfg["data.splitter_args"]
     if not all(isinstance(a, Mapping) for a in args):
         raise ConfigError("config key 'data.splitter_args' must be a list of "
@@ -340,6 +370,19 @@ def _check_cross(cfg: dict[str, Any]) -> None:
             raise ConfigError("data.splitter 'lda' needs "
                               "data.splitter_args [{alpha: A}] with A > 0, "
                               f"got {args!r}")
+
+
+def config_warnings(cfg: Mapping[str, Any]) -> list[str]:
+    """Settings that are valid but probably not what the user wants, with
+    the reason; both runners log them once at start."""
+    warnings = []
+    if cfg["federate.method"] == "rolora" and cfg["rolora.first"] == "A":
+        warnings.append(
+            "rolora.first is A: PEFT initialises lora_B to zero, so the "
+            "gradient of lora_A is exactly zero in the first phase "
+            f"({cfg['rolora.period']} round(s)): it trains nothing, yet "
+            "uploads A. Keep the default B unless B starts non-zero.")
+    return warnings
 
 
 def splitter_alpha(args: Sequence[Mapping[str, Any]]) -> Any:
@@ -386,15 +429,37 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
                           f"{pairs[-1]!r} has no value")
     out: dict[str, Any] = {}
     for key, raw in zip(pairs[::2], pairs[1::2], strict=True):
-        try:
-            out[key] = _load_yaml(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {key!r}: cannot parse {raw!r}: "
-                              f"{err}") from err
-        # only an explicit null is None; ``KEY ''`` is the empty string
-        if out[key] is None and raw.strip().lower() not in ("null", "~"):
-            out[key] = raw
+        out[key] = parse_value(key, raw)
     return out
+
+
+def parse_value(key: str, raw: str) -> Any:
+    """One override's value, in either form a user may have in hand:
+    a Python literal, as FederatedScope's command line takes it
+    (``"[{'r': 2}]"``, ``None``), else YAML (``"[{r: 2}]"``, ``null``).
+    Tuples become lists, as YAML would give them."""
+    try:
+        return _lists(ast.literal_eval(raw.strip()))
+    except (ValueError, SyntaxError, TypeError, MemoryError,
+            RecursionError):
+        pass
+    try:
+        value = _load_yaml(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key!r}: cannot parse {raw!r}: "
+                          f"{err}") from err
+    # only an explicit null is None; ``KEY ''`` is the empty string
+    if value is None and raw.strip().lower() not in ("null", "~"):
+        return raw
+    return value
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return value
 
 
 def load_config(path: str | Path | None,

@@ -16,6 +16,7 @@ from federatedscope_rolora.config import (
     Config,
     ConfigError,
     build_config,
+    config_warnings,
     describe_schema,
     dump_config,
     load_config,
@@ -262,6 +263,57 @@ def test_overrides_parse_scientific_notation(raw: str, value: float
     assert not isinstance(parsed["train.optimizer.lr"], str)
 
 
+@pytest.mark.parametrize("raw", [
+    "[{'r': 2, 'lora_alpha': 4, 'target_modules': ['query']}]",   # Python
+    "[{r: 2, lora_alpha: 4, target_modules: [query]}]",            # YAML
+    "({'r': 2, 'lora_alpha': 4, 'target_modules': ('query',)},)",  # tuples
+])
+def test_list_overrides_take_python_literals_and_yaml_alike(raw: str
+                                                           ) -> None:
+    """FederatedScope's command line takes Python literals only; the
+    embedded runner takes both, so one command line serves both."""
+    cfg = load_config(None, [LORA_KEY, raw])
+
+    assert cfg.lora == {"r": 2, "lora_alpha": 4,
+                        "target_modules": ["query"]}
+
+
+def test_python_none_and_booleans_parse_as_python_would() -> None:
+    parsed = parse_overrides(["seed", "None", "use_gpu", "True",
+                              "dataloader.shuffle", "False"])
+
+    assert parsed == {"seed": None, "use_gpu": True,
+                      "dataloader.shuffle": False}
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "AdamW"])
+def test_momentum_with_adam_is_refused_naming_the_key(optimizer: str
+                                                      ) -> None:
+    """torch's Adam takes no momentum: the embedded runner ignored it and
+    FederatedScope raised inside every client."""
+    message = _error({"train.optimizer.type": optimizer,
+                      "train.optimizer.momentum": 0.9})
+
+    assert "'train.optimizer.momentum'" in message
+    assert "SGD only" in message and optimizer in message
+    build_config({"train.optimizer.type": optimizer})
+    build_config({"train.optimizer.type": "SGD",
+                  "train.optimizer.momentum": 0.9})
+
+
+def test_rolora_first_a_warns_that_the_first_phase_trains_nothing(
+) -> None:
+    cfg = build_config({"rolora.first": "A", "rolora.period": 2})
+
+    [warning] = config_warnings(cfg)
+
+    assert "rolora.first is A" in warning and "exactly zero" in warning
+    assert "(2 round(s))" in warning
+    assert config_warnings(build_config({})) == []
+    assert config_warnings(build_config({"rolora.first": "A",
+                                         "federate.method": "lora"})) == []
+
+
 def test_override_empty_value_is_the_empty_string() -> None:
     """``data.root ''`` on a shell means 'use the Hub'."""
     cfg = load_config(None, ["data.root", "", "expname", ""])
@@ -505,3 +557,24 @@ def test_any_override_tokens_build_a_config_or_raise_config_error(
         assert str(err)
     else:
         assert isinstance(cfg, Config)
+
+
+def test_the_schemas_task_list_is_the_loaders() -> None:
+    from federatedscope_rolora.config import GLUE_TASKS
+    from federatedscope_rolora.training.glue import TASKS
+
+    assert set(GLUE_TASKS) == set(TASKS)
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("data.type", "imdb@glue", "must name a GLUE task"),
+    ("data.type", "sst2@hub", "must name a GLUE task"),
+    ("model.type", "gpt2@huggingface_llm", "sequence-classification"),
+    ("trainer.type", "llmtrainer", "must be one of rolora_trainer"),
+    ("federate.online_aggr", True, "must be one of False"),
+])
+def test_what_the_plugin_refuses_the_embedded_runner_refuses(
+        key: str, value: Any, fragment: str) -> None:
+    message = _error({key: value})
+
+    assert f"'{key}'" in message and fragment in message

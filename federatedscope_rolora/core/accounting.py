@@ -14,6 +14,11 @@ from federatedscope_rolora.core.roles import role_of
 
 UP = "up"
 DOWN = "down"
+# The part of UP that the server refused: it crossed the wire, so it is
+# in UP too, and it is also counted apart under this name.
+REJECTED = "up_rejected"
+# Role of a refused tensor that is no adapter tensor (a wrong key set).
+OTHER = "other"
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
@@ -30,6 +35,19 @@ def bytes_by_role(tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
             raise ValueError(f"tensor {key!r} is not an adapter tensor "
                              "(lora_A, lora_B or head) and must not travel")
         totals[role] = totals.get(role, 0) + tensor_bytes(tensor)
+    return totals
+
+
+def refused_bytes_by_role(payload: Mapping[str, object]) -> dict[str, int]:
+    """Bytes per role of a refused upload, whatever it holds: tensors
+    without an adapter role count as ``other``; values that are not
+    tensors carried no tensor payload and count nothing."""
+    totals: dict[str, int] = {}
+    for key, value in payload.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        role = role_of(key) or OTHER
+        totals[role] = totals.get(role, 0) + tensor_bytes(value)
     return totals
 
 
@@ -60,7 +78,18 @@ class TrafficLedger:
         if direction not in (UP, DOWN):
             raise ValueError(f"direction must be 'up' or 'down', "
                              f"got {direction!r}")
-        for role, num_bytes in sorted(bytes_by_role(tensors).items()):
+        self._add(round_idx, client_id, direction, bytes_by_role(tensors))
+
+    def record_refused(self, round_idx: int, client_id: int,
+                       payload: Mapping[str, object]) -> None:
+        """An upload that arrived and was refused: traffic all the same,
+        so it counts in ``up`` and, apart, in ``up_rejected``."""
+        self._add(round_idx, client_id, REJECTED,
+                  refused_bytes_by_role(payload))
+
+    def _add(self, round_idx: int, client_id: int, direction: str,
+             by_role: Mapping[str, int]) -> None:
+        for role, num_bytes in sorted(by_role.items()):
             rec = TrafficRecord(round_idx, client_id, direction, role,
                                 num_bytes)
             self.records.append(rec)
@@ -68,8 +97,10 @@ class TrafficLedger:
 
     def totals(self, round_idx: int | None = None,
                client_id: int | None = None) -> dict[str, dict[str, int]]:
-        """``{"up": {role: bytes}, "down": {role: bytes}}``, filtered."""
-        out: dict[str, dict[str, int]] = {UP: {}, DOWN: {}}
+        """``{"up": {role: bytes}, "down": {...}, "up_rejected": {...}}``,
+        filtered. ``up`` is every byte uploaded, refused ones included;
+        ``up_rejected`` is the refused part of it."""
+        out: dict[str, dict[str, int]] = {UP: {}, DOWN: {}, REJECTED: {}}
         records = self.records if round_idx is None \
             else self._by_round.get(round_idx, [])
         for rec in records:
@@ -77,6 +108,10 @@ class TrafficLedger:
                 continue
             if client_id is not None and rec.client_id != client_id:
                 continue
-            by_role = out[rec.direction]
-            by_role[rec.role] = by_role.get(rec.role, 0) + rec.num_bytes
+            directions = (UP, REJECTED) if rec.direction == REJECTED \
+                else (rec.direction,)
+            for direction in directions:
+                by_role = out[direction]
+                by_role[rec.role] = by_role.get(rec.role, 0) + \
+                    rec.num_bytes
         return out

@@ -5,12 +5,16 @@ Framework-free, so the embedded runner and the FederatedScope plugin share
 one implementation of the protocol:
 
 1. ``downlink(client, t)``: the adapter tensors the client does not hold in
-   their current version (everything on first contact, everything that
-   changed while it was away, and whatever it trained itself last time).
+   their current version (everything on first contact but a frozen head,
+   which every client builds itself from the seed; everything that
+   changed while it was away, whatever it trained itself last time, and
+   everything after it was left out of a round).
 2. The client trains the keys of ``plan(t)`` and sends them with the
    fingerprint of its frozen keys (``build_update``).
 3. ``receive(update)`` validates key set, shapes, dtypes, finiteness and
-   the fingerprint, and keeps the update.
+   the fingerprint, and keeps the update; ``refuse`` leaves a client out
+   (invalid, late or failed), counts what it sent as refused traffic and
+   forgets what it holds.
 4. ``aggregate(t)`` averages the trained keys only and bumps their version.
 """
 
@@ -29,7 +33,7 @@ from federatedscope_rolora.core.aggregation import (
     weighted_average,
 )
 from federatedscope_rolora.core.methods import Method, RoundPlan
-from federatedscope_rolora.core.roles import role_of
+from federatedscope_rolora.core.roles import HEAD, role_of
 from federatedscope_rolora.core.validation import (
     InvalidUpdate,
     fingerprint,
@@ -71,6 +75,17 @@ def require_received(round_idx: int, accepted: int, needed: int,
                       f"({needed}); left out: {reasons}")
 
 
+def client_built_keys(method: Method, state: Mapping[str, torch.Tensor]
+                      ) -> frozenset[str]:
+    """Keys every client builds itself, bit-identical to the server's:
+    the classifier head when the method never trains it. Seeded like
+    the rest of the initial adapter and never changed, so it need not
+    travel; it is sent only to re-sync a client that was refused."""
+    if HEAD in method.plan(1).trained_roles:
+        return frozenset()
+    return frozenset(k for k in state if role_of(k) == HEAD)
+
+
 def build_update(client_id: int, plan: RoundPlan,
                  state: Mapping[str, torch.Tensor], num_examples: int,
                  train_loss: float = float("nan")) -> ClientUpdate:
@@ -109,6 +124,7 @@ class AdapterServer:
         self.state = {k: v.detach().clone() for k, v in
                       initial_state.items()}
         self.version = dict.fromkeys(self.state, 0)
+        self.client_built = client_built_keys(method, self.state)
         self.client_versions: dict[int, dict[str, int]] = {}
         self._pending: dict[int, ClientUpdate] = {}
         self._pending_round: int | None = None
@@ -126,7 +142,12 @@ class AdapterServer:
     def downlink(self, client_id: int, round_idx: int
                  ) -> dict[str, torch.Tensor]:
         """Tensors ``client_id`` lacks; recorded in the ledger as sent."""
-        held = self.client_versions.setdefault(client_id, {})
+        if client_id not in self.client_versions:
+            # First contact: the client built these itself, identical to
+            # the server's (its fingerprint checks that), so they stay.
+            self.client_versions[client_id] = dict.fromkeys(
+                self.client_built, 0)
+        held = self.client_versions[client_id]
         payload = {k: v.clone() for k, v in self.state.items()
                    if held.get(k) != self.version[k]}
         for key in payload:
@@ -141,9 +162,40 @@ class AdapterServer:
     def receive(self, update: ClientUpdate) -> None:
         """Validate and keep one update; InvalidUpdate if it is bad.
 
-        A refused update changes nothing here; the client's trained keys
-        were marked stale at download, so it is re-synced next time.
+        A refused update changes nothing in the adapter; it is counted as
+        refused traffic and the client is re-synced in full next time
+        (``refuse``).
         """
+        try:
+            self._accept(update)
+        except InvalidUpdate:
+            self.refuse(update.client_id, self._arrival_round(update),
+                        update.tensors)
+            raise
+
+    def refuse(self, client_id: int, round_idx: int,
+               payload: Mapping[str, Any] | None = None) -> None:
+        """Leave ``client_id`` out of ``round_idx``, for any reason
+        (invalid, late, raised): what it uploaded is counted as refused
+        traffic, and the server assumes nothing about what the client
+        holds, so its next downlink re-syncs every key (DESIGN.md,
+        invariant 2). A client whose frozen factor drifted is thus
+        repaired, never trusted."""
+        if isinstance(payload, Mapping) and payload:
+            self.ledger.record_refused(round_idx, client_id, payload)
+        if client_id in self.client_versions:
+            self.client_versions[client_id] = {}
+
+    def _arrival_round(self, update: ClientUpdate) -> int:
+        """The round an update is counted in: its own, or, for a stale or
+        malformed round number, the round now open."""
+        round_idx = update.round_idx
+        if isinstance(round_idx, int) and not isinstance(round_idx, bool) \
+                and round_idx > self._aggregated_round:
+            return round_idx
+        return self._pending_round or self._aggregated_round + 1
+
+    def _accept(self, update: ClientUpdate) -> None:
         who = f"client {update.client_id}, round {update.round_idx}"
         self._check_round(update.round_idx, who)
         if update.client_id in self._pending:

@@ -29,6 +29,7 @@ from federatedscope_rolora.config import (
     Config,
     ConfigError,
     build_config,
+    config_warnings,
 )
 
 logger = logging.getLogger("federatedscope.rolora")
@@ -117,8 +118,12 @@ def check_cfg(cfg: Any) -> None:
         return
     _replace_fs_defaults(cfg)
     _refuse_unsupported(cfg)
-    schema_view(cfg)
+    view = schema_view(cfg)
     _check_types(cfg)
+    for warning in config_warnings(view):
+        if warning not in _announced:
+            _announced.add(warning)
+            logger.warning("rolora plugin: %s", warning)
 
 
 def _replace_fs_defaults(cfg: Any) -> None:

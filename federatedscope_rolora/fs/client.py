@@ -13,6 +13,7 @@ and the fingerprint of the frozen ones.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -26,6 +27,11 @@ from federatedscope_rolora.fs.wire import (
     pack_failure,
     pack_update,
     unpack_payload,
+)
+from federatedscope_rolora.runners.faults import (
+    FAULTS_ENV,
+    drift_hook,
+    parse_faults,
 )
 from federatedscope_rolora.runners.setup import method_from_config
 from federatedscope_rolora.training.models import (
@@ -48,6 +54,10 @@ class RoloraClient(Client):  # type: ignore[misc]
             return
         self.method = method_from_config(schema_view(config))
         self.adapter: dict[str, torch.Tensor] = {}
+        # Test-only, as in the embedded runner's CLI: ``drift`` entries
+        # of ROLORA_TEST_FAULTS change this client's frozen tensors.
+        self.drift = drift_hook(parse_faults(os.environ.get(FAULTS_ENV,
+                                                            "")))
 
     def callback_funcs_for_model_para(self, message: Message) -> None:
         """Sync with what the server sent, train the round's keys, send
@@ -81,6 +91,7 @@ class RoloraClient(Client):  # type: ignore[misc]
             results, rnd=self.state, role=f"Client #{self.ID}",
             return_raw=True))
         self.adapter = get_adapter_state(self.model)
+        self.drift(plan, int(self.ID), self.adapter)
         update = build_update(self.ID, plan, self.adapter,
                               int(self.trainer.ctx.num_train_data),
                               float(results.get("train_avg_loss",

@@ -172,16 +172,23 @@ class RoloraServer(Server):  # type: ignore[misc]
         rejected: dict[int, str] = {}
         train_seconds = 0.0
         for client_id in sorted(buffer):
+            update = None
             try:
                 update, seconds = unpack_update(client_id, round_idx,
                                                 buffer[client_id])
                 train_seconds += seconds
                 self._check_deadline(seconds)
                 self.adapter_server.receive(update)
-            except ClientFailed as err:
-                rejected[client_id] = str(err)
             except InvalidUpdate as err:
-                rejected[client_id] = f"invalid update: {err}"
+                failed = isinstance(err, ClientFailed)
+                rejected[client_id] = str(err) if failed \
+                    else f"invalid update: {err}"
+                # receive() refuses what it refuses itself; a failed,
+                # late or unreadable upload never reached it.
+                if failed or update is None:
+                    self.adapter_server.refuse(
+                        client_id, round_idx,
+                        update.tensors if update is not None else None)
             else:
                 losses[client_id] = (update.train_loss, update.num_examples)
                 continue

@@ -11,13 +11,20 @@ import dataclasses
 import time
 from collections.abc import Mapping
 
+import torch
+
 from federatedscope_rolora.config import ConfigError
+from federatedscope_rolora.core.methods import RoundPlan
+from federatedscope_rolora.core.roles import LORA_A, role_of
 from federatedscope_rolora.core.server import ClientUpdate
-from federatedscope_rolora.runners.simulation import UpdateHook
+from federatedscope_rolora.runners.simulation import StateHook, UpdateHook
 
 FAULTS_ENV = "ROLORA_TEST_FAULTS"
+# "drift": local training really changes a tensor frozen in that round,
+# as a buggy optimizer would; the client keeps the drifted copy.
 FAULT_KINDS = ("raise", "hang", "nan", "shape", "dtype", "keys",
-               "fingerprint")
+               "fingerprint", "drift")
+DRIFT = 1e-3
 Faults = Mapping[tuple[int, int], str]
 
 
@@ -51,10 +58,34 @@ def fault_hook(faults: Faults, hang_s: float = 1.0) -> UpdateHook:
     return hook
 
 
+def drift_hook(faults: Faults) -> StateHook:
+    """A state hook that applies the ``drift`` entries of ``faults`` to a
+    client's adapter after its local training, before it is packaged."""
+    def hook(plan: RoundPlan, client_id: int,
+             state: dict[str, torch.Tensor]) -> None:
+        if faults.get((plan.round_idx, client_id)) == "drift":
+            drift_frozen(plan, state)
+    return hook
+
+
+def drift_frozen(plan: RoundPlan, state: dict[str, torch.Tensor]) -> str:
+    """Shift one tensor frozen in ``plan`` (lora_A where the method
+    freezes it, else the first frozen one) by DRIFT, in place; its key."""
+    frozen = sorted(plan.frozen_keys(state))
+    if not frozen:
+        raise ValueError(f"round {plan.round_idx} freezes no tensor")
+    key = next((k for k in frozen if role_of(k) == LORA_A), frozen[0])
+    state[key] = state[key] + DRIFT
+    return key
+
+
 def inject_fault(update: ClientUpdate, kind: str, hang_s: float = 1.0
                  ) -> ClientUpdate:
-    """``update`` spoilt as ``kind`` says (a copy), or a raise or stall."""
+    """``update`` spoilt as ``kind`` says (a copy), or a raise or stall;
+    ``drift`` acts on the client's state instead (``drift_hook``)."""
     name, _, arg = kind.partition("=")
+    if name == "drift":
+        return update
     if name == "raise":
         raise RuntimeError(f"injected fault in client {update.client_id}, "
                            f"round {update.round_idx}")

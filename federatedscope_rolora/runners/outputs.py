@@ -115,11 +115,13 @@ class RunWriter:
 def bytes_totals(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Bytes by direction and role over the rounds of ``records``: the
     same sums as the ledger's, and whole across a resume."""
-    out: dict[str, dict[str, int]] = {"up": {}, "down": {}}
+    out: dict[str, dict[str, int]] = {"up": {}, "down": {},
+                                      "up_rejected": {}}
     for record in records:
         for direction, by_role in record["bytes"].items():
+            into = out.setdefault(direction, {})
             for role, num in by_role.items():
-                out[direction][role] = out[direction].get(role, 0) + num
+                into[role] = into.get(role, 0) + num
     return out
 
 
@@ -139,6 +141,7 @@ def round_results(records: list[dict[str, Any]], primary: str
         "bytes": totals,
         "bytes_up_total": sum(totals["up"].values()),
         "bytes_down_total": sum(totals["down"].values()),
+        "bytes_up_rejected_total": sum(totals["up_rejected"].values()),
     }
     evals = [(r["round"], r["eval"]) for r in records if "eval" in r]
     if evals:

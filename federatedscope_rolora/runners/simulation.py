@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from federatedscope_rolora import __version__
-from federatedscope_rolora.config import Config
+from federatedscope_rolora.config import Config, config_warnings
 from federatedscope_rolora.core.methods import RoundPlan
 from federatedscope_rolora.core.sampling import derive_seed, sample_clients
 from federatedscope_rolora.core.server import (
@@ -63,6 +63,9 @@ RoundCallback = Callable[[dict[str, Any]], None]
 # Test hook: may replace a client's update, stall or raise before it is
 # sent, as a faulty client would (see runners/faults.py).
 UpdateHook = Callable[[ClientUpdate], ClientUpdate]
+# Test hook: may change a client's adapter after its local training, as a
+# buggy client would (runners/faults.py, ``drift``).
+StateHook = Callable[[RoundPlan, int, State], None]
 
 
 class SetupError(ValueError):
@@ -74,14 +77,20 @@ class Simulation:
     """Server, clients' adapter states and the shared model of one run."""
 
     def __init__(self, fed: Federation,
-                 update_hook: UpdateHook | None = None) -> None:
+                 update_hook: UpdateHook | None = None,
+                 state_hook: StateHook | None = None) -> None:
         self.fed = fed
         self.cfg = fed.cfg
         self.server = AdapterServer(fed.method,
                                     get_adapter_state(fed.model),
                                     fed.cfg["rolora.weighting"])
         self.clients: dict[int, State] = {}
+        # What a client builds itself before first contact: the seeded
+        # frozen head, as the shared model holds it now.
+        self.built = {k: v.clone() for k, v in self.server.state.items()
+                      if k in self.server.client_built}
         self.update_hook = update_hook
+        self.state_hook = state_hook
 
     def participants(self, round_idx: int) -> list[int]:
         return sample_clients(self.cfg["federate.client_num"], round_idx,
@@ -94,7 +103,8 @@ class Simulation:
         """Sync, train and package one client's update; also returns the
         seconds spent in local training alone."""
         fed = self.fed
-        state = self.clients.setdefault(client_id, {})
+        state = self.clients.setdefault(
+            client_id, {k: v.clone() for k, v in self.built.items()})
         state.update(self.server.downlink(client_id, plan.round_idx))
         load_adapter_state(fed.model, state)
         set_trainable(fed.model, plan.trained_keys(state))
@@ -108,6 +118,8 @@ class Simulation:
             cache=fed.prefix)
         train_s = time.perf_counter() - start
         trained = get_adapter_state(fed.model)
+        if self.state_hook is not None:
+            self.state_hook(plan, client_id, trained)
         self.clients[client_id] = trained
         update = build_update(client_id, plan, trained, len(rows),
                               result.loss)
@@ -173,15 +185,17 @@ class Simulation:
         # A client's failure is the client's, never the round's.
         except Exception as err:
             log.debug("client %d failed", client_id, exc_info=True)
+            self.server.refuse(client_id, plan.round_idx)
             return None, f"raised {type(err).__name__}: {err}", 0.0
         took = time.perf_counter() - start
         deadline = float(self.cfg["rolora.client_deadline_s"])
         if deadline > 0 and took > deadline:
+            self.server.refuse(client_id, plan.round_idx, update.tensors)
             return None, (f"late: took {took:.2f} s, past the "
                           f"rolora.client_deadline_s of {deadline:g} s"), \
                 train_s
         try:
-            self.server.receive(update)
+            self.server.receive(update)  # refuses what it refuses itself
         except InvalidUpdate as err:
             return None, f"invalid update: {err}", train_s
         return update, "", train_s
@@ -256,7 +270,8 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
     }
 
 
-def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None
+def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
+           state_hook: StateHook | None = None
            ) -> tuple[Simulation, RunWriter, list[dict[str, Any]], float]:
     """Check everything, then open the outdir: a run that cannot start
     (bad data or model, a checkpoint that does not match) writes
@@ -272,11 +287,13 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None
         raise CheckpointError(f"cannot resume {str(cfg.run_dir)!r}: round "
                               f"{total} was not evaluated; set "
                               "federate.total_round_num above it")
+    for warning in config_warnings(cfg):
+        log.warning("%s", warning)
     try:
         fed = build_federation(cfg)
     except ValueError as err:
         raise SetupError(str(err)) from err
-    sim = Simulation(fed, update_hook)
+    sim = Simulation(fed, update_hook, state_hook)
     if ckpt is not None:
         sim.restore(ckpt)
         log.info("resuming %s after round %d", cfg.run_dir, ckpt.round_idx)
@@ -287,11 +304,13 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None
 
 def run(cfg: Config, *, on_round: RoundCallback | None = None,
         update_hook: UpdateHook | None = None,
+        state_hook: StateHook | None = None,
         resume: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to the end, checkpointing after every round; with
     ``resume``, continue the run in ``cfg.run_dir`` from its checkpoint.
     Returns the summary written to the outdir."""
-    sim, writer, records, before = _start(cfg, resume, update_hook)
+    sim, writer, records, before = _start(cfg, resume, update_hook,
+                                          state_hook)
     start = time.perf_counter()
     for round_idx in range(len(records) + 1,
                            cfg["federate.total_round_num"] + 1):

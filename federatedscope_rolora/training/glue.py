@@ -26,11 +26,30 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where a TSV file keeps a task's texts and label, by header name.
+
+    ``skip_label``: a label value whose rows are dropped and counted
+    (MNLI's ``-``, pairs the annotators did not agree on)."""
+
+    text_columns: tuple[str, ...]
+    label_column: str = "label"
+    skip_label: str | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.text_columns, self.label_column)
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """What one GLUE task looks like on disk and how it is scored.
 
     ``label_names[i]`` is the label with id ``i``, in the Hugging Face
     ``glue`` convention, so ids agree between local TSVs and the Hub.
+    ``glue_layouts``: the headers of GLUE's own download, read as well as
+    the normalised layout (``text_columns`` and ``label``); a file whose
+    header fits none is refused, naming the columns it has.
     """
 
     name: str
@@ -38,10 +57,15 @@ class TaskSpec:
     text_columns: tuple[str, ...]
     label_names: tuple[str, ...]
     metrics: tuple[str, ...]
+    glue_layouts: tuple[Layout, ...] = ()
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def layouts(self) -> tuple[Layout, ...]:
+        return (Layout(self.text_columns), *self.glue_layouts)
 
 
 _BINARY = ("0", "1")
@@ -50,6 +74,9 @@ _NLI2 = ("entailment", "not_entailment")
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
+        # SST-2 (sentence, label), QNLI (index, question, sentence,
+        # label) and RTE (index, sentence1, sentence2, label) ship with
+        # the normalised column names; extra columns are ignored.
         TaskSpec("sst2", "SST-2", ("sentence",), _BINARY, ("acc",)),
         TaskSpec("qnli", "QNLI", ("question", "sentence"), _NLI2, ("acc",)),
         TaskSpec(
@@ -58,14 +85,20 @@ TASKS: dict[str, TaskSpec] = {
             ("premise", "hypothesis"),
             ("entailment", "neutral", "contradiction"),
             ("acc",),
+            (Layout(("sentence1", "sentence2"), "gold_label", "-"),),
         ),
         TaskSpec(
-            "qqp", "QQP", ("question1", "question2"), _BINARY, ("acc", "f1")
+            "qqp", "QQP", ("question1", "question2"), _BINARY,
+            ("acc", "f1"),
+            (Layout(("question1", "question2"), "is_duplicate"),),
         ),
         TaskSpec("rte", "RTE", ("sentence1", "sentence2"), _NLI2, ("acc",)),
+        # GLUE's CoLA files have no header: see _COLA_HEADERLESS.
         TaskSpec("cola", "CoLA", ("sentence",), _BINARY, ("mcc", "acc")),
         TaskSpec(
-            "mrpc", "MRPC", ("sentence1", "sentence2"), _BINARY, ("acc", "f1")
+            "mrpc", "MRPC", ("sentence1", "sentence2"), _BINARY,
+            ("acc", "f1"),
+            (Layout(("#1 String", "#2 String"), "Quality"),),
         ),
     )
 }
@@ -107,18 +140,28 @@ def _label_ids(spec: TaskSpec) -> dict[str, int]:
     return ids
 
 
-def _column_positions(
-    header: list[str], path: Path, spec: TaskSpec
-) -> list[int]:
-    """Positions of the text columns and then the label column."""
-    wanted = [*spec.text_columns, "label"]
-    missing = [name for name in wanted if name not in header]
-    if missing:
-        raise DataError(
-            f"{path}:1: header lacks column(s) {', '.join(missing)} "
-            f"needed by task {spec.name}; it has {', '.join(header)}"
-        )
-    return [header.index(name) for name in wanted]
+# GLUE's CoLA download: four columns and no header (source, label, the
+# original judgement, sentence). Told from a header by its shape.
+_COLA_HEADERLESS = ("source", "label", "judgement", "sentence")
+
+
+def _is_cola_headerless(first: list[str], spec: TaskSpec) -> bool:
+    return spec.name == "cola" and len(first) == 4 \
+        and first[1] in _BINARY and "sentence" not in first
+
+
+def _layout_of(header: list[str], path: Path, spec: TaskSpec) -> Layout:
+    """The first of the task's layouts whose columns the header has."""
+    for layout in spec.layouts:
+        if all(name in header for name in layout.columns):
+            return layout
+    known = "; ".join(" ".join(layout.columns) for layout in spec.layouts)
+    if spec.name == "cola":
+        known += "; or GLUE's headerless " + " ".join(_COLA_HEADERLESS)
+    raise DataError(
+        f"{path}:1: unknown layout for task {spec.name}: the header has "
+        f"columns {', '.join(header)}; expected columns {known}"
+    )
 
 
 def read_tsv(path: Path, spec: TaskSpec) -> Split:
@@ -132,45 +175,69 @@ def read_tsv(path: Path, spec: TaskSpec) -> Split:
         with path.open(encoding="utf-8", newline="") as handle:
             rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             try:
-                texts, labels = _read_rows(rows, path, spec)
+                texts, labels, note = _read_rows(rows, path, spec)
             except csv.Error as exc:
                 raise DataError(f"{path}:{rows.line_num}: {exc}") from None
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 ({exc})") from None
-    return Split(texts, labels, _short_name(path))
+    return Split(texts, labels, _short_name(path) + note)
 
 
 def _read_rows(
     rows: Any, path: Path, spec: TaskSpec
-) -> tuple[list[tuple[str, ...]], list[int]]:
-    """Texts and label ids of the rows after the header; blank lines are
-    skipped, any other malformed row stops the read with its line."""
+) -> tuple[list[tuple[str, ...]], list[int], str]:
+    """Texts and label ids of the rows after the header (of every row in
+    GLUE's headerless CoLA file), and a note on the layout; blank lines
+    are skipped, any other malformed row stops the read with its line."""
     header = next(rows, None)
     if header is None:
         raise DataError(f"{path}: empty file, expected a header row")
-    *text_pos, label_pos = _column_positions(header, path, spec)
+    first: list[list[str]] = []
+    if _is_cola_headerless(header, spec):
+        first, header = [header], list(_COLA_HEADERLESS)
+    layout = _layout_of(header, path, spec)
+    *text_pos, label_pos = [header.index(c) for c in layout.columns]
     label_ids = _label_ids(spec)
     texts: list[tuple[str, ...]] = []
     labels: list[int] = []
-    for row in rows:
+    skipped = 0
+    for row in (*first, *rows) if first else rows:
         if not row:
             continue
+        line = rows.line_num
         if len(row) != len(header):
             raise DataError(
-                f"{path}:{rows.line_num}: expected {len(header)} "
+                f"{path}:{line}: expected {len(header)} "
                 f"tab-separated columns, found {len(row)}"
             )
         label = row[label_pos]
+        if label == layout.skip_label:
+            skipped += 1
+            continue
         if label not in label_ids:
             raise DataError(
-                f"{path}:{rows.line_num}: unknown label {label!r} for task "
+                f"{path}:{line}: unknown label {label!r} for task "
                 f"{spec.name}; expected one of {', '.join(spec.label_names)}"
             )
         texts.append(tuple(row[p] for p in text_pos))
         labels.append(label_ids[label])
-    return texts, labels
+    return texts, labels, _layout_note(layout, skipped, bool(first))
+
+
+def _layout_note(layout: Layout, skipped: int, headerless: bool) -> str:
+    """What ``data_sources`` says about how the file was read, beyond its
+    name: a GLUE layout, and the rows skipped."""
+    notes = []
+    if headerless:
+        notes.append("GLUE's headerless CoLA layout")
+    elif layout.label_column != "label":
+        notes.append(f"GLUE layout, label column {layout.label_column!r}")
+    if skipped:
+        notes.append(f"{skipped} rows with {layout.label_column} "
+                     f"{layout.skip_label!r} skipped")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _short_name(path: Path) -> str:

@@ -190,12 +190,17 @@ def test_analytic_count_follows_the_phase() -> None:
 
     first = bench.analytic_round(spec, shapes, 2, 1)
     second = bench.analytic_round(spec, shapes, 2, 2)
+    trained_head = bench.analytic_round(spec.with_(head="trained"), shapes,
+                                        2, 1)
 
     assert first["up"] == {"lora_B": factor}
-    assert first["down"] == {"lora_A": factor, "lora_B": factor,
-                             "head": (384 * 2 + 2) * 4}
+    assert first["down"] == {"lora_A": factor, "lora_B": factor}
     assert second == {"up": {"lora_A": factor},
                       "down": {"lora_B": factor}}
+    head = (384 * 2 + 2) * 4
+    assert trained_head["down"] == {"lora_A": factor, "lora_B": factor,
+                                    "head": head}
+    assert trained_head["up"] == {"lora_B": factor, "head": head}
 
 
 def test_store_round_trip_and_distinct_keys(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ def test_totals_over_everything() -> None:
     assert totals == {
         "up": {"lora_B": 128, "lora_A": 64, "head": 20},
         "down": {"lora_A": 128, "lora_B": 192, "head": 40},
+        "up_rejected": {},
     }
 
 
@@ -114,8 +115,10 @@ def test_totals_filtered_by_round() -> None:
     ledger = _filled_ledger()
 
     assert ledger.totals(round_idx=2) == {
-        "up": {"lora_A": 64, "head": 20}, "down": {"lora_B": 64}}
-    assert ledger.totals(round_idx=3) == {"up": {}, "down": {}}
+        "up": {"lora_A": 64, "head": 20}, "down": {"lora_B": 64},
+        "up_rejected": {}}
+    assert ledger.totals(round_idx=3) == {"up": {}, "down": {},
+                                          "up_rejected": {}}
 
 
 def test_totals_filtered_by_client() -> None:
@@ -123,7 +126,8 @@ def test_totals_filtered_by_client() -> None:
 
     assert ledger.totals(client_id=1) == {
         "up": {"lora_B": 64},
-        "down": {"lora_A": 64, "lora_B": 64, "head": 20}}
+        "down": {"lora_A": 64, "lora_B": 64, "head": 20},
+        "up_rejected": {}}
 
 
 def test_totals_filtered_by_round_and_client() -> None:
@@ -131,8 +135,10 @@ def test_totals_filtered_by_round_and_client() -> None:
 
     assert ledger.totals(round_idx=1, client_id=0) == {
         "up": {"lora_B": 64},
-        "down": {"lora_A": 64, "lora_B": 64, "head": 20}}
-    assert ledger.totals(round_idx=2, client_id=1) == {"up": {}, "down": {}}
+        "down": {"lora_A": 64, "lora_B": 64, "head": 20},
+        "up_rejected": {}}
+    assert ledger.totals(round_idx=2, client_id=1) == {
+        "up": {}, "down": {}, "up_rejected": {}}
 
 
 def test_client_id_zero_and_round_filter_are_not_skipped() -> None:
@@ -140,3 +146,18 @@ def test_client_id_zero_and_round_filter_are_not_skipped() -> None:
     ledger = _filled_ledger()
 
     assert ledger.totals(client_id=0) != ledger.totals()
+
+
+def test_refused_upload_counts_in_up_and_apart_in_up_rejected() -> None:
+    """Bytes mean traffic: a refused upload crossed the wire."""
+    ledger = _filled_ledger()
+    b = torch.zeros(8, 2)                               # 64 bytes
+
+    ledger.record_refused(2, 1, {B_KEY: b, "stray.weight": torch.zeros(3),
+                                 "note": "not a tensor"})
+
+    totals = ledger.totals(round_idx=2)
+    assert totals["up_rejected"] == {"lora_B": 64, "other": 12}
+    assert totals["up"] == {"lora_A": 64, "head": 20, "lora_B": 64,
+                            "other": 12}
+    assert ledger.totals(round_idx=2, client_id=0)["up_rejected"] == {}

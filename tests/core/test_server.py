@@ -51,12 +51,14 @@ def initial_adapter() -> Tensors:
 
 
 class Client:
-    """A client holds at most its adapter tensors (invariant 6)."""
+    """A client holds at most its adapter tensors (invariant 6); it
+    builds the seeded head itself, as a real client builds its model."""
 
     def __init__(self, client_id: int, num_examples: int) -> None:
         self.client_id = client_id
         self.num_examples = num_examples
-        self.state: Tensors = {}
+        self.state: Tensors = {k: v for k, v in initial_adapter().items()
+                               if role_of(k) == "head"}
 
     def apply(self, payload: Mapping[str, torch.Tensor]) -> None:
         self.state.update({k: v.clone() for k, v in payload.items()})
@@ -111,20 +113,45 @@ def _round_one(server: AdapterServer
 # --- a full RoLoRA round trip ----------------------------------------------
 
 
-def test_round_one_downlink_is_the_whole_initial_adapter_for_everyone(
+def test_round_one_downlink_is_the_initial_adapter_but_the_frozen_head(
 ) -> None:
+    """Every client builds the seeded frozen head itself (its fingerprint
+    is checked): nothing travels that need not (invariant 3)."""
     server = _rolora_server()
     init = initial_adapter()
 
     payloads = [server.downlink(c, 1) for c in range(3)]
 
     for payload in payloads:
-        _assert_same_state(payload, init)
+        _assert_same_state(payload, {k: v for k, v in init.items()
+                                     if role_of(k) != "head"})
     totals = server.ledger.totals(round_idx=1)
     assert totals["down"] == {
-        "lora_A": 3 * FACTOR_BYTES, "lora_B": 3 * FACTOR_BYTES,
-        "head": 3 * (8 + 2) * 4}
+        "lora_A": 3 * FACTOR_BYTES, "lora_B": 3 * FACTOR_BYTES}
     assert totals["up"] == {}
+
+
+def test_a_trained_head_travels_on_first_contact() -> None:
+    server = _rolora_server(train_head=True)
+
+    payload = server.downlink(0, 1)
+
+    _assert_same_state(payload, initial_adapter())
+
+
+def test_a_client_that_built_another_head_is_refused_then_repaired(
+) -> None:
+    server = _rolora_server()
+    client = Client(0, 1)
+    client.state[HEAD_B] = torch.ones(2)          # built with another seed
+    client.sync(server, 1)
+
+    with pytest.raises(InvalidUpdate, match="fingerprint"):
+        server.receive(client.train(server, 1, {LORA_B: 1.0}))
+    payload = client.sync(server, 2)
+
+    assert {HEAD_W, HEAD_B} <= set(payload)
+    _assert_same_state(client.state, server.state)
 
 
 def test_downlink_is_a_copy_of_the_server_state() -> None:
@@ -231,7 +258,7 @@ def test_client_that_skipped_rounds_is_resynced_bit_for_bit() -> None:
     # client 2 holds the initial head and A, and its own trained B: A
     # changed in round 2 and B in round 1, the head never did.
     assert set(missed_round_two) == A_KEYS | B_KEYS
-    assert set(first_contact) == ALL
+    assert set(first_contact) == A_KEYS | B_KEYS
     _assert_same_state(clients[2].state, server.state)
     _assert_same_state(latecomer.state, server.state)
     for client in (clients[2], latecomer):
@@ -270,8 +297,7 @@ def test_ledger_matches_the_bytes_handed_over() -> None:
         totals = server.ledger.totals(round_idx=t, client_id=client_id)
         assert totals[direction] == by_role, (t, client_id, direction)
     assert sent[(1, 0, "down")] == {"lora_A": FACTOR_BYTES,
-                                    "lora_B": FACTOR_BYTES,
-                                    "head": (8 + 2) * 4}
+                                    "lora_B": FACTOR_BYTES}
     assert sent[(2, 0, "down")] == {"lora_B": FACTOR_BYTES}
     assert sent[(3, 2, "down")] == {"lora_A": FACTOR_BYTES,
                                     "lora_B": FACTOR_BYTES}
@@ -408,7 +434,13 @@ def _assert_unchanged(server: AdapterServer,
 
 def _refused(server: AdapterServer, update: ClientUpdate,
              *fragments: str) -> None:
-    before = _snapshot(server)
+    """Refused with a message naming the client and the fault; nothing
+    of the adapter changed; the upload counted as refused traffic; and
+    the server forgot what the client holds (a full re-sync next)."""
+    state, version, records, received = _snapshot(server)
+    sent = sum(v.numel() * v.element_size()
+               for v in update.tensors.values()
+               if isinstance(v, torch.Tensor))
 
     with pytest.raises(InvalidUpdate) as err:
         server.receive(update)
@@ -417,7 +449,13 @@ def _refused(server: AdapterServer, update: ClientUpdate,
     assert f"client {update.client_id}" in message
     for fragment in fragments:
         assert fragment in message
-    _assert_unchanged(server, before)
+    _assert_same_state(server.state, state)  # type: ignore[arg-type]
+    assert server.version == version
+    assert server.received() == received
+    new = server.ledger.records[len(records):]  # type: ignore[arg-type]
+    assert all(r.direction == "up_rejected" for r in new)
+    assert sum(r.num_bytes for r in new) == sent
+    assert server.client_versions.get(update.client_id, {}) == {}
 
 
 def test_wrong_key_set_is_refused() -> None:
@@ -527,7 +565,7 @@ def test_refused_update_gets_its_trained_keys_resent() -> None:
 
     payload = client.sync(server, 2)
 
-    assert set(payload) == B_KEYS
+    assert set(payload) == ALL
     _assert_same_state(client.state, server.state)
 
 
@@ -600,3 +638,35 @@ def test_require_received_names_every_left_out_client() -> None:
 
     assert "round 4: 1 client update(s) accepted" in str(err.value)
     assert "client 2: raised; client 3: late" in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["rolora", "lora", "ffa_lora"])
+def test_drifted_client_is_resynced_in_full_and_accepted_next(
+        method: str) -> None:
+    """Invariant 2: a client whose frozen half drifted (real tensors, not
+    a fake fingerprint) is refused, then re-synced with every key; its
+    next update is accepted and started from the server's exact state.
+
+    Before the fix, FFA-LoRA refused that client forever (A never
+    changes, so it was never re-sent), and RoLoRA accepted its next
+    round trained from the drifted A (the fingerprint then covers B)."""
+    server = _rolora_server(method)
+    client, other = Client(0, 2), Client(1, 3)
+    for c in (client, other):
+        c.sync(server, 1)
+    frozen = server.plan(1).frozen_keys(server.state)
+    drifted = sorted(frozen)[0]
+    client.state[drifted] = client.state[drifted] + 1e-3
+
+    with pytest.raises(InvalidUpdate, match="fingerprint"):
+        server.receive(client.train(server, 1, {LORA_A: 1.0,
+                                                LORA_B: 2.0}))
+    server.receive(other.train(server, 1, {LORA_A: 1.0, LORA_B: 2.0}))
+    server.aggregate(1)
+
+    payload = client.sync(server, 2)
+
+    assert set(payload) == ALL
+    _assert_same_state(client.state, server.state)
+    server.receive(client.train(server, 2, {LORA_A: 3.0, LORA_B: 4.0}))
+    assert server.received() == [0]

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,22 +152,27 @@ class FsMain:
         return [str(self.venv.python), *entry, "--cfg", str(cfg_file),
                 *opts]
 
-    def start(self, cfg_file: Path, *opts: str, log: Path
+    def start(self, cfg_file: Path, *opts: str, log: Path,
+              env: Mapping[str, str] | None = None
               ) -> subprocess.Popen[bytes]:
         with open(log, "wb") as out:
             return subprocess.Popen(self.command(cfg_file, *opts),
-                                    cwd=cfg_file.parent, env=clean_env(),
+                                    cwd=cfg_file.parent,
+                                    env=clean_env(**(env or {})),
                                     stdout=out, stderr=subprocess.STDOUT)
 
     def run(self, cfg_file: Path, *opts: str, check: bool = True,
-            fallback: bool = False) -> FsRun:
+            fallback: bool = False,
+            env: Mapping[str, str] | None = None) -> FsRun:
         """Run to the end; with ``fallback``, through ``fs-main`` with the
-        ``.pth`` hook switched off."""
-        env = clean_env(FEDERATEDSCOPE_ROLORA_NO_HOOK="1") if fallback \
-            else clean_env()
+        ``.pth`` hook switched off; ``env``: extra variables."""
+        extra = dict(env or {})
+        if fallback:
+            extra["FEDERATEDSCOPE_ROLORA_NO_HOOK"] = "1"
+        run_env = clean_env(**extra)
         proc = subprocess.run(self.command(cfg_file, *opts,
                                            fallback=fallback),
-                              cwd=cfg_file.parent, env=env,
+                              cwd=cfg_file.parent, env=run_env,
                               capture_output=True, text=True,
                               timeout=TIMEOUT_S)
         if check and proc.returncode != 0:
@@ -209,14 +214,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def embedded_records(cfg_file: Path, outdir: Path,
-                     opts: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The embedded runner's per-round records on the same file."""
+                     opts: Sequence[str] = (), faults: str = ""
+                     ) -> list[dict[str, Any]]:
+    """The embedded runner's per-round records on the same file, with
+    ``faults`` injected as ROLORA_TEST_FAULTS would."""
     from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.faults import (
+        drift_hook,
+        fault_hook,
+        parse_faults,
+    )
     from federatedscope_rolora.runners.simulation import run
 
     cfg = load_config(cfg_file, ["outdir", str(outdir), "expname", "",
                                  *opts])
-    run(cfg)
+    parsed = parse_faults(faults)
+    run(cfg, update_hook=fault_hook(parsed), state_hook=drift_hook(parsed))
     return read_jsonl(outdir / "metrics.jsonl")
 
 

@@ -168,14 +168,13 @@ def test_sampled_clients_with_their_own_models_stay_in_sync(
     assert roles_sent_up(records) == [{"lora_B"}, {"lora_A"}] * 2
 
 
-def test_distributed_mode_on_loopback(
-        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
-        tmp_path: Path, free_ports: list[int]) -> None:
+def run_distributed(fs_main: FsMain, tiny_model_dir: Path,
+                    tiny_glue_root: Path, tmp_path: Path,
+                    free_ports: list[int], rounds: dict[str, Any],
+                    env: dict[str, str] | None = None
+                    ) -> tuple[list[int], dict[str, str]]:
     """A server and two clients, three processes talking gRPC on
-    127.0.0.1; each builds the data and its partition itself."""
-    rounds = {"client_num": 2, "total_round_num": 2}
-    standalone = write_config(tmp_path / "standalone.yaml", fs_tree(
-        tiny_model_dir, tiny_glue_root, tmp_path / "st", federate=rounds))
+    127.0.0.1; their exit codes and the tails of their logs."""
     procs = []
     try:
         for index, port in enumerate(free_ports):
@@ -191,7 +190,7 @@ def test_distributed_mode_on_loopback(
                             "client_port": port})
             cfg = write_config(tmp_path / f"{role}{index}.yaml", tree)
             log = tmp_path / f"{role}{index}.log"
-            procs.append(fs_main.start(cfg, log=log))
+            procs.append(fs_main.start(cfg, log=log, env=env))
             if role == "server":  # a client that finds no server gives up
                 wait_for(log, "Server: Listen to", procs[0])
         codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
@@ -201,6 +200,19 @@ def test_distributed_mode_on_loopback(
             p.wait()
     logs = {f.name: f.read_text(errors="replace")[-3000:]
             for f in tmp_path.glob("*.log")}
+    return codes, logs
+
+
+def test_distributed_mode_on_loopback(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, free_ports: list[int]) -> None:
+    """Each process builds the data and its partition itself."""
+    rounds = {"client_num": 2, "total_round_num": 2}
+    standalone = write_config(tmp_path / "standalone.yaml", fs_tree(
+        tiny_model_dir, tiny_glue_root, tmp_path / "st", federate=rounds))
+
+    codes, logs = run_distributed(fs_main, tiny_model_dir, tiny_glue_root,
+                                  tmp_path, free_ports, rounds)
 
     assert codes == [0, 0, 0], logs
     records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")
@@ -210,3 +222,60 @@ def test_distributed_mode_on_loopback(
     assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
     assert all("finished after round 2" in logs[f"client{i}.log"]
                for i in (1, 2))
+
+
+DRIFT = {"ROLORA_TEST_FAULTS": "3:2:drift"}
+
+
+def assert_drifted_client_resynced(records: list[dict[str, Any]],
+                                   embedded: list[dict[str, Any]],
+                                   clients: int = 3) -> None:
+    """Client 2 drifted a frozen tensor in round 3: refused for its
+    fingerprint, its upload counted as refused traffic, then re-synced in
+    full and accepted in round 4 (every byte as in the embedded runner,
+    whose test checks the client's whole adapter at the start of round 4
+    against the server's)."""
+    assert list(records[2]["rejected"]) == ["2"]
+    assert "frozen-factor fingerprint" in records[2]["rejected"]["2"]
+    assert records[2]["bytes"]["up_rejected"]
+    assert records[3]["rejected"] == {}
+    assert records[3]["clients"] == list(range(1, clients + 1))
+    # The frozen head travels only to repair a client: round 4's full
+    # re-sync of client 2 (RoLoRA's would otherwise send B alone).
+    assert "head" in records[3]["bytes"]["down"]
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+
+
+@pytest.mark.parametrize(("method", "shared"), [
+    ("rolora", True), ("lora", False), ("ffa_lora", True)])
+def test_a_drifted_client_is_resynced_in_standalone_mode(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, method: str, shared: bool) -> None:
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"method": method, "total_round_num": 4,
+                             "share_local_model": shared})
+    cfg = write_config(tmp_path / "drift.yaml", tree)
+
+    records = read_jsonl(fs_main.run(cfg, env=DRIFT).run_dir
+                         / "metrics.jsonl")
+
+    embedded = embedded_records(cfg, tmp_path / "embedded",
+                                faults=DRIFT["ROLORA_TEST_FAULTS"])
+    assert_drifted_client_resynced(records, embedded)
+
+
+def test_a_drifted_client_is_resynced_in_distributed_mode(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, free_ports: list[int]) -> None:
+    rounds = {"client_num": 2, "total_round_num": 4}
+    standalone = write_config(tmp_path / "standalone.yaml", fs_tree(
+        tiny_model_dir, tiny_glue_root, tmp_path / "st", federate=rounds))
+
+    codes, logs = run_distributed(fs_main, tiny_model_dir, tiny_glue_root,
+                                  tmp_path, free_ports, rounds, env=DRIFT)
+
+    assert codes == [0, 0, 0], logs
+    records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")
+    embedded = embedded_records(standalone, tmp_path / "embedded",
+                                faults=DRIFT["ROLORA_TEST_FAULTS"])
+    assert_drifted_client_resynced(records, embedded, clients=2)

@@ -16,17 +16,21 @@ from safetensors.torch import load_file
 from federatedscope_rolora.cli import main
 from federatedscope_rolora.config import ConfigError, build_config
 from federatedscope_rolora.config import _flatten as flatten
+from federatedscope_rolora.core.accounting import bytes_by_role
 from federatedscope_rolora.core.roles import role_of
 from federatedscope_rolora.core.server import ClientUpdate, RoundFailed
+from federatedscope_rolora.runners import simulation
 from federatedscope_rolora.runners.checkpoint import load_checkpoint
 from federatedscope_rolora.runners.faults import (
     FAULTS_ENV,
+    drift_hook,
     fault_hook,
     parse_faults,
 )
 from federatedscope_rolora.runners.outputs import read_metrics
 from federatedscope_rolora.runners.setup import build_federation
 from federatedscope_rolora.runners.simulation import Simulation, run
+from federatedscope_rolora.training.models import get_adapter_state
 from tests.conftest import tiny_config_tree
 
 # Far above a tiny client's local update (tens of ms), far below the stall.
@@ -43,7 +47,22 @@ def make_sim(model: Path, glue: Path, outdir: Path,
              faults: dict[tuple[int, int], str],
              **sections: Any) -> Simulation:
     cfg = build_config(flatten(make_tree(model, glue, outdir, **sections)))
-    return Simulation(build_federation(cfg), fault_hook(faults))
+    return Simulation(build_federation(cfg), fault_hook(faults),
+                      drift_hook(faults))
+
+
+def sent_updates(sim: Simulation) -> dict[int, ClientUpdate]:
+    """Spy on the clients: the updates they sent (after any fault)."""
+    sent: dict[int, ClientUpdate] = {}
+    hook = sim.update_hook
+
+    def spy(update: ClientUpdate) -> ClientUpdate:
+        out = hook(update) if hook is not None else update
+        sent[update.client_id] = out
+        return out
+
+    sim.update_hook = spy
+    return sent
 
 
 def accepted_updates(sim: Simulation) -> dict[int, ClientUpdate]:
@@ -87,6 +106,7 @@ def test_faulty_client_is_left_out_and_the_rest_averaged(
                    {(1, 2): fault},
                    rolora={"client_deadline_s": deadline})
     accepted = accepted_updates(sim)
+    spoilt = sent_updates(sim)
     rows = sim.fed.client_indices
 
     with caplog.at_level(logging.WARNING, "federatedscope_rolora"):
@@ -111,9 +131,13 @@ def test_faulty_client_is_left_out_and_the_rest_averaged(
                               rtol=1e-6, atol=1e-7), key
     assert any(not torch.allclose(sim.server.state[k], with_faulty[k])
                for k in trained)
-    # Only the accepted uploads are counted.
+    # Bytes are traffic: the refused upload counts in "up" and apart.
     per_client = sum(t.numel() * 4 for t in accepted[1].tensors.values())
-    assert record["bytes"]["up"] == {"lora_B": 2 * per_client}
+    refused = {} if kind == "raise" else bytes_by_role(spoilt[2].tensors)
+    assert (kind == "raise") == (not refused)
+    assert record["bytes"]["up_rejected"] == refused
+    assert record["bytes"]["up"] == {
+        "lora_B": 2 * per_client + refused.get("lora_B", 0)}
 
 
 @pytest.mark.parametrize("kind", ["raise", "nan", "fingerprint"])
@@ -140,10 +164,50 @@ def test_an_excluded_client_is_resynced_and_accepted_next_round(
     assert first["rejected"].keys() == {2}
     assert second["phase"] == "A" and second["rejected"] == {}
     assert second["clients"] == [1, 2, 3]
-    # Client 2 got the averaged B it lacked, and trained A on exactly it.
-    assert set(server_b) <= sent[2]
+    # Client 2 was re-synced in full, and trained A on exactly the
+    # averaged B.
+    assert sent[2] == set(sim.server.state)
     for key, value in server_b.items():
         assert torch.equal(sim.clients[2][key], value), key
+
+
+@pytest.mark.parametrize("method", ["rolora", "lora", "ffa_lora"])
+def test_a_client_whose_frozen_half_drifted_is_resynced_not_trusted(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """Client 2's local training of round 3 really changes a tensor
+    frozen in that round (A where the method freezes it, else the head),
+    as a buggy optimizer would: refused for its fingerprint, then
+    re-synced in full, accepted in round 4, and at the start of every
+    local training of round 4 the whole adapter is bit-identical to the
+    server's (invariant 2). Before the fix, FFA-LoRA and LoRA refused
+    that client forever (A, or the head, is never re-sent) and RoLoRA
+    accepted A trained from the drifted copy."""
+    sim = make_sim(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                   {(3, 2): "drift"}, federate={"method": method})
+    calls: list[dict[str, torch.Tensor]] = []
+    real_train = simulation.local_train
+
+    def spy(model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        calls.append(get_adapter_state(model))
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(simulation, "local_train", spy)
+    for round_idx in (1, 2):
+        sim.run_round(round_idx)
+    third = sim.run_round(3)
+    server_before = {k: v.clone() for k, v in sim.server.state.items()}
+    fourth = sim.run_round(4)
+
+    assert list(third["rejected"]) == [2]
+    assert "frozen-factor fingerprint" in third["rejected"][2]
+    assert third["bytes"]["up_rejected"]
+    assert fourth["rejected"] == {} and fourth["clients"] == [1, 2, 3]
+    assert len(calls) == 12
+    for state in calls[9:]:
+        assert set(state) == set(server_before)
+        for k, v in server_before.items():
+            assert torch.equal(state[k], v), k
 
 
 def write_cfg(tmp_path: Path, model: Path, glue: Path,

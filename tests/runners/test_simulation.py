@@ -60,9 +60,14 @@ def test_every_client_starts_from_the_servers_initial_adapter(
     sim.run_round(1)
 
     assert sorted(sent) == [1, 2, 3]
-    for payload in sent.values():
-        assert set(payload) == set(initial)
-        assert all(torch.equal(payload[k], initial[k]) for k in initial)
+    for client, payload in sent.items():
+        # the frozen head is built by the client itself, not sent
+        assert set(payload) == {k for k in initial if "classifier" not in k}
+        held = sim.clients[client]
+        assert set(held) == set(initial)
+        assert all(torch.equal(held[k], initial[k]) for k in initial
+                   if k not in payload)
+        assert all(torch.equal(payload[k], initial[k]) for k in payload)
 
 
 def test_sampled_clients_are_resynced_after_missing_rounds(
