@@ -134,6 +134,10 @@ CASES: dict[str, tuple[list[str] | None, list[str]]] = {
                             ["rolora.min_received", "4"]),
     "rolora.client_deadline_s": (["rolora.client_deadline_s", "30.0"],
                                  ["rolora.client_deadline_s", "-1.0"]),
+    "rolora.prefix_cache": (["rolora.prefix_cache", "True"],
+                            ["rolora.prefix_cache", "'yes'"]),
+    "rolora.prefix_cache_mb": (["rolora.prefix_cache_mb", "512"],
+                               ["rolora.prefix_cache_mb", "0.0"]),
 }
 # Keys whose values FederatedScope reads differently on purpose.
 NOT_COMPARED = {
