@@ -37,10 +37,10 @@ def no_dropout_bert(tiny_model_dir: Path,
 
 
 def tree(model: Path, glue: Path, outdir: Path, cached: bool,
-         **rolora: Any) -> dict[str, Any]:
+         shared: bool = True, **rolora: Any) -> dict[str, Any]:
     return fs_tree(model, glue, outdir,
                    federate={"total_round_num": 3,
-                             "share_local_model": True},
+                             "share_local_model": shared},
                    llm={"tok_len": 16, "adapter": {"args": [LORA]}},
                    rolora={"head": "frozen", "threads": 1,
                            "prefix_cache": cached, **rolora})
@@ -57,9 +57,11 @@ def summary(run_dir: Path) -> dict[str, Any]:
     return loaded
 
 
+@pytest.mark.parametrize("shared", [True, False],
+                         ids=["one-shared-model", "a-model-per-client"])
 def test_cached_run_ends_with_the_uncached_adapter(
         fs_main: FsMain, no_dropout_bert: Path, tiny_glue_root: Path,
-        tmp_path: Path) -> None:
+        tmp_path: Path, shared: bool) -> None:
     from federatedscope_rolora.config import load_config
     from federatedscope_rolora.runners.simulation import run
 
@@ -67,7 +69,7 @@ def test_cached_run_ends_with_the_uncached_adapter(
     for cached in (True, False):
         cfg = write_config(tmp_path / f"cached_{cached}.yaml", tree(
             no_dropout_bert, tiny_glue_root, tmp_path / f"fs_{cached}",
-            cached))
+            cached, shared))
         runs[cached] = fs_main.run(cfg)
     embedded = load_config(tmp_path / "cached_True.yaml",
                            ["outdir", str(tmp_path / "embedded"),
