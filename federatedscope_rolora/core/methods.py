@@ -37,11 +37,9 @@ from federatedscope_rolora.core.merging import (
     reconstruct,
     smallest_exact_form,
 )
+from federatedscope_rolora.core.names import METHODS as METHODS
 from federatedscope_rolora.core.phase import phase_for_round
 from federatedscope_rolora.core.roles import HEAD, LORA_A, LORA_B, role_of
-
-METHODS = ("rolora", "lora", "ffa_lora", "fedex_lora", "flexlora",
-           "fedsa_lora")
 
 
 @dataclass(frozen=True)
