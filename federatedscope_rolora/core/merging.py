@@ -19,6 +19,7 @@ from federatedscope_rolora.core.roles import LORA_A, role_of
 
 Tensors = Mapping[str, torch.Tensor]
 RESIDUAL_COMPONENT = "fedex_residual"
+_B_OF = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,8 @@ def lora_modules(keys: Iterable[str]) -> dict[str, Module]:
         if role_of(key) != LORA_A:
             continue
         parts = key.split(".")
-        i = next(j for j, p in enumerate(parts)
-                 if p in ("lora_A", "lora_embedding_A"))
-        b_key = ".".join([*parts[:i], parts[i].replace("A", "B"),
-                          *parts[i + 1:]])
+        i = next(j for j, p in enumerate(parts) if p in _B_OF)
+        b_key = ".".join([*parts[:i], _B_OF[parts[i]], *parts[i + 1:]])
         if b_key not in present:
             raise ValueError(f"LoRA factor {key!r} has no B factor "
                              f"{b_key!r}")

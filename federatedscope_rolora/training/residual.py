@@ -1,7 +1,10 @@
 """FedEx-LoRA's residual folded into the frozen base weights.
 
 A PEFT LoRA layer computes ``base_layer(x) + s·B·A·x``; FedEx-LoRA adds
-the server's residual total to ``base_layer.weight``. The original
+the server's residual total to ``base_layer.weight``. That is B·A's own
+layout for ``nn.Linear`` targets; an embedding or a ``fan_in_fan_out``
+(GPT-2 ``Conv1D``) target stores the transpose and is refused, naming
+it, rather than folded wrongly. The original
 weight W0 is kept (once per model, for the adapted modules only), and
 the folded weight is always ``W0 + total``, never a running sum, so a
 resumed run holds the same bits as one run straight through.
@@ -39,9 +42,14 @@ def fold_residual(model: torch.nn.Module,
         for key, total in totals.items():
             name = base_weight_name(key)
             weight = params.get(name)
-            if weight is None or weight.shape != total.shape:
-                raise ValueError(f"residual {key!r} fits no base weight "
-                                 f"{name!r} of this model")
+            layer = model.get_submodule(name.rsplit(".", 2)[0]) \
+                if weight is not None else None
+            if weight is None or weight.shape != total.shape or \
+                    getattr(layer, "fan_in_fan_out", False) or not \
+                    isinstance(getattr(layer, "base_layer", None),
+                               torch.nn.Linear):
+                raise ValueError(f"residual {key!r} fits no nn.Linear "
+                                 f"base weight {name!r} of this model")
             if name not in original:
                 original[name] = weight.detach().clone()
             weight.copy_(original[name] + total.to(weight.device,

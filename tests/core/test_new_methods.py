@@ -207,6 +207,7 @@ def test_flexlora_keeps_the_rank_r_truncation_of_the_mean() -> None:
     server, clients = _server("flexlora"), _clients()
     _round(server, clients, 1)
 
+    dropped_sq = mean_sq = 0.0
     for module in lora_modules(server.state).values():
         mean = _effective_mean(clients, module.a_key, module.b_key)
         b, a, dropped = flexlora_truncate(mean / SCALING, R)
@@ -216,8 +217,12 @@ def test_flexlora_keeps_the_rank_r_truncation_of_the_mean() -> None:
         error = float((SCALING * got - mean).norm())
         assert error == pytest.approx(SCALING * float(dropped.norm()),
                                       rel=1e-4)
+        dropped_sq += SCALING ** 2 * float(dropped.pow(2).sum())
+        mean_sq += float(mean.pow(2).sum())
+    # the aggregation gap is the truncation error, relative
     gap = server.last_gap.aggregation_gap
     assert gap is not None and gap > 1e-3
+    assert gap == pytest.approx((dropped_sq / mean_sq) ** 0.5, rel=1e-4)
 
 
 # --- FedSA-LoRA ------------------------------------------------------------
