@@ -6,8 +6,9 @@ one implementation of the protocol:
 
 1. ``downlink(client, t)``: the adapter tensors the client does not hold in
    their current version (everything on first contact, everything that
-   changed while it was away, whatever it trained itself last time, and
-   everything after it was left out of a round).
+   changed while it was away, whatever it trained and sent last time,
+   and everything after it was left out of a round; FedEx-LoRA's residual
+   as core/residual.py says).
 2. The client trains the keys of ``plan(t)`` and sends those it does not
    keep (FedSA-LoRA keeps its B) with the fingerprint of its frozen keys
    and, for FedEx-LoRA, of its base residual (``build_update``).
@@ -96,11 +97,11 @@ def build_update(client_id: int, plan: RoundPlan,
     ``state`` holds them). If local training touched a frozen key, the
     fingerprint no longer matches the server's and the update is refused.
     """
-    trained = plan.uploaded_keys(state)
+    sent = plan.uploaded_keys(state)
     return ClientUpdate(
         client_id=client_id,
         round_idx=plan.round_idx,
-        tensors={k: state[k].detach().clone() for k in trained},
+        tensors={k: state[k].detach().clone() for k in sent},
         num_examples=num_examples,
         frozen_fingerprint=fingerprint(state, plan.frozen_keys(state)),
         train_loss=train_loss,
