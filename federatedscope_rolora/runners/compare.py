@@ -166,10 +166,12 @@ def draw_plots(comparison: dict[str, Any], out: Path) -> list[str]:
             metric = res["primary_metric"]
             xs = [p[x_key] * scale for p in res["curve"]]
             marker, line = styles.get(method, ("o", "-"))
-            ax.plot(xs, [p["metric"] for p in res["curve"]],
-                    marker=marker, linestyle=line, label=method)
             personal = [p.get("metric_per_client") for p in res["curve"]]
-            if all(v is not None for v in personal) and personal:
+            both = bool(personal) and all(v is not None for v in personal)
+            ax.plot(xs, [p["metric"] for p in res["curve"]],
+                    marker=marker, linestyle=line,
+                    label=f"{method} (global)" if both else method)
+            if both:
                 ax.plot(xs, personal, marker=marker, linestyle=":",
                         alpha=0.6, label=f"{method} (per client)")
         ax.set_xlabel(x_label)
