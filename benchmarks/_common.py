@@ -27,7 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout that is not installed
     sys.path.insert(0, str(ROOT))
 
-METHODS = ("rolora", "lora", "ffa_lora")
+# All six methods (the clients, rank, lr and comm benchmarks); the skew,
+# local and pairs benchmarks keep the first three unless told otherwise.
+METHODS = ("rolora", "lora", "ffa_lora", "fedex_lora", "flexlora",
+           "fedsa_lora")
+BASE_METHODS = ("rolora", "lora", "ffa_lora")
+# Scored per client (each client's own model on its own test share):
+# their cells hold that score, and the report says so.
+PERSONAL = ("fedsa_lora",)
 MODEL = "all-MiniLM-L6-v2"
 
 
@@ -133,8 +140,13 @@ def result_row(spec: RunSpec, summary: dict[str, Any],
         "key": spec.key, "spec": asdict(spec),
         "primary_metric": summary["primary_metric"],
         "final": summary["final"], "best": summary["best"],
+        "final_per_client": summary.get("final_per_client"),
         "curve": [{"round": r["round"], **r["eval"]}
                   for r in records if "eval" in r],
+        "gap_rounds": [{"round": r["round"],
+                        "aggregation_gap": r.get("aggregation_gap"),
+                        "client_drift": r.get("client_drift")}
+                       for r in records],
         "bytes_rounds": [{"round": r["round"], "up": r["bytes"]["up"],
                           "down": r["bytes"]["down"]} for r in records],
         "bytes_up_total": summary["bytes_up_total"],
@@ -204,7 +216,17 @@ def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
 
 
 def final_metric(row: dict[str, Any]) -> float:
+    """The global adapter's final score."""
     return float(row["final"][row["primary_metric"]])
+
+
+def score(row: dict[str, Any]) -> float:
+    """The number a table shows: the per-client final score
+    (example-weighted) for a personalised method, else the global one."""
+    personal = row.get("final_per_client")
+    if row["spec"]["method"] in PERSONAL and personal:
+        return float(personal["example_weighted"][row["primary_metric"]])
+    return final_metric(row)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

@@ -6,10 +6,27 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-from _common import METHODS, Store, mean_sd
+from _common import METHODS, PERSONAL, Store, mean_sd
 
-COLORS = {"rolora": "tab:red", "lora": "tab:blue", "ffa_lora": "tab:green"}
-LABELS = {"rolora": "RoLoRA", "lora": "LoRA", "ffa_lora": "FFA-LoRA"}
+COLORS = {"rolora": "tab:red", "lora": "tab:blue", "ffa_lora": "tab:green",
+          "fedex_lora": "tab:purple", "flexlora": "tab:brown",
+          "fedsa_lora": "tab:olive"}
+LABELS = {"rolora": "RoLoRA", "lora": "LoRA", "ffa_lora": "FFA-LoRA",
+          "fedex_lora": "FedEx-LoRA", "flexlora": "FlexLoRA",
+          "fedsa_lora": "FedSA-LoRA (per client)"}
+# Six lines stay apart in print: a marker of its own per method.
+MARKERS = dict(zip(METHODS, "osD^vP", strict=True))
+
+
+def _methods(cells: list[dict[str, Any]]) -> list[str]:
+    """The methods a table holds, in the usual order."""
+    present = {m for c in cells for m in c}
+    return [m for m in METHODS if m in present]
+
+
+def _offset(i: int, count: int) -> float:
+    """Position of the i-th of ``count`` side-by-side items, centred."""
+    return i - (count - 1) / 2
 
 
 def _pct(values: list[float]) -> tuple[float, float]:
@@ -25,13 +42,14 @@ def _save(fig: Any, path: Path) -> None:
 
 def _errorbars(ax: Any, xs: list[float], cells: list[dict[str, Any]],
                offset: float = 0.0) -> None:
-    for i, m in enumerate(METHODS):
-        pts = [(x + (i - 1) * offset, *_pct(c[m]))
-               for x, c in zip(xs, cells, strict=True) if c[m]]
+    methods = _methods(cells)
+    for i, m in enumerate(methods):
+        pts = [(x + _offset(i, len(methods)) * offset, *_pct(c[m]))
+               for x, c in zip(xs, cells, strict=True) if c.get(m)]
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
-                        yerr=[p[2] for p in pts], marker="o", capsize=3,
-                        color=COLORS[m], label=LABELS[m])
+                        yerr=[p[2] for p in pts], marker=MARKERS[m],
+                        capsize=3, color=COLORS[m], label=LABELS[m])
 
 
 def _finish(ax: Any, xlabel: str, title: str) -> None:
@@ -72,10 +90,13 @@ def _bars(ax: Any, table: dict[str, dict[str, list[float]]],
           labels: list[str]) -> None:
     """One group of bars (mean, sd) per row of ``table``."""
     xs = list(range(len(table)))
-    width = 0.26
-    for i, m in enumerate(METHODS):
-        stats = [_pct(c[m]) if c[m] else (0.0, 0.0) for c in table.values()]
-        ax.bar([x + (i - 1) * width for x in xs], [s[0] for s in stats],
+    methods = _methods(list(table.values()))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        stats = [_pct(c[m]) if c.get(m) else (0.0, 0.0)
+                 for c in table.values()]
+        ax.bar([x + _offset(i, len(methods)) * width for x in xs],
+               [s[0] for s in stats],
                width, yerr=[s[1] for s in stats], capsize=3,
                color=COLORS[m], label=LABELS[m])
     ax.set_xticks(xs, labels)
@@ -118,8 +139,8 @@ def lr_grid(results: dict[str, Any], plan: Any, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     for m, row in results["lr_grid"].items():
         pts = [(float(lr), v[0] * 100) for lr, v in row.items() if v]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                color=COLORS[m], label=LABELS[m])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts],
+                marker=MARKERS[m], color=COLORS[m], label=LABELS[m])
     ax.set_xscale("log")
     _finish(ax, "learning rate (AdamW)",
             f"{plan.lr_task}, {plan.few} clients, seed 0")
@@ -128,29 +149,32 @@ def lr_grid(results: dict[str, Any], plan: Any, path: Path) -> None:
 
 def comm(results: dict[str, Any], plan: Any, path: Path) -> None:
     """Upload per client in rounds 1-3, stacked by role, at the first
-    rank and frozen head."""
+    rank, the fewest clients and frozen head."""
     rank0 = plan.comm_ranks[0]
-    rows = [r for r in results["comm"]
-            if r["rank"] == rank0 and r["head"] == "frozen"]
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    few = min(r.get("clients", 0) for r in results["comm"])
+    rows = [r for r in results["comm"] if r["rank"] == rank0
+            and r["head"] == "frozen" and r.get("clients", 0) == few]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     rounds = sorted({r["round"] for r in rows})
-    width = 0.26
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    width = 0.8 / max(1, len(methods))
     role_color = {"lora_A": "tab:orange", "lora_B": "tab:purple",
                   "head": "tab:gray"}
     seen: set[str] = set()
-    for i, m in enumerate(METHODS):
+    for i, m in enumerate(methods):
+        shift = _offset(i, len(methods)) * width
         for r in (x for x in rows if x["method"] == m):
             bottom = 0.0
             for role, size in sorted(r["per_client"]["up"].items()):
                 kb = size / 1e3
-                ax.bar(r["round"] + (i - 1) * width, kb, width,
+                ax.bar(r["round"] + shift, kb, width,
                        bottom=bottom, color=role_color[role],
                        edgecolor=COLORS[m], linewidth=2,
                        label=role if role not in seen else None)
                 seen.add(role)
                 bottom += kb
-            ax.text(r["round"] + (i - 1) * width, bottom, LABELS[m],
-                    ha="center", va="bottom", fontsize=6.5)
+            ax.text(r["round"] + shift, bottom, LABELS[m].split()[0],
+                    ha="center", va="bottom", fontsize=6, rotation=90)
     ax.set_xticks(rounds, [f"round {t}" for t in rounds])
     ax.set_ylabel("KB uploaded per client")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
@@ -164,7 +188,9 @@ def comm(results: dict[str, Any], plan: Any, path: Path) -> None:
 def curves(results: dict[str, Any], plan: Any, store: Store,
            path: Path) -> None:
     """Mean accuracy vs round and vs MB uploaded, per task and client
-    count, at the chosen learning rates."""
+    count, at the chosen learning rates. The curves are the global
+    adapter's, so a personalised method (FedSA-LoRA, scored per client
+    only at the end) is left out rather than mixed in."""
     tasks, counts = plan.tasks, plan.clients
     fig, axes = plt.subplots(2 * len(tasks), len(counts),
                              figsize=(3.8 * len(counts), 5.6 * len(tasks)),
@@ -172,7 +198,7 @@ def curves(results: dict[str, Any], plan: Any, store: Store,
     lrs = results["best_lr"]
     for ti, task in enumerate(tasks):
         for ci, c in enumerate(counts):
-            for m in METHODS:
+            for m in (m for m in plan.methods if m not in PERSONAL):
                 rows = [store.get(plan.spec(task, method=m, clients=c,
                                             seed=s, lr=lrs[m]))
                         for s in plan.seeds]
@@ -181,7 +207,7 @@ def curves(results: dict[str, Any], plan: Any, store: Store,
                     continue
                 xs, mb, ys = _mean_curve(got)
                 for row_i, x in ((2 * ti, xs), (2 * ti + 1, mb)):
-                    axes[row_i][ci].plot(x, ys, marker="o", ms=3,
+                    axes[row_i][ci].plot(x, ys, marker=MARKERS[m], ms=3,
                                          color=COLORS[m], label=LABELS[m])
             for row_i, xl in ((2 * ti, "round"),
                               (2 * ti + 1, "MB uploaded (all clients)")):

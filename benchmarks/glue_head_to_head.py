@@ -1,4 +1,6 @@
-"""Benchmarks 2-5: RoLoRA vs LoRA vs FFA-LoRA on real GLUE data.
+"""Benchmarks 2-5: RoLoRA vs LoRA vs FFA-LoRA (and, in the clients, rank,
+lr and comm benchmarks, FedEx-LoRA, FlexLoRA and FedSA-LoRA) on real GLUE
+data.
 
 Questions (arXiv 2409.02346, Tables 1-2; extended version 2502.01755):
 
@@ -7,8 +9,10 @@ Questions (arXiv 2409.02346, Tables 1-2; extended version 2502.01755):
   does RoLoRA hold up (rank 2)?
 * ``rank``: at 3 clients, how do the methods compare at ranks 1, 2, 4, 8?
 * ``skew``: Dirichlet label skew (alpha 1.0 and 0.5) against iid.
-* ``comm``: bytes per round by method and role, asserted equal to the
-  count from the model's shapes; RoLoRA and FFA-LoRA send half of LoRA.
+* ``comm``: bytes per round by method and role at 3 and 50 clients,
+  asserted equal to the count from the model's shapes; RoLoRA and
+  FFA-LoRA send half of LoRA; FedEx-LoRA's residual grows with the
+  clients, (n+1)·r·(d+k) values per module, until dense d·k is smaller.
 * ``lr``: the learning-rate grid, per method, on one task at 3 clients,
   one seed; each method's best rate is used everywhere else.
 * ``local``: the ``clients`` question again at 20 and 50 clients, with
@@ -52,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
 import _glue_report as report  # noqa: E402
-from _common import METHODS, RunSpec, Store  # noqa: E402
+from _common import BASE_METHODS, METHODS, RunSpec, Store  # noqa: E402
 
 BENCHES = ("comm", "lr", "clients", "skew", "rank", "local",
            "pairs")
@@ -77,6 +81,11 @@ class Plan:
     ranks: tuple[int, ...] = (1, 2, 4, 8)
     rank_seeds: tuple[int, ...] = (0, 1, 2)
     comm_ranks: tuple[int, ...] = (2, 8)
+    comm_clients: tuple[int, ...] = (3, 50)
+    # lr, clients, rank and comm run ``methods``; skew, local and pairs
+    # ``base_methods``.
+    methods: tuple[str, ...] = METHODS
+    base_methods: tuple[str, ...] = BASE_METHODS
     big_eval: int = 1000   # test rows of QNLI, MNLI, QQP (dev sets of 5k+)
     # ``local``: more local work per client (changes to ``base``).
     local_task: str = "sst2"
@@ -120,6 +129,7 @@ QUICK = Plan(base=RunSpec(task="sst2", method="rolora", clients=2, seed=0,
              lr_grid=(1e-2, 3e-2), clients=(2, 4), few=2, seeds=(0,),
              skew_clients=3, alphas=(1.0,), skew_seeds=(0,),
              ranks=(1, 2), rank_seeds=(0,), comm_ranks=(2,),
+             comm_clients=(3, 6),
              local_clients=(6,), local_seeds=(0,),
              local_sizes=(("local_epochs", 2), ("rounds", 3)),
              pair_tasks=("sst2",), pair_sizes=(("train_samples", 32),
@@ -129,14 +139,14 @@ QUICK = Plan(base=RunSpec(task="sst2", method="rolora", clients=2, seed=0,
 def best_lrs(plan: Plan, store: Store) -> dict[str, float]:
     """Each method's best grid rate (final metric; ties: the smaller)."""
     best: dict[str, float] = {}
-    for method in METHODS:
+    for method in plan.methods:
         scored = []
         for lr in plan.lr_grid:
             row = store.get(lr_spec(plan, method, lr))
             if row is None:
                 raise RuntimeError(f"learning-rate grid incomplete: "
                                    f"{method} at lr {lr:g} has not run")
-            scored.append((-common.final_metric(row), lr))
+            scored.append((-common.score(row), lr))
         best[method] = min(scored)[1]
     return best
 
@@ -147,41 +157,43 @@ def lr_spec(plan: Plan, method: str, lr: float) -> RunSpec:
 
 
 def lr_specs(plan: Plan) -> list[RunSpec]:
-    return [lr_spec(plan, m, lr) for m in METHODS for lr in plan.lr_grid]
+    return [lr_spec(plan, m, lr) for m in plan.methods
+            for lr in plan.lr_grid]
 
 
 def clients_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
     """Seed-major, so a stopped suite has every cell at fewer seeds."""
     return [plan.spec(t, method=m, clients=c, seed=s, lr=lrs[m])
             for s in plan.seeds for t in plan.tasks
-            for c in plan.clients for m in METHODS]
+            for c in plan.clients for m in plan.methods]
 
 
 def skew_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
     return [plan.spec(plan.skew_task, method=m, clients=plan.skew_clients,
                       seed=s, lr=lrs[m], alpha=a)
             for s in plan.skew_seeds for a in (0.0, *plan.alphas)
-            for m in METHODS]
+            for m in plan.base_methods]
 
 
 def rank_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
     return [plan.spec(plan.rank_task, method=m, clients=plan.few,
                       seed=s, lr=lrs[m], rank=r)
-            for s in plan.rank_seeds for r in plan.ranks for m in METHODS]
+            for s in plan.rank_seeds for r in plan.ranks
+            for m in plan.methods]
 
 
 def local_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
     """Seed-major, like ``clients_specs``."""
     return [plan.local_spec(m, c, s, lrs[m])
             for s in plan.local_seeds for c in plan.local_clients
-            for m in METHODS]
+            for m in plan.base_methods]
 
 
 def pair_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
     """Task-major: QNLI (the cheaper) is complete before MNLI starts."""
     return [plan.pair_spec(t, m, s, lrs[m])
             for t in plan.pair_tasks for s in plan.pair_seeds
-            for m in METHODS]
+            for m in plan.base_methods]
 
 
 def comm_specs(plan: Plan) -> list[RunSpec]:
@@ -191,8 +203,9 @@ def comm_specs(plan: Plan) -> list[RunSpec]:
                            eval_samples=min(plan.base.eval_samples or 32,
                                             32),
                            clients=3, seed=0, lr=1e-2)
-    specs = [tiny.with_(method=m, rank=r)
-             for r in plan.comm_ranks for m in METHODS]
+    specs = [tiny.with_(method=m, rank=r, clients=c, train_samples=16 * c)
+             for c in plan.comm_clients for r in plan.comm_ranks
+             for m in plan.methods]
     specs.append(tiny.with_(method="rolora", head="trained"))
     return specs
 
@@ -214,26 +227,37 @@ def analytic_round(spec: RunSpec, shapes: dict[str, int], labels: int,
 
     LoRA on query and value (hidden -> hidden) of every layer: A is
     r x hidden and B hidden x r per module, float32. The head is
-    Linear(hidden, labels). Up: the roles trained this round. Down: the
-    adapter in round 1 (the head only if it is trained: a frozen head is
-    built by every client from the seed), then what the server averaged
-    last round.
+    Linear(hidden, labels). Up: the roles sent this round (FedSA-LoRA
+    keeps B). Down: the adapter in round 1 (the head only if it is
+    trained: a frozen head is built by every client from the seed), then
+    what the server merged last round; FedEx-LoRA adds its residual, none
+    in round 1 (zero, sent as factors of rank 0) and then last round's
+    increment from n clients in its smaller exact form,
+    min(h·h, (n+1)·r·2h) values per module.
     """
+    hidden = shapes["hidden"]
     modules = 2 * shapes["layers"]
-    factor = modules * spec.rank * shapes["hidden"] * 4
+    factor = modules * spec.rank * hidden * 4
     sizes = {"lora_A": factor, "lora_B": factor,
-             "head": (shapes["hidden"] * labels + labels) * 4}
+             "head": (hidden * labels + labels) * 4}
+    both = ["lora_A", "lora_B"]
 
-    def trained(t: int) -> list[str]:
-        roles = {"lora": ["lora_A", "lora_B"], "ffa_lora": ["lora_B"],
-                 "rolora": ["lora_B" if t % 2 else "lora_A"]}[spec.method]
+    def sent(t: int) -> list[str]:
+        roles = {"lora": both, "ffa_lora": ["lora_B"],
+                 "rolora": ["lora_B" if t % 2 else "lora_A"],
+                 "fedex_lora": both, "flexlora": both,
+                 "fedsa_lora": ["lora_A"]}[spec.method]
         return roles + (["head"] if spec.head == "trained" else [])
 
     first = ["lora_A", "lora_B"] + (["head"] if spec.head == "trained"
                                     else [])
-    down = first if round_idx == 1 else trained(round_idx - 1)
-    return {"up": {r: sizes[r] for r in trained(round_idx)},
-            "down": {r: sizes[r] for r in down}}
+    down = {r: sizes[r] for r in (first if round_idx == 1
+                                  else sent(round_idx - 1))}
+    if spec.method == "fedex_lora":
+        stacked = (spec.clients + 1) * spec.rank * 2 * hidden
+        down["residual"] = 0 if round_idx == 1 else \
+            modules * min(hidden * hidden, stacked) * 4
+    return {"up": {r: sizes[r] for r in sent(round_idx)}, "down": down}
 
 
 def check_comm(plan: Plan, store: Store, model: str) -> list[dict[str, Any]]:

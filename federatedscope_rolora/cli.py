@@ -43,6 +43,12 @@ class Progress:
             parts.append(f"loss {record['train_loss']:.4f}")
         for name, value in record.get("eval", {}).items():
             parts.append(f"test {name} {value:.4f}")
+        personal = record.get("eval_per_client", {}).get(
+            "example_weighted", {})
+        for name, value in personal.items():
+            parts.append(f"per-client {name} {value:.4f}")
+        if record.get("aggregation_gap") is not None:
+            parts.append(f"gap {record['aggregation_gap']:.2e}")
         up = sum(record["bytes"]["up"].values())
         parts.append(f"up {up / 1e3:.1f} KB")
         if record["rejected"]:
@@ -61,7 +67,8 @@ class Progress:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="federatedscope-rolora",
-        description="Federated LoRA fine-tuning: RoLoRA, LoRA, FFA-LoRA.")
+        description="Federated LoRA fine-tuning: RoLoRA, LoRA, FFA-LoRA, "
+        "FedEx-LoRA, FlexLoRA, FedSA-LoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "run one experiment"),
                        ("compare", "run methods head to head")):
@@ -78,8 +85,10 @@ def _parser() -> argparse.ArgumentParser:
                 "tolerance and the prefix cache's memory limit")
         if name == "compare":
             cmd.add_argument("--methods", default="rolora,lora,ffa_lora",
-                             help="comma-separated methods "
-                             "(default: %(default)s)")
+                             help="comma-separated methods, or all "
+                             "(rolora, lora, ffa_lora, fedex_lora, "
+                             "flexlora, fedsa_lora; default: "
+                             "%(default)s)")
             cmd.add_argument("--no-plots", action="store_true",
                              help="skip the PNG plots")
         cmd.add_argument("opts", nargs=argparse.REMAINDER,

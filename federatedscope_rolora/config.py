@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from federatedscope_rolora.core.names import METHODS
 from federatedscope_rolora.core.sampling import clients_per_round
 
 FS_ONLY = "FederatedScope only; the embedded runner ignores it"
@@ -98,7 +99,7 @@ SCHEMA: dict[str, Field] = {
                            "(FederatedScope only)",
                            choices=("standalone", "distributed")),
     "federate.method": Field("rolora", str, "how the adapter is federated",
-                             choices=("rolora", "lora", "ffa_lora")),
+                             choices=METHODS),
     "federate.client_num": Field(3, int, "number of clients", **_POS),
     "federate.total_round_num": Field(50, int, "number of rounds", **_POS),
     "federate.sample_client_rate": Field(
@@ -185,6 +186,11 @@ SCHEMA: dict[str, Field] = {
                                   **_NONNEG),
     "rolora.eval_samples": Field(0, int, "test examples evaluated; 0: all",
                                  **_NONNEG),
+    "rolora.per_client_eval": Field(
+        "auto", str, "also score each client's model on a test share "
+        "dealt like its train share, reported apart as eval_per_client "
+        "(example-weighted and plain mean over clients); auto: for "
+        "fedsa_lora only", choices=("auto", "always", "never")),
     "rolora.eval_batch_size": Field(64, int, "evaluation batch size",
                                     **_POS),
     "rolora.holdout": Field(2000, int, "test rows carved from train when "

@@ -15,11 +15,15 @@ from typing import TypeVar
 LORA_A = "lora_A"
 LORA_B = "lora_B"
 HEAD = "head"
-ROLES = (LORA_A, LORA_B, HEAD)
+# FedEx-LoRA's base residual (core/residual.py): never a model parameter,
+# it travels under keys of its own and is folded into the frozen base.
+RESIDUAL = "residual"
+ROLES = (LORA_A, LORA_B, HEAD, RESIDUAL)
 
 _A_COMPONENTS = frozenset({"lora_A", "lora_embedding_A"})
 _B_COMPONENTS = frozenset({"lora_B", "lora_embedding_B"})
 _HEAD_COMPONENTS = frozenset({"classifier", "score", "modules_to_save"})
+_RESIDUAL_COMPONENTS = frozenset({"fedex_residual"})
 # PEFT keeps the untouched original head beside its trainable copy; it is
 # part of the frozen base model, not of the adapter.
 _BASE_COMPONENTS = frozenset({"original_module"})
@@ -28,8 +32,11 @@ T = TypeVar("T")
 
 
 def role_of(key: str) -> str | None:
-    """Return ``lora_A``, ``lora_B``, ``head`` or None for a base weight."""
+    """Return ``lora_A``, ``lora_B``, ``head``, ``residual`` or None for
+    a base weight."""
     parts = set(key.split("."))
+    if parts & _RESIDUAL_COMPONENTS:
+        return RESIDUAL
     if parts & _A_COMPONENTS:
         return LORA_A
     if parts & _B_COMPONENTS:

@@ -7,19 +7,30 @@ one implementation of the protocol:
 1. ``downlink(client, t)``: the adapter tensors the client does not hold in
    their current version (everything on first contact but a frozen head,
    which every client builds itself from the seed; everything that
-   changed while it was away, whatever it trained itself last time, and
-   everything after it was left out of a round).
-2. The client trains the keys of ``plan(t)`` and sends them with the
-   fingerprint of its frozen keys (``build_update``).
+   changed while it was away, whatever it trained and sent last time,
+   and everything after it was left out of a round; FedEx-LoRA's residual
+   as core/residual.py says).
+2. The client trains the keys of ``plan(t)`` and sends those it does not
+   keep (FedSA-LoRA keeps its B) with the fingerprint of its frozen keys
+   and, for FedEx-LoRA, of its base residual (``build_update``).
 3. ``receive(update)`` validates key set, shapes, dtypes, finiteness and
    the fingerprint, and keeps the update; ``refuse`` leaves a client out
    (invalid, late or failed), counts what it sent as refused traffic and
    forgets what it holds.
-4. ``aggregate(t)`` averages the trained keys only and bumps their version.
+4. ``aggregate(t)`` merges the uploaded keys as the method says (core/
+   methods.py), bumps their versions, adds FedEx-LoRA's residual to the
+   ``ResidualBook`` and measures the round's aggregation gap.
+
+FedSA-LoRA's B never leaves its client, so the server cannot restore it:
+a client's B is sent once, the shared initial B, on first contact, and
+again only after a refusal, when the server assumes nothing about what
+the client holds (DESIGN.md, invariant 2). A FedSA-LoRA client whose
+update was refused therefore restarts its own B from the shared init.
 """
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,11 +39,15 @@ from typing import Any
 import torch
 
 from federatedscope_rolora.core.accounting import DOWN, UP, TrafficLedger
-from federatedscope_rolora.core.aggregation import (
-    client_weights,
-    weighted_average,
+from federatedscope_rolora.core.aggregation import client_weights
+from federatedscope_rolora.core.merging import GapStats, lora_modules
+from federatedscope_rolora.core.methods import (
+    MergeInputs,
+    Method,
+    RoundPlan,
+    merge_gap,
 )
-from federatedscope_rolora.core.methods import Method, RoundPlan
+from federatedscope_rolora.core.residual import VERSION_KEY, ResidualBook
 from federatedscope_rolora.core.roles import HEAD, role_of
 from federatedscope_rolora.core.validation import (
     InvalidUpdate,
@@ -89,15 +104,16 @@ def client_built_keys(method: Method, state: Mapping[str, torch.Tensor]
 def build_update(client_id: int, plan: RoundPlan,
                  state: Mapping[str, torch.Tensor], num_examples: int,
                  train_loss: float = float("nan")) -> ClientUpdate:
-    """Package the trained keys of ``state`` (copies) and the fingerprint
-    of its frozen keys. If local training touched a frozen key, the
+    """Package the uploaded keys of ``state`` (copies) and the fingerprint
+    of its frozen keys (FedEx-LoRA's residual totals among them, when
+    ``state`` holds them). If local training touched a frozen key, the
     fingerprint no longer matches the server's and the update is refused.
     """
-    trained = plan.trained_keys(state)
+    sent = plan.uploaded_keys(state)
     return ClientUpdate(
         client_id=client_id,
         round_idx=plan.round_idx,
-        tensors={k: state[k].detach().clone() for k in trained},
+        tensors={k: state[k].detach().clone() for k in sent},
         num_examples=num_examples,
         frozen_fingerprint=fingerprint(state, plan.frozen_keys(state)),
         train_loss=train_loss,
@@ -110,7 +126,10 @@ class AdapterServer:
     def __init__(self, method: Method,
                  initial_state: Mapping[str, torch.Tensor],
                  weighting: str = "examples",
-                 ledger: TrafficLedger | None = None) -> None:
+                 ledger: TrafficLedger | None = None,
+                 scaling: float = 1.0) -> None:
+        """``scaling`` is LoRA's lora_alpha / r: the effective update of a
+        module is scaling·B·A (FedEx-LoRA's residual and the gap)."""
         untyped = [k for k in initial_state if role_of(k) is None]
         if untyped:
             raise ValueError(f"initial adapter holds non-adapter tensors, "
@@ -125,6 +144,15 @@ class AdapterServer:
                       initial_state.items()}
         self.version = dict.fromkeys(self.state, 0)
         self.client_built = client_built_keys(method, self.state)
+        self.scaling = float(scaling)
+        self.residual: ResidualBook | None = None
+        if method.has_residual:
+            self.residual = ResidualBook(
+                {k: (self.state[m.b_key].shape[0],
+                     self.state[m.a_key].shape[1])
+                 for k, m in lora_modules(self.state).items()},
+                next(iter(self.state.values())).dtype)
+        self.last_gap = GapStats(None, None, None)
         self.client_versions: dict[int, dict[str, int]] = {}
         self._pending: dict[int, ClientUpdate] = {}
         self._pending_round: int | None = None
@@ -135,13 +163,25 @@ class AdapterServer:
     def plan(self, round_idx: int) -> RoundPlan:
         return self.method.plan(round_idx)
 
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        """The adapter and, for FedEx-LoRA, the residual totals: what a
+        client's frozen keys are compared with."""
+        if self.residual is None:
+            return self.state
+        return {**self.state, **self.residual.total}
+
     def frozen_fingerprint(self, round_idx: int) -> str:
         plan = self.plan(round_idx)
-        return fingerprint(self.state, plan.frozen_keys(self.state))
+        frozen = self.frozen_state()
+        return fingerprint(frozen, plan.frozen_keys(frozen))
 
     def downlink(self, client_id: int, round_idx: int
                  ) -> dict[str, torch.Tensor]:
-        """Tensors ``client_id`` lacks; recorded in the ledger as sent."""
+        """Tensors ``client_id`` lacks; recorded in the ledger as sent.
+        A key the client trains and keeps (FedSA-LoRA's B) is sent only
+        when the client holds none; the residual comes as its book
+        says."""
+        plan = self.plan(round_idx)
         if client_id not in self.client_versions:
             # First contact: the client built these itself, identical to
             # the server's (its fingerprint checks that), so they stay.
@@ -149,13 +189,18 @@ class AdapterServer:
                 self.client_built, 0)
         held = self.client_versions[client_id]
         payload = {k: v.clone() for k, v in self.state.items()
-                   if held.get(k) != self.version[k]}
+                   if held.get(k) != self.version[k]
+                   and not (role_of(k) in plan.kept_roles and k in held)}
         for key in payload:
             held[key] = self.version[key]
-        # From here on the client may change the keys it trains, whether
-        # or not its update ever arrives: next time it gets them afresh.
-        for key in self.plan(round_idx).trained_keys(self.state):
+        # From here on the client may change the keys it trains and
+        # sends, whether or not its update ever arrives: next time it
+        # gets them afresh.
+        for key in plan.uploaded_keys(self.state):
             held[key] = _LOCAL
+        if self.residual is not None:
+            payload.update(self.residual.payload(held.get(VERSION_KEY)))
+            held[VERSION_KEY] = self.residual.version
         self.ledger.record(round_idx, client_id, DOWN, payload)
         return payload
 
@@ -202,7 +247,7 @@ class AdapterServer:
             raise InvalidUpdate(f"{who}: second update in the same round")
         if update.client_id not in self.client_versions:
             raise InvalidUpdate(f"{who}: client was never sent the adapter")
-        trained = self.plan(update.round_idx).trained_keys(self.state)
+        trained = self.plan(update.round_idx).uploaded_keys(self.state)
         validate_tensors(who, update.tensors,
                          {k: self.state[k] for k in trained})
         expected = self.frozen_fingerprint(update.round_idx)
@@ -225,8 +270,10 @@ class AdapterServer:
         return sorted(self._pending)
 
     def aggregate(self, round_idx: int) -> dict[str, torch.Tensor]:
-        """Average the round's trained keys (sorted by client id, so the
-        result does not depend on arrival order) and install them."""
+        """Merge the round's uploads as the method says (sorted by client
+        id, so the result does not depend on arrival order), install
+        them, add FedEx-LoRA's residual and measure the aggregation gap
+        (``last_gap``). Returns the adapter keys that changed."""
         self._check_round(round_idx, f"round {round_idx}")
         if not self._pending:
             raise ValueError(f"round {round_idx}: no client update to "
@@ -234,7 +281,13 @@ class AdapterServer:
         updates = [self._pending[c] for c in sorted(self._pending)]
         weights = client_weights([u.num_examples for u in updates],
                                  self.weighting)
-        merged = weighted_average([u.tensors for u in updates], weights)
+        inputs = MergeInputs([u.tensors for u in updates], weights,
+                             self.state, self.scaling)
+        result = self.method.merge(inputs)
+        self.last_gap = merge_gap(inputs, result)
+        merged = result.values
+        if self.residual is not None:
+            self.residual.add(round_idx, result.residual)
         for key, value in merged.items():
             self.state[key] = value
             self.version[key] = round_idx
@@ -252,13 +305,16 @@ class AdapterServer:
         if self._pending:
             raise ValueError(f"updates of round {self._pending_round} are "
                              "pending; checkpoint between rounds")
-        return {
+        saved = {
             "state": {k: v.detach().clone() for k, v in self.state.items()},
             "version": dict(self.version),
             "client_versions": {c: dict(held) for c, held in
                                 self.client_versions.items()},
             "aggregated_round": self._aggregated_round,
         }
+        if self.residual is not None:
+            saved["residual"] = self.residual.state_dict()
+        return saved
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         """Install a ``state_dict()``; ValueError naming the culprit if it
@@ -278,14 +334,20 @@ class AdapterServer:
             raise ValueError("saved key versions do not match the adapter's "
                              f"keys or exceed round {last}")
         clients: dict[int, dict[str, int]] = {}
+        allowed = set(self.state)
+        residual = copy.deepcopy(self.residual)
+        if residual is not None:
+            allowed.add(VERSION_KEY)
+            residual.load_state_dict(saved["residual"])
         for client, held in saved["client_versions"].items():
-            if not set(held) <= set(self.state) or not all(
+            if not set(held) <= allowed or not all(
                     _is_version(v, last, local=True)
                     for v in held.values()):
                 raise ValueError(f"saved versions of client {client} do not "
                                  "match the adapter")
             clients[int(client)] = dict(held)
         self.state = {k: state[k].detach().clone() for k in self.state}
+        self.residual = residual
         self.version = version
         self.client_versions = clients
         self._aggregated_round = last

@@ -3,7 +3,8 @@
 The node holds exactly the ``rolora.*`` keys of the embedded runner's
 schema (``federatedscope_rolora.config.SCHEMA``), with the same defaults,
 so one YAML file means the same under both runners. For the plugin's
-methods (``federate.method`` rolora, lora, ffa_lora) the check function
+methods (``federate.method`` rolora, lora, ffa_lora, fedex_lora,
+flexlora, fedsa_lora) the check function
 
 1. fills in the few keys whose FederatedScope default cannot work for
    sequence classification, and only while they still hold that default
@@ -31,6 +32,7 @@ from federatedscope_rolora.config import (
     build_config,
     config_warnings,
 )
+from federatedscope_rolora.core.names import METHODS as CORE_METHODS
 
 logger = logging.getLogger("federatedscope.rolora")
 
@@ -38,7 +40,7 @@ NODE = "rolora"
 TRAINER_TYPE = "rolora_trainer"
 DATA_SUFFIX = "@glue"
 MODEL_SUFFIX = "@huggingface_seqcls"
-METHODS = ("rolora", "lora", "ffa_lora")
+METHODS = CORE_METHODS
 
 # FederatedScope's default -> the embedded runner's, for keys where no
 # other value can work for these methods: a LoRA adapter, a splitter
@@ -149,6 +151,11 @@ def _refuse_unsupported(cfg: Any) -> None:
         raise ConfigError(f"config key {key!r} is {value!r}; "
                           f"federate.method {method} in the rolora plugin "
                           f"needs {works!r}: {why}")
+    if _get(cfg, "rolora.per_client_eval") == "always":
+        raise ConfigError("config key 'rolora.per_client_eval' is "
+                          "'always'; the rolora plugin does not score "
+                          "clients' models yet (the embedded runner "
+                          "does): use auto or never")
 
 
 def _check_types(cfg: Any) -> None:

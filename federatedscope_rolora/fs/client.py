@@ -1,4 +1,5 @@
-"""The client of ``federate.method`` rolora, lora and ffa_lora.
+"""The client of ``federate.method`` rolora, lora, ffa_lora, fedex_lora,
+flexlora and fedsa_lora.
 
 A client keeps its own copy of the adapter (a few tensors), so it is
 right whether it has a model of its own (distributed mode,
@@ -7,7 +8,10 @@ other client (``share_local_model: True``): before each local update it
 loads its whole adapter into the model. The round's plan comes from the
 server's round in the message (FederatedScope's 0-based ``state`` + 1),
 and the update it sends is the core's ``build_update``: the trained keys
-and the fingerprint of the frozen ones.
+and the fingerprint of the frozen ones. A FedEx-LoRA client also keeps
+its residual totals (core/residual.py) and folds them into the model's
+base before training; a FedSA-LoRA client keeps its own B in its adapter,
+which the server never sends again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 from federatedscope.core.message import Message
 from federatedscope.core.workers import Client
 
+from federatedscope_rolora.core.residual import apply_payload
+from federatedscope_rolora.core.roles import RESIDUAL, role_of
 from federatedscope_rolora.core.server import build_update
 from federatedscope_rolora.fs.cfg_rolora import schema_view
 from federatedscope_rolora.fs.wire import (
@@ -38,6 +44,7 @@ from federatedscope_rolora.training.models import (
     get_adapter_state,
     load_adapter_state,
 )
+from federatedscope_rolora.training.residual import fold_residual
 
 logger = logging.getLogger("federatedscope.rolora")
 
@@ -58,6 +65,7 @@ class RoloraClient(Client):  # type: ignore[misc]
         # of ROLORA_TEST_FAULTS change this client's frozen tensors.
         self.drift = drift_hook(parse_faults(os.environ.get(FAULTS_ENV,
                                                             "")))
+        self.residual: dict[str, torch.Tensor] = {}
 
     def callback_funcs_for_model_para(self, message: Message) -> None:
         """Sync with what the server sent, train the round's keys, send
@@ -80,8 +88,14 @@ class RoloraClient(Client):  # type: ignore[misc]
             content=content))
 
     def _local_update(self, message: Message, round_idx: int) -> Any:
-        self.adapter.update(unpack_payload(message.content))
+        payload = unpack_payload(message.content)
+        self.residual = apply_payload(self.residual, {
+            k: v for k, v in payload.items() if role_of(k) == RESIDUAL})
+        self.adapter.update({k: v for k, v in payload.items()
+                             if role_of(k) != RESIDUAL})
         load_adapter_state(self.model, self.adapter)
+        if self.residual:
+            fold_residual(self.model, self.residual)
         plan = self.method.plan(round_idx)
         self.trainer.set_plan(plan)
         start = time.perf_counter()
@@ -92,7 +106,8 @@ class RoloraClient(Client):  # type: ignore[misc]
             return_raw=True))
         self.adapter = get_adapter_state(self.model)
         self.drift(plan, int(self.ID), self.adapter)
-        update = build_update(self.ID, plan, self.adapter,
+        update = build_update(self.ID, plan,
+                              {**self.adapter, **self.residual},
                               int(self.trainer.ctx.num_train_data),
                               float(results.get("train_avg_loss",
                                                 float("nan"))))

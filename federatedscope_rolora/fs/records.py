@@ -1,6 +1,7 @@
 """The run's results in FederatedScope's outdir, in the embedded runner's
 layout: ``metrics.jsonl`` (a line per round: phase, participants, left-out
-clients, loss, evaluation, exact bytes up and down by role, seconds),
+clients, loss, aggregation gap and client drift, evaluation, exact bytes
+up and down by role, seconds),
 ``summary.json`` and, written by the server, ``adapter/`` (PEFT).
 
 FederatedScope's own files (``eval_results.log``, ``exp_print.log``,
@@ -62,8 +63,10 @@ class RunRecorder:
         self._round_start = time.perf_counter()
 
     def trained(self, losses: dict[int, tuple[float, int]],
-                rejected: dict[int, str], train_seconds: float) -> None:
-        """The accepted clients' (loss, examples) and who was left out."""
+                rejected: dict[int, str], train_seconds: float,
+                gap: dict[str, float | None] | None = None) -> None:
+        """The accepted clients' (loss, examples), who was left out, and
+        the aggregation gap and client drift of the merge."""
         if self._open is None:
             raise RuntimeError("no round is open")
         total = sum(n for _, n in losses.values())
@@ -71,7 +74,7 @@ class RunRecorder:
             "clients": sorted(losses), "rejected": rejected,
             "train_loss": (sum(loss * n for loss, n in losses.values())
                            / total) if total else None,
-            "train_seconds": train_seconds,
+            "train_seconds": train_seconds, **(gap or {}),
         })
         self.client_examples.update({c: n for c, (_, n) in losses.items()})
 

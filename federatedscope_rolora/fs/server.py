@@ -1,4 +1,5 @@
-"""The server of ``federate.method`` rolora, lora and ffa_lora.
+"""The server of ``federate.method`` rolora, lora, ffa_lora, fedex_lora,
+flexlora and fedsa_lora.
 
 FederatedScope's ``Server`` with the core's ``AdapterServer`` in charge of
 the protocol, the same code as the embedded runner's:
@@ -10,8 +11,10 @@ the protocol, the same code as the embedded runner's:
 - aggregation: each update is validated (keys, shapes, dtypes, finite
   values, frozen-factor fingerprint, deadline), then the trained keys are
   averaged; FederatedScope's aggregator is replaced by one over the core;
-- evaluation: the global adapter on the server's test set; every round is
-  written to ``metrics.jsonl`` with exact bytes by role and direction;
+- evaluation: the global adapter (FedEx-LoRA: on the base with the
+  residual folded in) on the server's test set; every round is written to
+  ``metrics.jsonl`` with exact bytes by role and direction and the
+  aggregation gap;
 - the end: ``summary.json`` and the whole adapter in PEFT format in the
   outdir; ``finish`` carries no weights.
 
@@ -48,6 +51,7 @@ from federatedscope_rolora.fs.records import RunRecorder
 from federatedscope_rolora.fs.wire import ClientFailed, unpack_update
 from federatedscope_rolora.runners.outputs import ADAPTER_DIR
 from federatedscope_rolora.runners.setup import (
+    lora_scaling,
     method_from_config,
     prefix_summary,
 )
@@ -57,6 +61,10 @@ from federatedscope_rolora.training.models import (
     get_adapter_state,
     load_adapter_state,
     save_adapter,
+)
+from federatedscope_rolora.training.residual import (
+    fold_residual,
+    save_residual,
 )
 
 logger = logging.getLogger("federatedscope.rolora")
@@ -99,10 +107,14 @@ class AdapterAggregator(Aggregator):  # type: ignore[misc]
     def aggregate(self, agg_info: dict[str, Any]) -> dict[str, Any]:
         merged = self.server.aggregate(int(agg_info["round"]))
         load_adapter_state(self.model, self.server.state)
+        if self.server.residual is not None:
+            fold_residual(self.model, self.server.residual.total)
         return merged
 
     def save_model(self, path: str, cur_round: int = -1) -> None:
         save_adapter(self.model, self.server.state, Path(path))
+        if self.server.residual is not None:
+            save_residual(self.server.residual.total, Path(path))
 
     def load_model(self, path: str) -> int:
         raise NotImplementedError("the rolora plugin does not restore "
@@ -126,7 +138,8 @@ class RoloraServer(Server):  # type: ignore[misc]
         self.task = task_spec(task_name(config.data.type))
         self.adapter_server = AdapterServer(
             method_from_config(self.settings),
-            get_adapter_state(self.model), self.settings["rolora.weighting"])
+            get_adapter_state(self.model), self.settings["rolora.weighting"],
+            scaling=lora_scaling(self.settings))
         self.aggregator = AdapterAggregator(self.adapter_server, self.model)
         self.aggregators = [self.aggregator]
         self.recorder = RunRecorder(Path(config.outdir),
@@ -197,7 +210,8 @@ class RoloraServer(Server):  # type: ignore[misc]
         require_received(round_idx, len(losses),
                          self.settings["rolora.min_received"], rejected)
         self.aggregator.aggregate({"round": round_idx})
-        self.recorder.trained(losses, rejected, train_seconds)
+        self.recorder.trained(losses, rejected, train_seconds,
+                              self.adapter_server.last_gap.record())
         return len(losses)
 
     def _check_deadline(self, seconds: float) -> None:
@@ -236,8 +250,7 @@ class RoloraServer(Server):  # type: ignore[misc]
         self._close_round()
         run_dir = Path(self._cfg.outdir)
         start = time.perf_counter()
-        save_adapter(self.model, self.adapter_server.state,
-                     run_dir / ADAPTER_DIR)
+        self.aggregator.save_model(str(run_dir / ADAPTER_DIR))
         summary = self.recorder.write_summary({
             "method": self.settings["federate.method"],
             "task": self.task.name,

@@ -3,8 +3,10 @@ run may resume from it.
 
 One file, ``checkpoint/state.safetensors``, holds everything a run needs
 to go on as if it had never stopped: the server's adapter and versions,
-every client's adapter, the round and its phase, the random-number
-generators' states and how many metrics lines belong to it. Tensors are
+every client's adapter (FedSA-LoRA's own B among it), FedEx-LoRA's
+residual totals and last increment, the round and its phase, the
+random-number generators' states and how many metrics lines belong to
+it. Tensors are
 safetensors; the rest is JSON in the file's metadata, so resuming never
 unpickles anything. The file is written under a temporary name and
 renamed over the previous one, so a kill at any moment leaves one whole
@@ -109,6 +111,12 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     for client, state in ckpt.clients.items():
         tensors.update({f"client/{client}/{k}": v.contiguous()
                         for k, v in state.items()})
+    residual = ckpt.server.get("residual")
+    if residual is not None:  # FedEx-LoRA
+        tensors.update({f"residual/{k}": v.contiguous()
+                        for k, v in residual["total"].items()})
+        tensors.update({f"residual_last/{k}": v.contiguous()
+                        for k, v in residual["last"].items()})
     tensors["rng/torch"] = ckpt.rng["torch"]
     meta = {
         "format": FORMAT, "round": ckpt.round_idx, "phase": ckpt.phase,
@@ -117,6 +125,9 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
         "client_versions": {str(c): v for c, v in
                             ckpt.server["client_versions"].items()},
         "aggregated_round": ckpt.server["aggregated_round"],
+        "residual": None if residual is None else {
+            "version": residual["version"],
+            "previous": residual["previous"]},
         "clients": sorted(ckpt.clients),
         "rng": {"python": ckpt.rng["python"], "numpy": ckpt.rng["numpy"]},
         "metrics_lines": ckpt.metrics_lines,
@@ -157,21 +168,31 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
     if meta["format"] != FORMAT:
         raise ValueError(f"format {meta['format']!r}, expected {FORMAT}")
     server: dict[str, torch.Tensor] = {}
+    residual: dict[str, dict[str, torch.Tensor]] = {"residual": {},
+                                                    "residual_last": {}}
     clients: dict[int, dict[str, torch.Tensor]] = {
         int(c): {} for c in meta["clients"]}
     for name, tensor in tensors.items():
         kind, _, rest = name.partition("/")
         if kind == "server":
             server[rest] = tensor
+        elif kind in residual:
+            residual[kind][rest] = tensor
         elif kind == "client":
             client, _, key = rest.partition("/")
             clients[int(client)][key] = tensor
+    saved_server: dict[str, Any] = {
+        "state": server, "version": meta["version"],
+        "client_versions": meta["client_versions"],
+        "aggregated_round": meta["aggregated_round"]}
+    if meta.get("residual") is not None:
+        saved_server["residual"] = {
+            "total": residual["residual"],
+            "last": residual["residual_last"], **meta["residual"]}
     return Checkpoint(
         round_idx=int(meta["round"]), phase=meta["phase"],
         config=meta["config"],
-        server={"state": server, "version": meta["version"],
-                "client_versions": meta["client_versions"],
-                "aggregated_round": meta["aggregated_round"]},
+        server=saved_server,
         clients=clients,
         rng={"torch": tensors["rng/torch"], **meta["rng"]},
         metrics_lines=int(meta["metrics_lines"]),

@@ -20,12 +20,15 @@ TABLE_FILE = "comparison.md"
 
 
 def parse_methods(text: str) -> list[str]:
-    """``"rolora,lora"`` -> ``["rolora", "lora"]``, validated."""
+    """``"rolora,lora"`` -> ``["rolora", "lora"]``, validated; ``all``
+    is every method."""
+    if text.strip() == "all":
+        return list(METHODS)
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"unknown method(s) {unknown or text!r}; choose "
-                         f"from {', '.join(METHODS)}")
+                          f"from {', '.join(METHODS)}, or all")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"method listed twice in {text!r}")
     return methods
@@ -70,12 +73,20 @@ def _method_result(summary: dict[str, Any], records: list[dict[str, Any]]
     for rec in records:
         uploaded += sum(rec["bytes"]["up"].values())
         if "eval" in rec:
-            curve.append({"round": rec["round"],
-                          "metric": rec["eval"][primary],
-                          "bytes_up_cumulative": uploaded})
+            point = {"round": rec["round"], "metric": rec["eval"][primary],
+                     "bytes_up_cumulative": uploaded}
+            if "eval_per_client" in rec:
+                point["metric_per_client"] = \
+                    rec["eval_per_client"]["example_weighted"][primary]
+            curve.append(point)
+    personal: dict[str, Any] = {
+        k: summary[k] for k in ("final_per_client", "best_per_client")
+        if k in summary}
+    gaps = [r.get("aggregation_gap") for r in records]
     return {
         "primary_metric": primary,
-        "final": summary["final"], "best": summary["best"],
+        "final": summary["final"], "best": summary["best"], **personal,
+        "aggregation_gap": gaps,
         "bytes": summary["bytes"],
         "bytes_up_total": summary["bytes_up_total"],
         "bytes_down_total": summary["bytes_down_total"],
@@ -83,15 +94,36 @@ def _method_result(summary: dict[str, Any], records: list[dict[str, Any]]
     }
 
 
+def _gap_cell(gaps: list[float | None] | None) -> str:
+    """Mean aggregation gap over rounds; '-' where undefined."""
+    known = [g for g in gaps or [] if g is not None]
+    return f"{sum(known) / len(known):.2e}" if known else "-"
+
+
+def _personal_cell(res: dict[str, Any], metric: str) -> str:
+    """Per-client score (example-weighted / plain mean over clients) of
+    the final round; '-' when not evaluated."""
+    final = res.get("final_per_client")
+    if final is None:
+        return "-"
+    return (f"{final['example_weighted'][metric]:.4f} / "
+            f"{final['client_mean'][metric]:.4f}")
+
+
 def markdown_table(comparison: dict[str, Any]) -> str:
+    """One row per method. ``global final`` and ``best`` score the global
+    adapter on the whole test set; ``per-client final`` scores each
+    client's own model on its own test share (example-weighted / plain
+    mean over clients), never mixed with the global number."""
     rows = [
         f"Task {comparison['task']}, model {comparison['model']}, "
         f"{comparison['clients']} clients, {comparison['rounds']} rounds, "
         f"seed {comparison['seed']}.",
         "",
-        "| method | final | best (round) | MB up | MB down | "
-        "KB up / round | wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| method | global final | global best (round) | per-client "
+        "final (weighted / mean) | mean aggregation gap | MB up | "
+        "MB down | KB up / round | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, res in comparison["methods"].items():
         metric = res["primary_metric"]
@@ -99,6 +131,8 @@ def markdown_table(comparison: dict[str, Any]) -> str:
         rows.append(
             f"| {method} | {metric} {res['final'][metric]:.4f} | "
             f"{res['best'][metric]:.4f} ({res['best']['round']}) | "
+            f"{_personal_cell(res, metric)} | "
+            f"{_gap_cell(res.get('aggregation_gap'))} | "
             f"{res['bytes_up_total'] / 1e6:.3f} | "
             f"{res['bytes_down_total'] / 1e6:.3f} | "
             f"{res['bytes_up_total'] / rounds / 1e3:.1f} | "
@@ -117,6 +151,11 @@ def draw_plots(comparison: dict[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
+    # Six methods stay apart in print and for colour-blind readers:
+    # each has its own marker and line style as well as its colour.
+    styles = dict(zip(METHODS, [("o", "-"), ("s", "--"), ("^", "-."),
+                                ("D", ":"), ("v", "-"), ("P", "--")],
+                      strict=True))
     for name, x_key, x_label, scale in (
             ("accuracy_vs_round.png", "round", "round", 1.0),
             ("accuracy_vs_upload.png", "bytes_up_cumulative",
@@ -126,14 +165,21 @@ def draw_plots(comparison: dict[str, Any], out: Path) -> list[str]:
         for method, res in comparison["methods"].items():
             metric = res["primary_metric"]
             xs = [p[x_key] * scale for p in res["curve"]]
-            ax.plot(xs, [p["metric"] for p in res["curve"]], marker="o",
-                    label=method)
+            marker, line = styles.get(method, ("o", "-"))
+            personal = [p.get("metric_per_client") for p in res["curve"]]
+            both = bool(personal) and all(v is not None for v in personal)
+            ax.plot(xs, [p["metric"] for p in res["curve"]],
+                    marker=marker, linestyle=line,
+                    label=f"{method} (global)" if both else method)
+            if both:
+                ax.plot(xs, personal, marker=marker, linestyle=":",
+                        alpha=0.6, label=f"{method} (per client)")
         ax.set_xlabel(x_label)
         ax.set_ylabel(f"test {metric}")
         ax.set_title(f"{comparison['task']}, {comparison['clients']} "
                      "clients")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small", ncol=2)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)

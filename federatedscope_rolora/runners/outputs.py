@@ -149,6 +149,19 @@ def round_results(records: list[dict[str, Any]], primary: str
                                key=lambda e: _finite(e[1].get(primary)))
         out["final"] = evals[-1][1]
         out["best"] = {**best, "round": best_round}
+    # Each client's own model on its own test share: reported apart,
+    # never mixed with the global model's score.
+    personal = [(r["round"], r["eval_per_client"]) for r in records
+                if "eval_per_client" in r]
+    if personal:
+        best_round, best = max(personal, key=lambda e: _finite(
+            e[1]["example_weighted"].get(primary)))
+        out["final_per_client"] = personal[-1][1]
+        out["best_per_client"] = {**best, "round": best_round}
+    gaps = [r["aggregation_gap"] for r in records
+            if r.get("aggregation_gap") is not None]
+    if gaps:
+        out["aggregation_gap_mean"] = sum(gaps) / len(gaps)
     return out
 
 

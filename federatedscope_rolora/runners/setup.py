@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from federatedscope_rolora.config import Config, ConfigError, splitter_alpha
 from federatedscope_rolora.core.methods import Method, make_method
+from federatedscope_rolora.core.names import PERSONAL_METHODS
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import (
     Split,
@@ -26,6 +27,8 @@ from federatedscope_rolora.training.glue import (
 from federatedscope_rolora.training.local import LocalSpec
 from federatedscope_rolora.training.models import LoraSpec, build_model
 from federatedscope_rolora.training.partition import (
+    deal_like_train,
+    dirichlet_with_shares,
     partition,
     subsample_indices,
 )
@@ -59,6 +62,9 @@ class Federation:
     device: torch.device
     sources: dict[str, str]
     prefix: PrefixCache | None = None   # None: every layer runs
+    scaling: float = 1.0
+    # per-client test shares (``rolora.per_client_eval``); empty: none
+    client_test: dict[int, EncodedDataset] = field(default_factory=dict)
 
     @property
     def pad_token_id(self) -> int:
@@ -84,6 +90,38 @@ def local_spec_from_config(cfg: Config) -> LocalSpec:
         shuffle=cfg["dataloader.shuffle"],
         grad_clip=float(cfg["grad.grad_clip"]),
     )
+
+
+def per_client_eval(cfg: Config) -> bool:
+    """Whether each client's model is also scored on its own test share
+    (``rolora.per_client_eval``; auto: for personalised methods)."""
+    mode = cfg["rolora.per_client_eval"]
+    if mode == "auto":
+        return cfg["federate.method"] in PERSONAL_METHODS
+    return bool(mode == "always")
+
+
+def lora_scaling(cfg: Config) -> float:
+    """PEFT's scaling of a LoRA module, lora_alpha / r."""
+    lora = LoraSpec.from_args(cfg.lora)
+    return lora.lora_alpha / lora.r
+
+
+def split_test_per_client(cfg: Config, train: Split, test: Split
+                          ) -> list[list[int]]:
+    """The scored test rows dealt over clients as ``split_train`` dealt
+    the train rows: equal iid shares, or under ``lda`` each label at the
+    Dirichlet proportions the train split drew for that label."""
+    seed = cfg["seed"]
+    clients = cfg["federate.client_num"]
+    shares = None
+    if cfg["data.splitter"] == "lda":
+        subset, _ = split_train(cfg, train)
+        alpha = splitter_alpha(cfg["data.splitter_args"])
+        _, shares = dirichlet_with_shares(subset.labels, clients, alpha,
+                                          seed)
+    return deal_like_train(test.labels, clients, cfg["data.splitter"],
+                           seed + 2, shares)
 
 
 def split_train(cfg: Config, train: Split) -> tuple[Split, list[list[int]]]:
@@ -187,6 +225,12 @@ def build_federation(cfg: Config) -> Federation:
     encoded = (encode(subset, tokenizer, max_len),
                encode(test, tokenizer, max_len))
     pad = int(tokenizer.pad_token_id)
+    client_test = {}
+    if per_client_eval(cfg):
+        for i, rows in enumerate(split_test_per_client(cfg, train, test)):
+            share = Split([test.texts[j] for j in rows],
+                          [test.labels[j] for j in rows], test.source)
+            client_test[i + 1] = encode(share, tokenizer, max_len)
     return Federation(
         cfg=cfg, task=task, method=method_from_config(cfg), model=model,
         tokenizer=tokenizer, train=encoded[0], test=encoded[1],
@@ -194,4 +238,5 @@ def build_federation(cfg: Config) -> Federation:
         local=local_spec_from_config(cfg), device=device,
         sources={"train": train.source, "test": test.source},
         prefix=prefix_cache_from_config(cfg, model, encoded, pad, device),
+        scaling=lora.lora_alpha / lora.r, client_test=client_test,
     )

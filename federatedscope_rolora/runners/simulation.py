@@ -3,8 +3,15 @@
 One frozen base model serves every client (DESIGN.md, invariant 6): a
 client's state is only its adapter tensors, loaded into the shared model
 for its local update. The protocol itself (what is sent down, what comes
-up, validation, averaging, byte accounting) is the core's AdapterServer,
+up, validation, merging, byte accounting) is the core's AdapterServer,
 the same code the FederatedScope plugin uses.
+
+FedEx-LoRA's residual is the same for every client, so it is folded into
+the one shared base (``W0 + total``, training/residual.py) after each
+merge and on resume; each client's downlink still carries, and the ledger
+counts, the residual that client would need, and its fingerprint covers
+the shared total it trained on. FedSA-LoRA's B lives in each client's
+adapter state, across rounds and in the checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +27,7 @@ import torch
 from federatedscope_rolora import __version__
 from federatedscope_rolora.config import Config, config_warnings
 from federatedscope_rolora.core.methods import RoundPlan
+from federatedscope_rolora.core.roles import RESIDUAL, role_of
 from federatedscope_rolora.core.sampling import derive_seed, sample_clients
 from federatedscope_rolora.core.server import (
     AdapterServer,
@@ -48,12 +57,18 @@ from federatedscope_rolora.runners.setup import (
     prefix_summary,
 )
 from federatedscope_rolora.training.local import evaluate, local_train
+from federatedscope_rolora.training.metrics import mean_over_clients
 from federatedscope_rolora.training.models import (
     count_parameters,
     get_adapter_state,
     load_adapter_state,
     save_adapter,
     set_trainable,
+)
+from federatedscope_rolora.training.residual import (
+    fold_residual,
+    save_personal,
+    save_residual,
 )
 
 log = logging.getLogger("federatedscope_rolora")
@@ -83,7 +98,8 @@ class Simulation:
         self.cfg = fed.cfg
         self.server = AdapterServer(fed.method,
                                     get_adapter_state(fed.model),
-                                    fed.cfg["rolora.weighting"])
+                                    fed.cfg["rolora.weighting"],
+                                    scaling=fed.scaling)
         self.clients: dict[int, State] = {}
         # What a client builds itself before first contact: the seeded
         # frozen head, as the shared model holds it now.
@@ -105,7 +121,10 @@ class Simulation:
         fed = self.fed
         state = self.clients.setdefault(
             client_id, {k: v.clone() for k, v in self.built.items()})
-        state.update(self.server.downlink(client_id, plan.round_idx))
+        payload = self.server.downlink(client_id, plan.round_idx)
+        # the residual is already in the shared base (fold_base)
+        state.update({k: v for k, v in payload.items()
+                      if role_of(k) != RESIDUAL})
         load_adapter_state(fed.model, state)
         set_trainable(fed.model, plan.trained_keys(state))
         rows = fed.client_indices[client_id]
@@ -121,8 +140,9 @@ class Simulation:
         if self.state_hook is not None:
             self.state_hook(plan, client_id, trained)
         self.clients[client_id] = trained
-        update = build_update(client_id, plan, trained, len(rows),
-                              result.loss)
+        update = build_update(client_id, plan,
+                              {**trained, **self.shared_residual()},
+                              len(rows), result.loss)
         if self.update_hook is not None:
             update = self.update_hook(update)
         return update, train_s
@@ -150,16 +170,20 @@ class Simulation:
         require_received(round_idx, len(losses),
                          self.cfg["rolora.min_received"], rejected)
         self.server.aggregate(round_idx)
+        self.fold_base()
         record: dict[str, Any] = {
             "round": round_idx, "phase": plan.phase,
             "trained": sorted(plan.trained_roles),
             "clients": sorted(losses), "rejected": rejected,
             "train_loss": self._mean_loss(losses),
+            **self.server.last_gap.record(),
         }
         eval_s = 0.0
         if self._eval_due(round_idx):
             t0 = time.perf_counter()
             record["eval"] = self.evaluate()
+            if self.fed.client_test:
+                record["eval_per_client"] = self.evaluate_per_client()
             eval_s = time.perf_counter() - t0
         record["bytes"] = self.server.ledger.totals(round_idx=round_idx)
         total = time.perf_counter() - start
@@ -200,6 +224,29 @@ class Simulation:
             return None, f"invalid update: {err}", train_s
         return update, "", train_s
 
+    def shared_residual(self) -> dict[str, torch.Tensor]:
+        """FedEx-LoRA's residual totals in the shared base ({} for the
+        other methods): the server's."""
+        book = self.server.residual
+        return dict(book.total) if book is not None else {}
+
+    def fold_base(self) -> None:
+        """Fold the server's residual into the one shared base."""
+        if self.server.residual is not None:
+            fold_residual(self.fed.model, self.server.residual.total)
+
+    def save_extras(self, adapter_dir: Path) -> None:
+        """What the PEFT adapter cannot hold: FedEx-LoRA's residual, each
+        FedSA-LoRA client's own B."""
+        if self.server.residual is not None:
+            save_residual(self.server.residual.total, adapter_dir)
+        kept = self.server.plan(1).kept_roles
+        if kept:
+            save_personal({c: {k: v for k, v in s.items()
+                               if role_of(k) in kept}
+                           for c, s in sorted(self.clients.items())},
+                          adapter_dir)
+
     def evaluate(self) -> dict[str, float]:
         fed = self.fed
         load_adapter_state(fed.model, self.server.state)
@@ -207,6 +254,32 @@ class Simulation:
                         batch_size=self.cfg["rolora.eval_batch_size"],
                         pad_token_id=fed.pad_token_id, device=fed.device,
                         cache=fed.prefix)
+
+    def client_model_state(self, client_id: int) -> dict[str, torch.Tensor]:
+        """The adapter client ``client_id`` would use now: the server's,
+        with the keys the method keeps on clients (FedSA-LoRA's B) taken
+        from that client if it has trained."""
+        kept = self.server.plan(1).kept_roles  # the same every round
+        own = self.clients.get(client_id, {})
+        return {k: own[k] if role_of(k) in kept and k in own else v
+                for k, v in self.server.state.items()}
+
+    def evaluate_per_client(self) -> dict[str, Any]:
+        """Each client's model on its own test share (same splitter as
+        its train share): the example-weighted and the plain mean over
+        clients with a test row, never mixed with the global score."""
+        fed = self.fed
+        scores: dict[int, tuple[dict[str, float], int]] = {}
+        for client_id, data in sorted(fed.client_test.items()):
+            if len(data) == 0:
+                continue
+            load_adapter_state(fed.model, self.client_model_state(client_id))
+            scores[client_id] = (evaluate(
+                fed.model, data, fed.task.metrics,
+                batch_size=self.cfg["rolora.eval_batch_size"],
+                pad_token_id=fed.pad_token_id, device=fed.device),
+                len(data))
+        return mean_over_clients(scores)
 
     def _eval_due(self, round_idx: int) -> bool:
         last = round_idx == int(self.cfg["federate.total_round_num"])
@@ -247,6 +320,7 @@ class Simulation:
                                           f"{key} does not fit this "
                                           "model's adapter")
         self.clients = {c: dict(s) for c, s in ckpt.clients.items()}
+        self.fold_base()
         restore_rng(ckpt.rng)
 
 
@@ -330,6 +404,7 @@ def run(cfg: Config, *, on_round: RoundCallback | None = None,
         if on_round is not None:
             on_round(record)
     save_adapter(sim.fed.model, sim.server.state, writer.adapter_dir)
+    sim.save_extras(writer.adapter_dir)
     summary = summarize(sim, records, before + time.perf_counter() - start)
     writer.write_summary(summary)
     return summary

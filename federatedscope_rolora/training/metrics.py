@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 
 def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
@@ -73,3 +74,19 @@ def compute_metrics(
     preds = [int(p) for p in predictions]
     golds = [int(y) for y in labels]
     return {name: float(_METRICS[name](preds, golds)) for name in names}
+
+
+def mean_over_clients(scores: Mapping[int, tuple[Mapping[str, float], int]]
+                      ) -> dict[str, Any]:
+    """Per-client scores ``{client: (metrics, test examples)}`` as
+    ``example_weighted`` and ``client_mean`` (plain mean over clients)
+    of each metric, with the number of clients and examples scored."""
+    total = sum(n for _, n in scores.values())
+    names = sorted({name for metrics, _ in scores.values()
+                    for name in metrics})
+    weighted = {name: sum(m[name] * n for m, n in scores.values()) / total
+                for name in names} if total else {}
+    plain = {name: sum(m[name] for m, _ in scores.values()) / len(scores)
+             for name in names} if scores else {}
+    return {"example_weighted": weighted, "client_mean": plain,
+            "clients": len(scores), "examples": total}

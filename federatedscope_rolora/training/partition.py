@@ -59,24 +59,31 @@ def partition_iid(
     ]
 
 
+def _cut(
+    members: np.ndarray, shares: np.ndarray, clients: list[list[int]]
+) -> None:
+    """Deal ``members`` (in order) at the cumulative ``shares``."""
+    cuts = (np.cumsum(shares) * len(members)).astype(int)[:-1]
+    for client, part in zip(clients, np.split(members, cuts), strict=True):
+        client.extend(part.tolist())
+
+
 def _dirichlet_draw(
     by_label: list[np.ndarray],
     num_clients: int,
     alpha: float,
     rng: np.random.Generator,
-) -> list[list[int]]:
+) -> tuple[list[list[int]], list[np.ndarray]]:
     """One draw of FederatedScope's label-skew split: each label's examples,
-    shuffled, cut at the cumulative Dir(alpha) proportions."""
+    shuffled, cut at the cumulative Dir(alpha) proportions (returned)."""
     clients: list[list[int]] = [[] for _ in range(num_clients)]
+    drawn = []
     for members in by_label:
         shuffled = rng.permutation(members)
         shares = rng.dirichlet(np.full(num_clients, alpha))
-        cuts = (np.cumsum(shares) * len(shuffled)).astype(int)[:-1]
-        for client, part in zip(
-            clients, np.split(shuffled, cuts), strict=True
-        ):
-            client.extend(part.tolist())
-    return clients
+        _cut(shuffled, shares, clients)
+        drawn.append(shares)
+    return clients, drawn
 
 
 def partition_dirichlet(
@@ -88,6 +95,19 @@ def partition_dirichlet(
 ) -> list[list[int]]:
     """Dirichlet label skew; redraws until every client has ``min_size``
     examples, and raises after a bounded number of draws."""
+    return dirichlet_with_shares(labels, num_clients, alpha, seed,
+                                 min_size)[0]
+
+
+def dirichlet_with_shares(
+    labels: Sequence[int],
+    num_clients: int,
+    alpha: float,
+    seed: int,
+    min_size: int = 1,
+) -> tuple[list[list[int]], dict[int, np.ndarray]]:
+    """``partition_dirichlet`` and the Dirichlet proportions of the
+    accepted draw, by label value."""
     _check_clients(len(labels), num_clients)
     if not alpha > 0:
         raise ValueError(f"lda alpha must be > 0, got {alpha}")
@@ -103,11 +123,13 @@ def partition_dirichlet(
         np.flatnonzero(label_array == value)
         for value in np.unique(label_array)
     ]
+    values = np.unique(label_array).tolist()
     rng = np.random.default_rng(seed)
     for _ in range(_MAX_DIRICHLET_TRIES):
-        clients = _dirichlet_draw(by_label, num_clients, alpha, rng)
+        clients, shares = _dirichlet_draw(by_label, num_clients, alpha, rng)
         if min(len(client) for client in clients) >= min_size:
-            return [sorted(client) for client in clients]
+            return ([sorted(client) for client in clients],
+                    dict(zip(values, shares, strict=True)))
     raise ValueError(
         f"lda split gave some of the {num_clients} clients fewer than "
         f"{min_size} examples in {_MAX_DIRICHLET_TRIES} draws (alpha "
@@ -135,3 +157,32 @@ def partition(
     raise ValueError(
         f"unknown splitter {splitter!r}; known: {', '.join(SPLITTERS)}"
     )
+
+
+def deal_like_train(
+    labels: Sequence[int],
+    num_clients: int,
+    splitter: str,
+    seed: int,
+    shares: dict[int, np.ndarray] | None = None,
+) -> list[list[int]]:
+    """Test rows per client, dealt as the train rows were: ``iid`` equal
+    shares; ``lda`` each label's rows (shuffled) cut at the Dirichlet
+    proportions the train split drew for that label (``shares``, from
+    ``dirichlet_with_shares``), so a client tested on a share of labels
+    like its own. A client may get no test row (a tiny test set)."""
+    if splitter == "iid":
+        order = np.random.default_rng(seed).permutation(len(labels))
+        return [sorted(part.tolist())
+                for part in np.array_split(order, num_clients)]
+    if splitter != "lda" or shares is None:
+        raise ValueError(f"cannot deal test rows like splitter "
+                         f"{splitter!r} without its shares")
+    rng = np.random.default_rng(seed)
+    label_array = np.asarray(labels)
+    clients: list[list[int]] = [[] for _ in range(num_clients)]
+    equal = np.full(num_clients, 1.0 / num_clients)
+    for value in np.unique(label_array).tolist():
+        members = rng.permutation(np.flatnonzero(label_array == value))
+        _cut(members, shares.get(value, equal), clients)
+    return [sorted(client) for client in clients]

@@ -20,7 +20,9 @@ from tests.conftest import write_sst2, write_tiny_bert
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 SCRIPT = BENCH / "glue_head_to_head.py"
-METHODS = ("rolora", "lora", "ffa_lora")
+METHODS = ("rolora", "lora", "ffa_lora", "fedex_lora", "flexlora",
+           "fedsa_lora")
+BASE_METHODS = ("rolora", "lora", "ffa_lora")
 Run = dict[str, Any]
 
 
@@ -63,7 +65,8 @@ def test_measured_bytes_equal_the_analytic_count(quick: Run) -> None:
 
 @pytest.mark.slow
 def test_rolora_and_ffa_upload_half_of_lora(quick: Run) -> None:
-    frozen = [r for r in quick["data"]["comm"] if r["head"] == "frozen"]
+    frozen = [r for r in quick["data"]["comm"] if r["head"] == "frozen"
+              and r["clients"] == 3]
     up = {(r["method"], r["round"]): sum(r["per_client"]["up"].values())
           for r in frozen}
 
@@ -74,8 +77,8 @@ def test_rolora_and_ffa_upload_half_of_lora(quick: Run) -> None:
 
 @pytest.mark.slow
 def test_rolora_alternates_the_factor_it_sends(quick: Run) -> None:
-    rows = [r for r in quick["data"]["comm"]
-            if r["method"] == "rolora" and r["head"] == "frozen"]
+    rows = [r for r in quick["data"]["comm"] if r["method"] == "rolora"
+            and r["head"] == "frozen" and r["clients"] == 3]
 
     sent = [sorted(r["per_client"]["up"]) for r in rows]
 
@@ -90,11 +93,34 @@ def test_every_table_has_every_method_and_seed(quick: Run) -> None:
     for cells in data["clients"]["sst2"].values():
         assert {m: len(v) for m, v in cells.items()} == \
             dict.fromkeys(METHODS, seeds)
-    for table in ("skew", "rank", "local", "pairs"):
+    for table, methods in (("rank", METHODS), ("skew", BASE_METHODS),
+                           ("local", BASE_METHODS),
+                           ("pairs", BASE_METHODS)):
         for cells in data[table].values():
-            assert set(cells) == set(METHODS)
-            assert all(cells[m] for m in METHODS)
+            assert set(cells) == set(methods)
+            assert all(cells[m] for m in methods)
     assert set(data["best_lr"]) == set(METHODS)
+
+
+@pytest.mark.slow
+def test_fedex_residual_grows_with_the_clients(quick: Run) -> None:
+    """The comm benchmark at 3 and 6 clients (quick): FedEx-LoRA's round-2
+    residual per client is (n+1)·r·2·hidden values per module while that
+    is below hidden², so twice the clients send more; no other method
+    sends one, and FedSA-LoRA uploads A alone."""
+    rows = [r for r in quick["data"]["comm"] if r["head"] == "frozen"]
+    residual = {r["clients"]: r["per_client"]["down"]["residual"]
+                for r in rows if r["method"] == "fedex_lora"
+                and r["round"] == 2}
+
+    assert sorted(residual) == [3, 6]
+    assert residual[6] > residual[3] > 0
+    assert all("residual" not in r["per_client"]["down"] for r in rows
+               if r["method"] != "fedex_lora")
+    assert {tuple(r["per_client"]["up"]) for r in rows
+            if r["method"] == "fedsa_lora"} == {("lora_A",)}
+    assert "| 6 | fedex_lora |" in quick["stdout"]
+    assert "fedsa_lora (per client)" in quick["stdout"]
 
 
 @pytest.mark.slow
@@ -155,8 +181,8 @@ def test_local_runs_do_the_local_work_they_name(quick: Run) -> None:
     local = [r for r in rows if r["spec"]["clients"] in plan["local_clients"]
              and r["spec"]["local_epochs"] > 1]
 
-    assert len(local) == len(METHODS) * len(plan["local_seeds"]) * len(
-        plan["local_clients"])
+    assert len(local) == len(BASE_METHODS) * len(plan["local_seeds"]) * \
+        len(plan["local_clients"])
     sizes = dict(plan["local_sizes"])
     for row in local:
         assert row["spec"]["local_epochs"] == sizes["local_epochs"]
@@ -234,3 +260,48 @@ def test_incomplete_lr_grid_is_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="grid incomplete"):
         bench.best_lrs(bench.QUICK, common.Store(tmp_path / "none.jsonl"))
+
+
+@pytest.mark.parametrize(("clients", "rank", "stacked"), [
+    (3, 2, True), (50, 2, True), (50, 8, False)])
+def test_analytic_residual_is_its_smaller_exact_form(
+        clients: int, rank: int, stacked: bool) -> None:
+    """(n+1)·r·(d+k) values per module while below d·k (384² here)."""
+    bench = load("glue_head_to_head")
+    common = load("_common")
+    spec = common.RunSpec(task="sst2", method="fedex_lora",
+                          clients=clients, seed=0, lr=1e-2, rank=rank)
+    shapes = {"hidden": 384, "layers": 6}
+
+    first = bench.analytic_round(spec, shapes, 2, 1)
+    second = bench.analytic_round(spec, shapes, 2, 2)
+
+    per_module = (clients + 1) * rank * 768 if stacked else 384 * 384
+    assert first["down"]["residual"] == 0
+    assert second["down"]["residual"] == 12 * per_module * 4
+    factor = 12 * rank * 384 * 4
+    assert second["up"] == {"lora_A": factor, "lora_B": factor}
+
+
+def test_analytic_count_of_fedsa_sends_a_only() -> None:
+    bench = load("glue_head_to_head")
+    common = load("_common")
+    spec = common.RunSpec(task="sst2", method="fedsa_lora", clients=3,
+                          seed=0, lr=1e-2, rank=2)
+    factor = 12 * 2 * 384 * 4
+
+    second = bench.analytic_round(spec, {"hidden": 384, "layers": 6}, 2, 2)
+
+    assert second == {"up": {"lora_A": factor},
+                      "down": {"lora_A": factor}}
+
+
+def test_fedsa_cells_hold_the_per_client_score() -> None:
+    common = load("_common")
+    row = {"spec": {"method": "fedsa_lora"}, "primary_metric": "acc",
+           "final": {"acc": 0.5},
+           "final_per_client": {"example_weighted": {"acc": 0.8},
+                                "client_mean": {"acc": 0.7}}}
+
+    assert common.score(row) == 0.8
+    assert common.score({**row, "spec": {"method": "lora"}}) == 0.5

@@ -25,8 +25,13 @@ ORIGINAL_HEAD = "base_model.model.classifier.original_module.weight"
 BASE_KEY = f"{PREFIX}.query.base_layer.weight"
 
 
-def test_role_names_are_the_three_roles() -> None:
-    assert ROLES == ("lora_A", "lora_B", "head")
+def test_role_names_are_the_three_roles_and_the_residual() -> None:
+    assert ROLES == ("lora_A", "lora_B", "head", "residual")
+
+
+def test_fedex_residual_keys_have_their_own_role() -> None:
+    key = f"{PREFIX}.query.fedex_residual.default.add_u"
+    assert role_of(key) == "residual"
 
 
 @pytest.mark.parametrize("key", [A_KEY, A_OTHER])

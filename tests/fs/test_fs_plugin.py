@@ -1,5 +1,5 @@
-"""FederatedScope's own ``main.py`` runs RoLoRA, LoRA and FFA-LoRA on a
-tiny BERT through the installed plugin, and does what the embedded runner
+"""FederatedScope's own ``main.py`` runs the six methods on a tiny BERT
+through the installed plugin, and does what the embedded runner
 does: the same keys travel, the same bytes, the same participants.
 
 Every run is a real ``federatedscope/main.py`` process in a venv where
@@ -143,6 +143,47 @@ def test_lora_and_ffa_lora_send_what_they_train(
     assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
 
 
+@pytest.mark.parametrize("method, shared, sent", [
+    ("fedex_lora", True, {"lora_A", "lora_B"}),
+    ("fedex_lora", False, {"lora_A", "lora_B"}),
+    ("flexlora", False, {"lora_A", "lora_B"}),
+    ("fedsa_lora", True, {"lora_A"}),
+    ("fedsa_lora", False, {"lora_A"}),
+])
+def test_new_methods_move_the_embedded_runners_bytes(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, method: str, shared: bool, sent: set[str]) -> None:
+    """Issue 10: FedEx-LoRA (with its residual), FlexLoRA and FedSA-LoRA
+    as ``federate.method`` values, with one shared model or a model per
+    client: the bytes of every round, by role and direction, are the
+    embedded runner's; half the clients per round, so a client that
+    missed rounds is re-synced (FedEx-LoRA: with the whole residual) and
+    its fingerprint, which covers the residual, still matches."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"method": method, "client_num": 4,
+                             "sample_client_num": 2, "total_round_num": 3,
+                             "share_local_model": shared})
+    cfg = write_config(tmp_path / f"{method}.yaml", tree)
+
+    records = read_jsonl(fs_main.run(cfg).run_dir / "metrics.jsonl")
+    embedded = embedded_records(cfg, tmp_path / "embedded")
+
+    assert all(r["rejected"] == {} for r in records)
+    assert roles_sent_up(records) == [sent] * 3
+    assert [r["clients"] for r in records] == \
+        [r["clients"] for r in embedded]
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+    gaps = [r["aggregation_gap"] for r in records]
+    if method == "fedex_lora":
+        assert all(g < 1e-6 for g in gaps)
+        assert sum(r["bytes"]["down"].get("residual", 0)
+                   for r in records) > 0
+    elif method == "flexlora":
+        assert all(g > 0 for g in gaps)
+    else:
+        assert gaps == [None] * 3
+
+
 def test_sampled_clients_with_their_own_models_stay_in_sync(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path) -> None:
@@ -203,11 +244,19 @@ def run_distributed(fs_main: FsMain, tiny_model_dir: Path,
     return codes, logs
 
 
+DISTRIBUTED_SENT = {"rolora": [{"lora_B"}, {"lora_A"}],
+                    "fedex_lora": [{"lora_A", "lora_B"}] * 2,
+                    "fedsa_lora": [{"lora_A"}] * 2}
+
+
+@pytest.mark.parametrize("method", list(DISTRIBUTED_SENT))
 def test_distributed_mode_on_loopback(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
-        tmp_path: Path, free_ports: list[int]) -> None:
-    """Each process builds the data and its partition itself."""
-    rounds = {"client_num": 2, "total_round_num": 2}
+        tmp_path: Path, free_ports: list[int], method: str) -> None:
+    """Each process builds the data and its partition itself.
+    FedEx-LoRA's residual and FedSA-LoRA's kept B go through the real
+    wire."""
+    rounds = {"client_num": 2, "total_round_num": 2, "method": method}
     standalone = write_config(tmp_path / "standalone.yaml", fs_tree(
         tiny_model_dir, tiny_glue_root, tmp_path / "st", federate=rounds))
 
@@ -217,7 +266,7 @@ def test_distributed_mode_on_loopback(
     assert codes == [0, 0, 0], logs
     records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")
     embedded = embedded_records(standalone, tmp_path / "embedded")
-    assert roles_sent_up(records) == [{"lora_B"}, {"lora_A"}]
+    assert roles_sent_up(records) == DISTRIBUTED_SENT[method]
     assert [r["clients"] for r in records] == [[1, 2], [1, 2]]
     assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
     assert all("finished after round 2" in logs[f"client{i}.log"]

@@ -134,6 +134,8 @@ CASES: dict[str, tuple[list[str] | None, list[str]]] = {
                             ["rolora.min_received", "4"]),
     "rolora.client_deadline_s": (["rolora.client_deadline_s", "30.0"],
                                  ["rolora.client_deadline_s", "-1.0"]),
+    "rolora.per_client_eval": (["rolora.per_client_eval", "'never'"],
+                               ["rolora.per_client_eval", "'sometimes'"]),
     "rolora.prefix_cache": (["rolora.prefix_cache", "True"],
                             ["rolora.prefix_cache", "'yes'"]),
     "rolora.prefix_cache_mb": (["rolora.prefix_cache_mb", "512"],
@@ -151,6 +153,13 @@ NOT_COMPARABLE = {
     "llm.adapter.use invalid": "False is FederatedScope's default: the "
                                "plugin cannot tell it from an unset key "
                                "and sets True",
+}
+# Known differences, kept visible: the plugin refuses these by name.
+PLUGIN_REFUSES = {
+    "rolora.per_client_eval always": (
+        ["rolora.per_client_eval", "'always'"],
+        "the plugin has no per-client evaluation: FederatedScope closes a "
+        "round before the clients' scores could arrive"),
 }
 
 PROBE = """\
@@ -237,3 +246,21 @@ def test_both_runners_accept_and_refuse_alike(
     assert (theirs is not None) == should_fail, (tokens, theirs)
     if should_fail:  # the embedded runner names the key it refuses
         assert tokens[-2] in ours or tokens[0] in ours, ours
+
+
+@pytest.mark.parametrize("name", sorted(PLUGIN_REFUSES))
+def test_known_differences_are_refused_by_the_plugin_by_name(
+        fs_main: FsMain, tmp_path: Path, name: str) -> None:
+    """What only the embedded runner does is refused by the plugin,
+    naming the key, never silently ignored."""
+    tokens, _why = PLUGIN_REFUSES[name]
+    path = _write_case(tmp_path, name, tokens)
+    proc = subprocess.run(
+        [str(fs_main.venv.python), "-c", PROBE,
+         json.dumps({name: str(path)})],
+        env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    verdict = json.loads(proc.stdout.splitlines()[-1])[name]
+
+    assert _embedded(path) is None
+    assert verdict is not None and tokens[0] in verdict

@@ -122,6 +122,66 @@ def test_compare_bytes_follow_each_methods_plan(
                                                    "lora_B": b3}
 
 
+def test_compare_all_runs_six_methods_with_exact_bytes(
+        tiny_cfg_file: Path, tiny_model_dir: Path) -> None:
+    out = tiny_cfg_file.parent / "run"
+    per_client = adapter_bytes_by_role(tiny_model_dir)
+    a3, b3 = 3 * per_client["lora_A"], 3 * per_client["lora_B"]
+
+    done = cli("compare", "--cfg", tiny_cfg_file, "--methods", "all",
+               "--no-plots", "federate.total_round_num", "2")
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "comparison.json").read_text())
+    assert list(result["methods"]) == ["rolora", "lora", "ffa_lora",
+                                       "fedex_lora", "flexlora",
+                                       "fedsa_lora"]
+    rounds = {m: read_jsonl(out / m / "metrics.jsonl")
+              for m in result["methods"]}
+    for method in ("fedex_lora", "flexlora"):
+        assert [r["bytes"]["up"] for r in rounds[method]] == [
+            {"lora_A": a3, "lora_B": b3}] * 2
+    assert [r["bytes"]["up"] for r in rounds["fedsa_lora"]] == [
+        {"lora_A": a3}] * 2
+    # FedSA-LoRA's round 2 sends A only: each client keeps its B
+    assert rounds["fedsa_lora"][1]["bytes"]["down"] == {"lora_A": a3}
+    # FedEx-LoRA's residual: none in round 1, then one increment per
+    # client in its smaller exact form (n + 1 = 4 stacked factors)
+    assert rounds["fedex_lora"][0]["bytes"]["down"].get("residual", 0) == 0
+    assert rounds["fedex_lora"][1]["bytes"]["down"]["residual"] == \
+        3 * residual_bytes(tiny_model_dir, stacked=4)
+    table = (out / "comparison.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in
+            table.splitlines() if line.startswith("| ")}
+    assert " / " in rows["fedsa_lora"].split("|")[4]
+    assert rows["lora"].split("|")[4].strip() == "-"
+    assert "per-client" in table
+    for method in ("rolora", "ffa_lora", "fedex_lora"):
+        assert all(r["aggregation_gap"] < 1e-6 for r in rounds[method])
+
+
+def residual_bytes(model_dir: Path, stacked: int) -> int:
+    """Bytes of one client's FedEx-LoRA increment, from the shapes: per
+    module min(d·k, stacked·r·(d + k)) float32 values."""
+    from federatedscope_rolora.training.models import (
+        LoraSpec,
+        adapter_parameters,
+        build_model,
+    )
+
+    model, _ = build_model(str(model_dir), 2, LoraSpec(
+        r=4, lora_alpha=8, target_modules=("query", "value", "dense")), 1)
+    params = adapter_parameters(model)
+    total = 0
+    for key, a in params.items():
+        if role_of(key) != "lora_A":
+            continue
+        b = params[key.replace("lora_A", "lora_B")]
+        d, k, r = b.shape[0], a.shape[1], a.shape[0]
+        total += min(d * k, stacked * r * (d + k)) * 4
+    return total
+
+
 def test_rolora_uploads_half_of_lora_on_square_targets(
         tiny_cfg_file: Path) -> None:
     out = tiny_cfg_file.parent / "run"
@@ -144,6 +204,7 @@ def test_rolora_uploads_half_of_lora_on_square_targets(
     (("federate.method", "fedavg"), "federate.method"),
     (("data.type", "stsb@glue"), "stsb"),
     (("federate.client_num", "1000"), "1000"),
+    (("rolora.per_client_eval", "sometimes"), "rolora.per_client_eval"),
 ])
 def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(
         tiny_cfg_file: Path, override: tuple[str, str], named: str) -> None:

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federatedscope_rolora.training.partition import (
+    deal_like_train,
+    dirichlet_with_shares,
     partition,
     partition_dirichlet,
     partition_iid,
@@ -176,3 +178,26 @@ def test_partition_iid_ignores_alpha() -> None:
     parts = partition(labels, 2, "iid", seed=0, alpha=0.5)
 
     assert parts == partition_iid(10, 2, seed=0)
+
+
+def test_test_rows_are_dealt_at_the_train_splits_label_proportions(
+) -> None:
+    train = [i % 3 for i in range(3000)]
+    test = [i % 3 for i in range(900)]
+    parts, shares = dirichlet_with_shares(train, 4, 0.3, seed=5)
+
+    dealt = deal_like_train(test, 4, "lda", seed=6, shares=shares)
+
+    assert parts == partition_dirichlet(train, 4, 0.3, seed=5)
+    assert sorted(i for part in dealt for i in part) == list(range(900))
+    for client in range(4):
+        for label in range(3):
+            got = sum(1 for i in dealt[client] if test[i] == label) / 300
+            assert got == pytest.approx(shares[label][client], abs=0.01)
+
+
+def test_iid_test_rows_are_dealt_in_equal_shares() -> None:
+    dealt = deal_like_train(list(range(10)), 3, "iid", seed=0)
+
+    assert sorted(len(p) for p in dealt) == [3, 3, 4]
+    assert sorted(i for p in dealt for i in p) == list(range(10))

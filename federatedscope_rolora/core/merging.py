@@ -1,0 +1,198 @@
+"""How the server merges a round's client factors: plain functions.
+
+A LoRA module's effective update is ``s·B·A`` with ``s = lora_alpha / r``
+(PEFT's scaling). Averaging the factors apart gives ``s·mean(B)·mean(A)``,
+which is not ``mean(s·B_i·A_i)`` (arXiv 2409.02346, eq. 1 vs eq. 2). The
+functions here compute what each method keeps instead, and how far that
+is from the clients' mean (the aggregation gap). Everything runs in
+float64 and is cast to the adapter's dtype at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from federatedscope_rolora.core.roles import LORA_A, role_of
+
+Tensors = Mapping[str, torch.Tensor]
+RESIDUAL_COMPONENT = "fedex_residual"
+_B_OF = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}
+
+
+@dataclass(frozen=True)
+class Module:
+    """One adapted module: its A and B keys and its residual key."""
+
+    a_key: str
+    b_key: str
+    residual_key: str
+
+
+def lora_modules(keys: Iterable[str]) -> dict[str, Module]:
+    """The LoRA modules among ``keys``, by residual key: every A key
+    ``<prefix>.lora_A.<adapter>.weight`` paired with its B key."""
+    keys = list(keys)
+    present = set(keys)
+    out: dict[str, Module] = {}
+    for key in keys:
+        if role_of(key) != LORA_A:
+            continue
+        parts = key.split(".")
+        i = next(j for j, p in enumerate(parts) if p in _B_OF)
+        b_key = ".".join([*parts[:i], _B_OF[parts[i]], *parts[i + 1:]])
+        if b_key not in present:
+            raise ValueError(f"LoRA factor {key!r} has no B factor "
+                             f"{b_key!r}")
+        adapter = parts[i + 1] if i + 1 < len(parts) else "default"
+        residual = ".".join([*parts[:i], RESIDUAL_COMPONENT, adapter])
+        out[residual] = Module(key, b_key, residual)
+    return out
+
+
+def _f64(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", torch.float64)
+
+
+def product(b: torch.Tensor, a: torch.Tensor, scaling: float
+            ) -> torch.Tensor:
+    """``s·B·A`` in float64: a module's effective update."""
+    return scaling * (_f64(b) @ _f64(a))
+
+
+def mean_product(bs: Sequence[torch.Tensor], as_: Sequence[torch.Tensor],
+                 weights: Sequence[float], scaling: float) -> torch.Tensor:
+    """``sum_i w_i·s·B_i·A_i`` in float64: the clients' mean update."""
+    total: torch.Tensor | None = None
+    for b, a, w in zip(bs, as_, weights, strict=True):
+        term = w * product(b, a, scaling)
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("no client factors to average")
+    return total
+
+
+def fedex_residual_factors(
+    bs: Sequence[torch.Tensor], as_: Sequence[torch.Tensor],
+    weights: Sequence[float], b_mean: torch.Tensor, a_mean: torch.Tensor,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FedEx-LoRA's residual (arXiv 2410.09432, §3: the exact mean minus
+    the product of the means, times LoRA's scaling) as exact factors
+    U·V, in float64:
+
+        s·(sum_i w_i B_i A_i - mean(B)·mean(A))
+          = [s w_1 B_1, ..., s w_n B_n, -s mean(B)] · [A_1; ...; A_n; mean(A)]
+
+    of rank at most (n+1)·r. ``b_mean`` and ``a_mean`` are the factors
+    the server keeps (after the cast), so adding U·V to the base makes
+    the global update the clients' mean exactly."""
+    us = [scaling * w * _f64(b) for b, w in zip(bs, weights, strict=True)]
+    us.append(-scaling * _f64(b_mean))
+    vs = [_f64(a) for a in as_] + [_f64(a_mean)]
+    return torch.cat(us, dim=1), torch.cat(vs, dim=0)
+
+
+def smallest_exact_form(u: torch.Tensor, v: torch.Tensor,
+                        dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The residual U·V in whichever form has fewer elements: dense
+    (``{"add": U·V}``) or factored (``{"add_u": U, "add_v": V}``), cast
+    to ``dtype``. Either reconstructs to the same tensor through
+    ``reconstruct``, on the server and on every client."""
+    d, k = u.shape[0], v.shape[1]
+    if u.shape[1] * (d + k) < d * k:
+        return {"add_u": u.to(dtype), "add_v": v.to(dtype)}
+    return {"add": (u @ v).to(dtype)}
+
+
+def reconstruct(form: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The dense tensor a residual form stands for: the dense tensor
+    itself, or ``U·V`` computed in float64 and cast back, so that every
+    process that holds the same factors gets the same bits."""
+    for dense in ("add", "set"):
+        if dense in form:
+            return form[dense]
+    for prefix in ("add", "set"):
+        u, v = form.get(f"{prefix}_u"), form.get(f"{prefix}_v")
+        if u is not None and v is not None:
+            return (_f64(u) @ _f64(v)).to(u.dtype)
+    raise ValueError(f"not a residual form: {sorted(form)}")
+
+
+def flexlora_truncate(full: torch.Tensor, rank: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FlexLoRA's SVD-based redistribution (arXiv 2402.11505, §3): the
+    truncated SVD ``full ≈ U_r Σ_r V_r^T`` returned as ``B = U_r·Σ_r``
+    (all singular values on B) and ``A = V_r^T``, the split of the
+    paper's code; plus the discarded singular values. By Eckart-Young,
+    ``||full - B·A||_F`` is the norm of the discarded values."""
+    u, s, vh = torch.linalg.svd(_f64(full), full_matrices=False)
+    r = min(rank, s.numel())
+    b = u[:, :r] * s[:r]
+    a = vh[:r, :]
+    if r < rank:  # fewer singular values than the rank: pad with zeros
+        b = torch.cat([b, b.new_zeros(b.shape[0], rank - r)], dim=1)
+        a = torch.cat([a, a.new_zeros(rank - r, a.shape[1])], dim=0)
+    return b, a, s[r:]
+
+
+@dataclass(frozen=True)
+class ModuleGap:
+    """Squared Frobenius norms of one module: of the clients' mean update
+    M, of M minus what the server keeps K, and the weighted spread
+    sum_i w_i ||E_i - M||^2 of the clients' updates E_i around M."""
+
+    mean_sq: float
+    gap_sq: float
+    spread_sq: float
+
+
+def module_gap(updates: Sequence[torch.Tensor], weights: Sequence[float],
+               kept: torch.Tensor) -> ModuleGap:
+    """One module's terms of the gap, from its clients' effective updates
+    ``E_i = s·B_i·A_i`` and the server's ``K`` (float64)."""
+    mean = torch.zeros_like(kept)
+    for update, w in zip(updates, weights, strict=True):
+        mean += w * update
+    spread = sum(w * float((update - mean).pow(2).sum())
+                 for update, w in zip(updates, weights, strict=True))
+    return ModuleGap(float(mean.pow(2).sum()),
+                     float((mean - kept).pow(2).sum()), spread)
+
+
+@dataclass(frozen=True)
+class GapStats:
+    """Aggregation gap and client drift of one round (issue 11, §1).
+
+    Over the adapted modules m, with E_i the clients' effective updates,
+    M their weighted mean and K what the server keeps:
+
+        aggregation_gap = sqrt(sum_m ||M - K||^2) / sqrt(sum_m ||M||^2)
+        client_drift = sqrt(sum_m sum_i w_i ||E_i - M||^2)
+                       / sqrt(sum_m ||M||^2)
+
+    and the largest per-module ratio ||M - K|| / ||M|| beside the gap.
+    All None where the mean update is zero (nothing to compare with)."""
+
+    aggregation_gap: float | None
+    aggregation_gap_module_max: float | None
+    client_drift: float | None
+
+    @classmethod
+    def of(cls, modules: Iterable[ModuleGap]) -> GapStats:
+        terms = list(modules)
+        scale = sum(t.mean_sq for t in terms)
+        if scale <= 0.0:
+            return cls(None, None, None)
+        worst = max((t.gap_sq / t.mean_sq) ** 0.5 for t in terms
+                    if t.mean_sq > 0)
+        return cls((sum(t.gap_sq for t in terms) / scale) ** 0.5, worst,
+                   (sum(t.spread_sq for t in terms) / scale) ** 0.5)
+
+    def record(self) -> dict[str, float | None]:
+        return {"aggregation_gap": self.aggregation_gap,
+                "aggregation_gap_module_max":
+                    self.aggregation_gap_module_max,
+                "client_drift": self.client_drift}

@@ -1,0 +1,163 @@
+"""The merge maths as plain functions: FedEx-LoRA's residual, FlexLoRA's
+truncation, the residual's travelling forms and the aggregation gap."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from federatedscope_rolora.core.merging import (
+    GapStats,
+    fedex_residual_factors,
+    flexlora_truncate,
+    lora_modules,
+    mean_product,
+    module_gap,
+    reconstruct,
+    smallest_exact_form,
+)
+
+PREFIX = "base_model.model.bert.encoder.layer.0.attention.self"
+
+
+def _factors(n: int, d: int, k: int, r: int, seed: int = 0
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    bs = [torch.randn(d, r, generator=gen) for _ in range(n)]
+    as_ = [torch.randn(r, k, generator=gen) for _ in range(n)]
+    return bs, as_
+
+
+def test_lora_modules_pairs_factors_and_names_the_residual() -> None:
+    a = f"{PREFIX}.query.lora_A.other.weight"
+    b = f"{PREFIX}.query.lora_B.other.weight"
+
+    modules = lora_modules([b, a, "base_model.model.classifier.weight"])
+
+    assert list(modules) == [f"{PREFIX}.query.fedex_residual.other"]
+    module = modules[f"{PREFIX}.query.fedex_residual.other"]
+    assert (module.a_key, module.b_key) == (a, b)
+
+
+def test_lora_modules_refuses_an_a_without_its_b() -> None:
+    with pytest.raises(ValueError, match="no B factor"):
+        lora_modules([f"{PREFIX}.query.lora_A.default.weight"])
+
+
+def test_fedex_residual_makes_the_mean_exact() -> None:
+    bs, as_ = _factors(3, 6, 5, 2)
+    weights = [0.2, 0.3, 0.5]
+    b_mean = sum(w * b for w, b in zip(weights, bs, strict=True))
+    a_mean = sum(w * a for w, a in zip(weights, as_, strict=True))
+    assert isinstance(b_mean, torch.Tensor)
+    assert isinstance(a_mean, torch.Tensor)
+
+    u, v = fedex_residual_factors(bs, as_, weights, b_mean, a_mean, 2.0)
+
+    want = mean_product(bs, as_, weights, 2.0)
+    got = 2.0 * b_mean.double() @ a_mean.double() + u @ v
+    assert u.shape == (6, 4 * 2) and v.shape == (4 * 2, 5)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("d", "k", "n", "factored"),
+                         [(4, 4, 3, False), (64, 64, 3, True)])
+def test_residual_travels_in_its_smaller_exact_form(
+        d: int, k: int, n: int, factored: bool) -> None:
+    u = torch.randn(d, (n + 1) * 2, dtype=torch.float64)
+    v = torch.randn((n + 1) * 2, k, dtype=torch.float64)
+
+    form = smallest_exact_form(u, v, torch.float32)
+
+    numel = sum(t.numel() for t in form.values())
+    assert numel == min(d * k, (n + 1) * 2 * (d + k))
+    assert set(form) == ({"add_u", "add_v"} if factored else {"add"})
+    assert torch.allclose(reconstruct(form).double(), u @ v, rtol=1e-5,
+                          atol=1e-5)
+
+
+def test_factored_residual_rebuilds_to_the_same_bits_each_time() -> None:
+    u, v = torch.randn(64, 8), torch.randn(8, 64)
+    form = {"add_u": u, "add_v": v}
+
+    assert torch.equal(reconstruct(form), reconstruct(
+        {"add_u": u.clone(), "add_v": v.clone()}))
+
+
+def test_flexlora_reproduces_the_mean_when_its_rank_fits() -> None:
+    gen = torch.Generator().manual_seed(1)
+    f64 = torch.float64
+    basis = torch.randn(8, 2, generator=gen, dtype=f64)
+    bs = [basis @ torch.randn(2, 2, generator=gen, dtype=f64)
+          for _ in range(4)]
+    as_ = [torch.randn(2, 7, generator=gen, dtype=f64) for _ in range(4)]
+    full = mean_product(bs, as_, [0.1, 0.2, 0.3, 0.4], 1.0)
+
+    b, a, dropped = flexlora_truncate(full, 2)
+
+    assert b.shape == (8, 2) and a.shape == (2, 7)
+    assert torch.allclose(b @ a, full, rtol=0, atol=1e-12)
+    assert float(dropped.norm()) < 1e-12 * float(full.norm())
+
+
+def test_flexlora_error_is_the_discarded_singular_values() -> None:
+    bs, as_ = _factors(5, 9, 7, 2, seed=3)
+    full = mean_product(bs, as_, [0.2] * 5, 1.0)
+
+    b, a, dropped = flexlora_truncate(full, 2)
+
+    singular = torch.linalg.svdvals(full)
+    error = float((full - b @ a).norm())
+    assert error == pytest.approx(float(singular[2:].norm()), rel=1e-10)
+    assert torch.allclose(dropped, singular[2:])
+    # the paper's code puts the singular values on B: A's rows orthonormal
+    assert torch.allclose(a @ a.T, torch.eye(2, dtype=torch.float64),
+                          atol=1e-12)
+    # and no rank-2 product of the means does better (Eckart-Young)
+    b_mean = sum(0.2 * x for x in bs)
+    a_mean = sum(0.2 * x for x in as_)
+    assert isinstance(b_mean, torch.Tensor)
+    assert isinstance(a_mean, torch.Tensor)
+    naive = float((full - b_mean.double() @ a_mean.double()).norm())
+    assert error < naive
+
+
+def test_gap_of_a_hand_computed_lora_round() -> None:
+    """Scalars (d = k = r = 1): clients B = A = 1 and B = A = 3, equal
+    weights. Mean update (1 + 9) / 2 = 5; LoRA keeps mean(B) mean(A) =
+    2·2 = 4: gap |5 - 4| / 5 = 0.2; drift sqrt((16 + 16) / 2) / 5 = 0.8.
+    """
+    clients = [torch.tensor([[1.0]], dtype=torch.float64),
+               torch.tensor([[9.0]], dtype=torch.float64)]
+    kept = torch.tensor([[4.0]], dtype=torch.float64)
+
+    stats = GapStats.of([module_gap(clients, [0.5, 0.5], kept)])
+
+    assert stats.aggregation_gap == pytest.approx(0.2)
+    assert stats.aggregation_gap_module_max == pytest.approx(0.2)
+    assert stats.client_drift == pytest.approx(0.8)
+
+
+def test_gap_sums_modules_as_one_ratio_and_reports_the_worst() -> None:
+    one = module_gap([torch.ones(1, 1, dtype=torch.float64)], [1.0],
+                     torch.zeros(1, 1, dtype=torch.float64))
+    exact = module_gap([torch.full((1, 1), 3.0, dtype=torch.float64)],
+                       [1.0], torch.full((1, 1), 3.0, dtype=torch.float64))
+
+    stats = GapStats.of([one, exact])
+
+    assert stats.aggregation_gap == pytest.approx(1 / math.sqrt(10))
+    assert stats.aggregation_gap_module_max == pytest.approx(1.0)
+    assert stats.client_drift == 0.0
+
+
+def test_gap_is_none_without_an_update_to_compare() -> None:
+    zero = torch.zeros(2, 2, dtype=torch.float64)
+
+    stats = GapStats.of([module_gap([zero, zero], [0.5, 0.5], zero)])
+
+    assert stats.record() == {"aggregation_gap": None,
+                              "aggregation_gap_module_max": None,
+                              "client_drift": None}

@@ -1,0 +1,380 @@
+"""FedEx-LoRA, FlexLoRA and FedSA-LoRA through the one server protocol:
+what is merged, what travels (and its bytes), the residual kept bit-exact
+on clients, FedSA-LoRA's B kept on its client, the aggregation gap of
+every method, and checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+import torch
+
+from federatedscope_rolora.core.merging import (
+    flexlora_truncate,
+    lora_modules,
+    mean_product,
+)
+from federatedscope_rolora.core.methods import METHODS, make_method
+from federatedscope_rolora.core.residual import apply_payload
+from federatedscope_rolora.core.roles import LORA_A, LORA_B, RESIDUAL, role_of
+from federatedscope_rolora.core.server import (
+    AdapterServer,
+    ClientUpdate,
+    build_update,
+)
+from federatedscope_rolora.core.validation import InvalidUpdate
+
+PREFIX = "base_model.model.bert.encoder.layer.0.attention.self"
+A_Q = f"{PREFIX}.query.lora_A.default.weight"
+B_Q = f"{PREFIX}.query.lora_B.default.weight"
+A_V = f"{PREFIX}.value.lora_A.default.weight"
+B_V = f"{PREFIX}.value.lora_B.default.weight"
+R_Q = f"{PREFIX}.query.fedex_residual.default"
+D, K, R = 16, 12, 2
+SCALING = 2.0
+
+Tensors = dict[str, torch.Tensor]
+
+
+def initial_adapter() -> Tensors:
+    gen = torch.Generator().manual_seed(0)
+    return {A_Q: torch.randn(R, K, generator=gen), B_Q: torch.zeros(D, R),
+            A_V: torch.randn(R, K, generator=gen), B_V: torch.zeros(D, R)}
+
+
+class Client:
+    """Holds its adapter and, under FedEx-LoRA, its residual totals."""
+
+    def __init__(self, client_id: int, num_examples: int) -> None:
+        self.client_id = client_id
+        self.num_examples = num_examples
+        self.state: Tensors = {}
+        self.residual: Tensors = {}
+        self.gen = torch.Generator().manual_seed(100 + client_id)
+
+    def sync(self, server: AdapterServer, round_idx: int) -> Tensors:
+        payload = server.downlink(self.client_id, round_idx)
+        adapter = {k: v for k, v in payload.items()
+                   if role_of(k) != RESIDUAL}
+        self.state.update({k: v.clone() for k, v in adapter.items()})
+        self.residual = apply_payload(
+            self.residual, {k: v for k, v in payload.items()
+                            if role_of(k) == RESIDUAL})
+        return payload
+
+    def train(self, server: AdapterServer, round_idx: int) -> ClientUpdate:
+        """'Local training': a random step on every trained key."""
+        plan = server.plan(round_idx)
+        for key in plan.trained_keys(self.state):
+            self.state[key] = self.state[key] + torch.randn(
+                self.state[key].shape, generator=self.gen)
+        return build_update(self.client_id, plan,
+                            {**self.state, **self.residual},
+                            self.num_examples)
+
+
+def _server(method: str) -> AdapterServer:
+    return AdapterServer(make_method(method), initial_adapter(),
+                         scaling=SCALING)
+
+
+def _round(server: AdapterServer, clients: list[Client], round_idx: int
+           ) -> list[ClientUpdate]:
+    for client in clients:
+        client.sync(server, round_idx)
+    updates = [client.train(server, round_idx) for client in clients]
+    for update in updates:
+        server.receive(update)
+    server.aggregate(round_idx)
+    return updates
+
+
+def _clients(n: int = 3) -> list[Client]:
+    return [Client(i, 2 + 3 * i) for i in range(n)]
+
+
+def _weights(clients: list[Client]) -> list[float]:
+    total = sum(c.num_examples for c in clients)
+    return [c.num_examples / total for c in clients]
+
+
+def _effective_mean(clients: list[Client], module_a: str, module_b: str
+                    ) -> torch.Tensor:
+    return mean_product([c.state[module_b] for c in clients],
+                        [c.state[module_a] for c in clients],
+                        _weights(clients), SCALING)
+
+
+# --- FedEx-LoRA ------------------------------------------------------------
+
+
+def test_fedex_global_update_is_the_clients_mean_round_after_round(
+) -> None:
+    """Issue 10: base plus s·B·A equals the weighted mean of the clients'
+    effective weights to 1e-6 relative, against a float64 reference."""
+    server, clients = _server("fedex_lora"), _clients()
+    base = torch.randn(D, K, dtype=torch.float64)
+    before = {k: torch.zeros(D, K, dtype=torch.float64)
+              for k in lora_modules(server.state)}
+    for round_idx in (1, 2, 3):
+        _round(server, clients, round_idx)
+        assert server.residual is not None
+        for key, module in lora_modules(server.state).items():
+            want = base + before[key] + _effective_mean(
+                clients, module.a_key, module.b_key)
+            got = base + server.residual.total[key].double() + SCALING * (
+                server.state[module.b_key].double()
+                @ server.state[module.a_key].double())
+            rel = float((got - want).norm() / (want - base
+                                               - before[key]).norm())
+            assert rel < 1e-6, (round_idx, key, rel)
+            before[key] = server.residual.total[key].double()
+
+
+def test_fedex_lora_alone_is_not_the_mean() -> None:
+    """The residual is what makes it exact: without it, the factors'
+    product misses the mean by far more than 1e-6."""
+    server, clients = _server("fedex_lora"), _clients()
+    _round(server, clients, 1)
+    module = lora_modules(server.state)[R_Q]
+
+    want = _effective_mean(clients, module.a_key, module.b_key)
+    got = SCALING * server.state[B_Q].double() @ server.state[A_Q].double()
+
+    assert float((got - want).norm() / want.norm()) > 1e-2
+
+
+def test_fedex_clients_hold_the_servers_residual_bit_for_bit() -> None:
+    server, clients = _server("fedex_lora"), _clients()
+    late = Client(9, 4)
+    for round_idx in (1, 2, 3):
+        _round(server, clients, round_idx)
+    late.sync(server, 4)          # never seen: gets the total, "set"
+    for client in clients:
+        client.sync(server, 4)    # one round behind: the increment
+
+    assert server.residual is not None
+    for client in [*clients, late]:
+        assert set(client.residual) == set(server.residual.total)
+        for key, total in server.residual.total.items():
+            assert torch.equal(client.residual[key], total)
+        server.receive(client.train(server, 4))
+    assert server.received() == [0, 1, 2, 9]
+
+
+def test_fedex_residual_bytes_grow_with_clients_up_to_dense() -> None:
+    """Round 1 carries a zero residual (no byte); round 2 the increment
+    in its smaller exact form: (n+1)·r·(d+k) elements while that is
+    below d·k, else d·k."""
+    for n in (1, 2, 3):
+        server, clients = _server("fedex_lora"), _clients(n)
+        _round(server, clients, 1)
+        assert server.ledger.totals(round_idx=1)["down"].get(RESIDUAL,
+                                                             0) == 0
+        for client in clients:
+            client.sync(server, 2)
+        per_module = min(D * K, (n + 1) * R * (D + K)) * 4
+        down = server.ledger.totals(round_idx=2)["down"]
+        assert down[RESIDUAL] == n * 2 * per_module, n
+
+
+def test_fedex_drifted_residual_is_refused_then_resynced_whole() -> None:
+    server, clients = _server("fedex_lora"), _clients(2)
+    _round(server, clients, 1)
+    _round(server, clients, 2)
+    bad, good = clients
+    for client in clients:
+        client.sync(server, 3)
+    bad.residual[R_Q] = bad.residual[R_Q] + 1e-3
+
+    with pytest.raises(InvalidUpdate, match="fingerprint"):
+        server.receive(bad.train(server, 3))
+    server.receive(good.train(server, 3))
+    server.aggregate(3)
+    payload = bad.sync(server, 4)
+
+    assert f"{R_Q}.set" in payload
+    assert server.residual is not None
+    assert torch.equal(bad.residual[R_Q], server.residual.total[R_Q])
+    server.receive(bad.train(server, 4))
+
+
+# --- FlexLoRA --------------------------------------------------------------
+
+
+def test_flexlora_keeps_the_rank_r_truncation_of_the_mean() -> None:
+    server, clients = _server("flexlora"), _clients()
+    _round(server, clients, 1)
+
+    dropped_sq = mean_sq = 0.0
+    for module in lora_modules(server.state).values():
+        mean = _effective_mean(clients, module.a_key, module.b_key)
+        b, a, dropped = flexlora_truncate(mean / SCALING, R)
+        got = server.state[module.b_key].double() @ \
+            server.state[module.a_key].double()
+        assert torch.allclose(got, b @ a, rtol=1e-5, atol=1e-5)
+        error = float((SCALING * got - mean).norm())
+        assert error == pytest.approx(SCALING * float(dropped.norm()),
+                                      rel=1e-4)
+        dropped_sq += SCALING ** 2 * float(dropped.pow(2).sum())
+        mean_sq += float(mean.pow(2).sum())
+    # the aggregation gap is the truncation error, relative
+    gap = server.last_gap.aggregation_gap
+    assert gap is not None and gap > 1e-3
+    assert gap == pytest.approx((dropped_sq / mean_sq) ** 0.5, rel=1e-4)
+
+
+# --- FedSA-LoRA ------------------------------------------------------------
+
+
+def test_fedsa_uploads_no_b_and_never_averages_it() -> None:
+    server, clients = _server("fedsa_lora"), _clients()
+    init = initial_adapter()
+    for round_idx in (1, 2, 3):
+        updates = _round(server, clients, round_idx)
+        for update in updates:
+            assert {role_of(k) for k in update.tensors} == {LORA_A}
+    assert server.ledger.totals()["up"] == {
+        LORA_A: 3 * 3 * 2 * R * K * 4}
+    for key in (B_Q, B_V):
+        assert torch.equal(server.state[key], init[key])
+
+
+def test_fedsa_clients_keep_their_own_b_across_rounds() -> None:
+    server, clients = _server("fedsa_lora"), _clients()
+    _round(server, clients, 1)
+    trained = {c.client_id: c.state[B_Q].clone() for c in clients}
+
+    payloads = [c.sync(server, 2) for c in clients]
+
+    for client, payload in zip(clients, payloads, strict=True):
+        assert {role_of(k) for k in payload} == {LORA_A}
+        assert torch.equal(client.state[B_Q], trained[client.client_id])
+    assert not torch.equal(clients[0].state[B_Q], clients[1].state[B_Q])
+
+
+def test_fedsa_refused_client_restarts_b_from_the_shared_init() -> None:
+    """The server never holds a client's B, so after a refusal it sends
+    the only B it can vouch for: the shared initial one."""
+    server, clients = _server("fedsa_lora"), _clients(2)
+    _round(server, clients, 1)
+    bad = clients[0]
+    for client in clients:
+        client.sync(server, 2)
+    update = bad.train(server, 2)
+    update.tensors[A_Q][0, 0] = float("nan")
+    with pytest.raises(InvalidUpdate):
+        server.receive(update)
+    server.receive(clients[1].train(server, 2))
+    server.aggregate(2)
+
+    payload = bad.sync(server, 3)
+
+    assert B_Q in payload
+    assert torch.equal(bad.state[B_Q], initial_adapter()[B_Q])
+
+
+# --- every method ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bytes_equal_the_count_from_shapes(method: str) -> None:
+    server, clients = _server(method), _clients()
+    for round_idx in (1, 2):
+        updates = _round(server, clients, round_idx)
+        up = server.ledger.totals(round_idx=round_idx)["up"]
+        want: dict[str, int] = {}
+        for update in updates:
+            for key, tensor in update.tensors.items():
+                role = role_of(key)
+                assert role is not None
+                want[role] = want.get(role, 0) + tensor.numel() * 4
+        assert up == want
+    sent = server.plan(2).uploaded_keys(server.state)
+    per_client = sum(server.state[k].numel() * 4 for k in sent)
+    assert sum(server.ledger.totals(round_idx=2)["up"].values()) == \
+        3 * per_client
+
+
+@pytest.mark.parametrize("method", ["rolora", "ffa_lora", "fedex_lora"])
+def test_gap_is_zero_where_the_merge_is_exact(method: str) -> None:
+    server, clients = _server(method), _clients()
+    for round_idx in (1, 2, 3):
+        _round(server, clients, round_idx)
+        stats = server.last_gap
+        assert stats.aggregation_gap is not None
+        assert stats.aggregation_gap < 1e-6, (method, round_idx)
+        assert stats.aggregation_gap_module_max is not None
+        assert stats.aggregation_gap_module_max < 1e-6
+        assert stats.client_drift is not None and stats.client_drift > 0
+
+
+def test_gap_of_lora_is_positive_and_matches_the_reference() -> None:
+    server, clients = _server("lora"), _clients()
+    _round(server, clients, 1)
+
+    num = den = 0.0
+    for module in lora_modules(server.state).values():
+        mean = _effective_mean(clients, module.a_key, module.b_key)
+        kept = SCALING * server.state[module.b_key].double() @ \
+            server.state[module.a_key].double()
+        num += float((mean - kept).pow(2).sum())
+        den += float(mean.pow(2).sum())
+
+    gap = server.last_gap.aggregation_gap
+    assert gap is not None and gap > 1e-2
+    assert gap == pytest.approx((num / den) ** 0.5, rel=1e-6)
+
+
+def test_gap_of_fedsa_is_undefined_the_server_holds_no_b() -> None:
+    server, clients = _server("fedsa_lora"), _clients()
+    _round(server, clients, 1)
+
+    assert server.last_gap.aggregation_gap is None
+
+
+def _assert_same(got: Mapping[str, torch.Tensor],
+                 want: Mapping[str, torch.Tensor]) -> None:
+    assert set(got) == set(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("method", ["fedex_lora", "fedsa_lora",
+                                    "flexlora"])
+def test_state_dict_restores_residual_and_downlinks(method: str) -> None:
+    server, clients = _server(method), _clients()
+    _round(server, clients, 1)
+    _round(server, clients, 2)
+    restored = _server(method)
+    restored.load_state_dict(server.state_dict())
+
+    for client in clients:
+        _assert_same(restored.downlink(client.client_id, 3),
+                     server.downlink(client.client_id, 3))
+    if method == "fedex_lora":
+        assert server.residual is not None
+        assert restored.residual is not None
+        _assert_same(restored.residual.total, server.residual.total)
+
+
+def test_state_dict_of_fedex_refuses_a_residual_that_does_not_fit(
+) -> None:
+    server = _server("fedex_lora")
+    saved = server.state_dict()
+    saved["residual"]["total"][R_Q] = torch.zeros(3, 3)
+
+    with pytest.raises(ValueError, match="residual"):
+        _server("fedex_lora").load_state_dict(saved)
+
+
+def test_lora_b_key_is_uploaded_by_every_method_but_ffa_and_fedsa(
+) -> None:
+    uploads = {m: {role_of(k) for k in make_method(m).plan(1)
+                   .uploaded_keys(initial_adapter())} for m in METHODS}
+
+    assert uploads == {
+        "rolora": {LORA_B}, "lora": {LORA_A, LORA_B},
+        "ffa_lora": {LORA_B}, "fedex_lora": {LORA_A, LORA_B},
+        "flexlora": {LORA_A, LORA_B}, "fedsa_lora": {LORA_A}}

@@ -1,0 +1,189 @@
+"""FedEx-LoRA, FlexLoRA and FedSA-LoRA in the embedded runner: the
+residual in the one shared base, FedSA-LoRA's B per client and its
+per-client evaluation, the gap in metrics.jsonl, and resume after a real
+``kill -9`` bit-identical to the straight run, for each method."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from federatedscope_rolora.config import _flatten as flatten
+from federatedscope_rolora.config import build_config
+from federatedscope_rolora.core.merging import lora_modules
+from federatedscope_rolora.core.names import METHODS
+from federatedscope_rolora.runners.faults import FAULTS_ENV
+from federatedscope_rolora.runners.outputs import read_metrics
+from federatedscope_rolora.runners.setup import build_federation
+from federatedscope_rolora.runners.simulation import Simulation, run
+from federatedscope_rolora.training.residual import (
+    PERSONAL_FILE,
+    RESIDUAL_FILE,
+    base_weight_name,
+)
+from tests.conftest import tiny_config_tree
+from tests.runners.test_resume import (
+    assert_same_run,
+    metrics_lines,
+    write_cfg_file,
+)
+
+NEW = ("fedex_lora", "flexlora", "fedsa_lora")
+
+
+def make_sim(model: Path, glue: Path, tmp_path: Path, method: str,
+             **sections: Any) -> Simulation:
+    federate = {"method": method, **sections.pop("federate", {})}
+    tree = tiny_config_tree(model, glue, tmp_path / "run",
+                            federate=federate, **sections)
+    return Simulation(build_federation(build_config(flatten(tree))))
+
+
+def test_fedex_residual_is_folded_into_the_one_shared_base(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    sim = make_sim(tiny_model_dir, tiny_glue_root, tmp_path, "fedex_lora")
+    params = dict(sim.fed.model.named_parameters())
+    book = sim.server.residual
+    assert book is not None
+    original = {base_weight_name(k): params[base_weight_name(k)]
+                .detach().clone() for k in book.total}
+
+    for round_idx in (1, 2):
+        sim.run_round(round_idx)
+
+    assert any(float(t.abs().max()) > 0 for t in book.total.values())
+    for key, total in book.total.items():
+        name = base_weight_name(key)
+        assert torch.equal(params[name].detach(), original[name] + total)
+    # clients hold their adapters only, never a residual
+    for state in sim.clients.values():
+        assert set(state) == set(sim.server.state)
+
+
+def test_fedsa_clients_keep_their_b_and_are_scored_with_it(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    sim = make_sim(tiny_model_dir, tiny_glue_root, tmp_path, "fedsa_lora")
+    initial = {k: v.clone() for k, v in sim.server.state.items()}
+    b_keys = [m.b_key for m in lora_modules(sim.server.state).values()]
+
+    sim.run_round(1)
+    trained = {c: {k: s[k].clone() for k in b_keys}
+               for c, s in sim.clients.items()}
+    record = sim.run_round(2)
+
+    for key in b_keys:
+        assert torch.equal(sim.server.state[key], initial[key])
+        assert not torch.equal(sim.clients[1][key], sim.clients[2][key])
+        for client in sim.clients:
+            # round 2 started from the client's own round-1 B
+            assert not torch.equal(sim.clients[client][key],
+                                   trained[client][key])
+            assert torch.equal(sim.client_model_state(client)[key],
+                               sim.clients[client][key])
+    assert record["eval_per_client"]["clients"] == 3
+    assert record["eval_per_client"]["examples"] == len(sim.fed.test)
+    assert set(record["eval_per_client"]) == {
+        "example_weighted", "client_mean", "clients", "examples"}
+    assert record["aggregation_gap"] is None
+
+
+def test_per_client_eval_is_off_by_default_but_for_fedsa(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    plain = make_sim(tiny_model_dir, tiny_glue_root, tmp_path, "lora")
+    asked = make_sim(tiny_model_dir, tiny_glue_root, tmp_path, "lora",
+                     rolora={"per_client_eval": "always", "threads": 1})
+
+    assert "eval_per_client" not in plain.run_round(1)
+    record = asked.run_round(1)
+    # the global model on every share: its weighted mean is the global
+    # score on the whole test set
+    assert record["eval_per_client"]["example_weighted"]["acc"] == \
+        pytest.approx(record["eval"]["acc"])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_writes_its_gap_and_drift(
+        method: str, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    sim = make_sim(tiny_model_dir, tiny_glue_root, tmp_path, method,
+                   federate={"total_round_num": 1})
+
+    record = sim.run_round(1)
+
+    gap = record["aggregation_gap"]
+    if method == "fedsa_lora":
+        assert gap is None
+    elif method in ("lora", "flexlora"):
+        assert gap > 1e-3 and record["client_drift"] > 0
+    else:
+        assert gap < 1e-6 and record["client_drift"] > 0
+    assert set(record) >= {"aggregation_gap", "aggregation_gap_module_max",
+                           "client_drift"}
+
+
+@pytest.fixture(scope="module", params=NEW)
+def straight(request: pytest.FixtureRequest, tiny_model_dir: Path,
+             tiny_glue_root: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    method = request.param
+    tree = tiny_config_tree(tiny_model_dir, tiny_glue_root,
+                            tmp_path_factory.mktemp(method) / "run",
+                            federate={"method": method})
+    cfg = build_config(flatten(tree))
+    run(cfg)
+    return method, cfg.run_dir
+
+
+@pytest.mark.slow
+def test_kill_9_mid_round_then_resume_matches_the_straight_run(
+        straight: tuple[str, Path], tiny_model_dir: Path,
+        tiny_glue_root: Path, tmp_path: Path) -> None:
+    method, reference = straight
+    run_dir = tmp_path / "run"
+    cfg_file = write_cfg_file(tmp_path / "tiny.yaml", tiny_config_tree(
+        tiny_model_dir, tiny_glue_root, run_dir,
+        federate={"method": method}))
+    command = [sys.executable, "-m", "federatedscope_rolora", "run",
+               "--cfg", str(cfg_file)]
+    env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
+    stalled = {**env, FAULTS_ENV: "3:1:hang=60"}
+    proc = subprocess.Popen(command, env=stalled,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while metrics_lines(run_dir / "metrics.jsonl") < 2:
+            assert proc.poll() is None, "the run ended before round 3"
+            assert time.monotonic() < deadline, "round 2 never finished"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+    done = subprocess.run([*command, "--resume"], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert_same_run(run_dir, reference)
+    extra = {"fedex_lora": RESIDUAL_FILE, "fedsa_lora": PERSONAL_FILE}
+    if method in extra:
+        got = load_file(str(run_dir / "adapter" / extra[method]))
+        want = load_file(str(reference / "adapter" / extra[method]))
+        assert set(got) == set(want) and got
+        for key, value in want.items():
+            assert torch.equal(got[key], value), key
+    records = read_metrics(run_dir)
+    assert all("aggregation_gap" in r for r in records)
