@@ -277,8 +277,8 @@ class Simulation:
             scores[client_id] = (evaluate(
                 fed.model, data, fed.task.metrics,
                 batch_size=self.cfg["rolora.eval_batch_size"],
-                pad_token_id=fed.pad_token_id, device=fed.device),
-                len(data))
+                pad_token_id=fed.pad_token_id, device=fed.device,
+                cache=fed.prefix), len(data))
         return mean_over_clients(scores)
 
     def _eval_due(self, round_idx: int) -> bool:

@@ -102,7 +102,7 @@ def cached_runs(tiny_model_dir: Path, tiny_glue_root: Path,
                 ) -> dict[str, Path]:
     """Four rounds of each method with the prefix cached."""
     out = {}
-    for method in ("rolora", "lora", "ffa_lora"):
+    for method in ALL_METHODS:
         cfg = make_cfg(tiny_model_dir, tiny_glue_root,
                        tmp_path_factory.mktemp(f"cached_{method}") / "run",
                        cached=True, method=method)
@@ -111,7 +111,11 @@ def cached_runs(tiny_model_dir: Path, tiny_glue_root: Path,
     return out
 
 
-@pytest.mark.parametrize("method", ["rolora", "lora", "ffa_lora"])
+ALL_METHODS = ("rolora", "lora", "ffa_lora", "fedex_lora", "flexlora",
+               "fedsa_lora")
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_cached_run_equals_uncached_run_without_prefix_dropout(
         cached_runs: dict[str, Path], tiny_model_dir: Path,
         tiny_glue_root: Path, tmp_path: Path, method: str,
@@ -128,6 +132,9 @@ def test_cached_run_equals_uncached_run_without_prefix_dropout(
     assert [r["eval"]["acc"] for r in got] == \
         [r["eval"]["acc"] for r in want]
     assert [r["bytes"] for r in got] == [r["bytes"] for r in want]
+    # FedSA-LoRA's per-client scores go through the cache as well
+    assert [r.get("eval_per_client") for r in got] == \
+        [r.get("eval_per_client") for r in want]
     for mine, theirs in zip(got, want, strict=True):
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"],
                                                    abs=1e-5)
