@@ -65,17 +65,30 @@ class RunSpec:
     lora_alpha: int = 16
     head: str = "frozen"
     model: str = MODEL
+    # local work: ``local_epochs`` steps of this unit ("batch" or "epoch")
+    local_unit: str = "epoch"
+    layers: tuple[int, ...] = ()    # layers_to_transform; (): all layers
+    prefix_cache: bool = False      # rolora.prefix_cache
 
     @property
     def key(self) -> str:
-        """A readable id; equal keys mean equal configs."""
+        """A readable id; equal keys mean equal configs. Fields added
+        later show only when they differ from their default, so the keys
+        of runs already stored stay the same."""
         split = f"lda{self.alpha:g}" if self.alpha else "iid"
-        return (f"{self.task}|{self.method}|c{self.clients}|r{self.rank}|"
-                f"{split}|s{self.seed}|lr{self.lr:g}|R{self.rounds}|"
-                f"N{self.train_samples}|E{self.eval_samples}"
-                f"/{self.eval_every}|T{self.tok_len}|B{self.batch_size}|"
-                f"ep{self.local_epochs}|a{self.lora_alpha}|{self.head}|"
-                f"{self.model}")
+        key = (f"{self.task}|{self.method}|c{self.clients}|r{self.rank}|"
+               f"{split}|s{self.seed}|lr{self.lr:g}|R{self.rounds}|"
+               f"N{self.train_samples}|E{self.eval_samples}"
+               f"/{self.eval_every}|T{self.tok_len}|B{self.batch_size}|"
+               f"ep{self.local_epochs}|a{self.lora_alpha}|{self.head}|"
+               f"{self.model}")
+        if self.local_unit != "epoch":
+            key += f"|{self.local_unit}"
+        if self.layers:
+            key += "|L" + ",".join(map(str, self.layers))
+        if self.prefix_cache:
+            key += "|pc"
+        return key
 
     def with_(self, **changes: Any) -> RunSpec:
         return replace(self, **changes)
@@ -96,7 +109,7 @@ def overrides(spec: RunSpec, glue_root: Path, outdir: Path
             "adapter_package": "peft", "adapter_method": "lora",
             "r": spec.rank, "lora_alpha": spec.lora_alpha,
             "lora_dropout": 0.0, "target_modules": ["query", "value"]}],
-        "train.batch_or_epoch": "epoch",
+        "train.batch_or_epoch": spec.local_unit,
         "train.local_update_steps": spec.local_epochs,
         "train.optimizer.type": "AdamW", "train.optimizer.lr": spec.lr,
         "dataloader.batch_size": spec.batch_size,
@@ -106,6 +119,11 @@ def overrides(spec: RunSpec, glue_root: Path, outdir: Path
         "rolora.eval_samples": spec.eval_samples,
         "rolora.threads": 1,
     }
+    if spec.layers:
+        values["llm.adapter.args"][0]["layers_to_transform"] = \
+            list(spec.layers)
+    if spec.prefix_cache:
+        values["rolora.prefix_cache"] = True
     if spec.alpha:
         values["data.splitter"] = "lda"
         values["data.splitter_args"] = [{"alpha": spec.alpha}]
@@ -198,12 +216,14 @@ class Store:
 
 
 def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
-           status: Path | None = None) -> None:
-    """Run every spec the store lacks, in order, logging progress."""
+           status: Path | None = None,
+           extra: dict[str, Any] | None = None) -> None:
+    """Run every spec the store lacks, in order, logging progress;
+    ``extra`` goes into each new row (e.g. the device it ran on)."""
     todo = [s for s in dict.fromkeys(specs) if s not in store]
     for i, spec in enumerate(todo, 1):
         start = time.perf_counter()
-        row = run_one(spec, glue_root)
+        row = {**run_one(spec, glue_root), **(extra or {})}
         store.add(row)
         metric = row["primary_metric"]
         line = (f"[{i}/{len(todo)}] {spec.key}: {metric} "

@@ -1,0 +1,373 @@
+"""Benchmark 6: the paper's regime, many clients on QNLI and MNLI.
+
+Questions (arXiv 2409.02346, Table 2; extended version 2502.01755):
+
+* ``cells``: with the total number of train examples fixed, at 3, 20
+  and 50 clients on QNLI and MNLI, does plain LoRA fall behind, does
+  RoLoRA hold up, and does LoRA's loss follow its aggregation gap (the
+  relative distance between mean_i(B_i A_i) and what the server keeps)?
+* ``steps``: MNLI at 50 clients with 1, 5 and 20 local steps (batches)
+  per round (2502.01755's local-steps ablation).
+* ``skew``: MNLI at 20 clients under Dirichlet label skew (alpha 0.5).
+
+Protocol: all-MiniLM-L6-v2 with LoRA rank 2 on query/value of its top
+two layers (4 and 5 of 0-5: the paper adapts the upper layers 15-23 of
+RoBERTa-Large's 24), the frozen layers below cached once per input
+(``rolora.prefix_cache``: the prefix runs without dropout), classifier
+head frozen, 960 train examples in total whatever the client count
+(about the smallest at which MiniLM leaves chance on these tasks, from
+the ``pairs`` probes of glue_head_to_head.py), 1,000 test rows, 16
+rounds of 5 local epochs (at 20 and 50 clients one local epoch is one or
+two steps and nothing learns), batch 16, 96 tokens, AdamW at each
+method's best rate from the SST-2 grid of glue_head_to_head.py (run
+first if missing). Runs are seed-major and start at 50 clients on MNLI,
+where the paper's gap is widest, so a stopped suite has the cells that
+matter most; every finished run is one line of ``glue_regime_runs.jsonl``
+(with the device it ran on) and a restart skips it.
+
+    python benchmarks/glue_regime.py [--only cells,steps,skew]
+        [--methods rolora,lora,...] [--seeds 0,1] [--report-only]
+        [--quick] [--glue-root DIR] [--model NAME] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as common  # noqa: E402
+import glue_head_to_head as h2h  # noqa: E402
+from _common import METHODS, RunSpec, Store  # noqa: E402
+
+PARTS = ("cells", "steps", "skew")
+
+# The papers' numbers at rank 2 (2409.02346, Table 2, RoBERTa-Large) and
+# rank 4 (2502.01755), for the report's comparison; % accuracy.
+PAPER = {
+    ("qnli", 50): {"rolora": 89.83, "lora": 82.57},
+    ("mnli", 50): {"rolora": 85.15, "lora": 58.96},
+}
+PAPER_NOTES = (
+    "2502.01755 (rank 4, 50 clients): MNLI RoLoRA 82.98, LoRA 52.64 "
+    "(LoRA's seed sd 15.07); FlexLoRA averages 54.67. Local steps, MNLI "
+    "50 clients: RoLoRA 84.39 with 1 step, 82.98 with 20; FFA-LoRA "
+    "72.52 and 69.97.")
+
+
+@dataclass(frozen=True)
+class Plan:
+    base: RunSpec
+    methods: tuple[str, ...] = METHODS
+    tasks: tuple[str, ...] = ("mnli", "qnli")
+    clients: tuple[int, ...] = (50, 20, 3)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps_task: str = "mnli"
+    steps_clients: int = 50
+    steps: tuple[int, ...] = (1, 5, 20)
+    steps_seeds: tuple[int, ...] = (0,)
+    steps_methods: tuple[str, ...] = common.BASE_METHODS
+    skew_task: str = "mnli"
+    skew_clients: int = 20
+    skew_alpha: float = 0.5
+    skew_seeds: tuple[int, ...] = (0, 1)
+    skew_methods: tuple[str, ...] = common.BASE_METHODS
+
+
+FULL = Plan(base=RunSpec(
+    task="mnli", method="rolora", clients=3, seed=0, lr=1e-2, rank=2,
+    rounds=16, train_samples=960, eval_samples=1000, eval_every=4,
+    tok_len=96, local_epochs=5, layers=(4, 5), prefix_cache=True))
+QUICK = Plan(base=RunSpec(
+    task="sst2", method="rolora", clients=2, seed=0, lr=1e-2, rank=2,
+    rounds=2, train_samples=48, eval_samples=16, eval_every=1, tok_len=16,
+    local_epochs=1, layers=(1,), prefix_cache=True),
+    tasks=("sst2",), clients=(4, 2), seeds=(0,), steps_task="sst2",
+    steps_clients=4, steps=(1, 2), skew_task="sst2", skew_clients=4,
+    skew_seeds=(0,))
+
+
+def cell_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
+    """Seed-major, many clients first, MNLI first."""
+    return [plan.base.with_(task=t, method=m, clients=c, seed=s, lr=lrs[m])
+            for s in plan.seeds for c in plan.clients for t in plan.tasks
+            for m in plan.methods]
+
+
+def steps_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
+    return [plan.base.with_(task=plan.steps_task, method=m,
+                            clients=plan.steps_clients, seed=s, lr=lrs[m],
+                            local_unit="batch", local_epochs=n)
+            for s in plan.steps_seeds for n in plan.steps
+            for m in plan.steps_methods if m in plan.methods]
+
+
+def skew_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
+    return [plan.base.with_(task=plan.skew_task, method=m,
+                            clients=plan.skew_clients, seed=s, lr=lrs[m],
+                            alpha=plan.skew_alpha)
+            for s in plan.skew_seeds for m in plan.skew_methods
+            if m in plan.methods]
+
+
+MAKERS = (("cells", cell_specs), ("steps", steps_specs),
+          ("skew", skew_specs))
+
+
+def learning_rates(plan: Plan, h2h_plan: h2h.Plan, h2h_store: Store,
+                   glue_root: Path, status: Path | None, run: bool
+                   ) -> dict[str, float]:
+    """Each method's best SST-2 grid rate; with ``run``, the grid's
+    missing runs first."""
+    h2h_plan = replace(h2h_plan, methods=plan.methods)
+    if run:
+        common.ensure(h2h.lr_specs(h2h_plan), h2h_store, glue_root, status)
+    return h2h.best_lrs(h2h_plan, h2h_store)
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() \
+        else f"cpu ({platform.machine()})"
+
+
+def run_parts(plan: Plan, parts: list[str], lrs: dict[str, float],
+              store: Store, glue_root: Path, status: Path | None) -> None:
+    device = device_name()
+    for name, make in MAKERS:
+        if name in parts:
+            common.ensure(make(plan, lrs), store, glue_root, status,
+                          extra={"device": device})
+
+
+# --- report ------------------------------------------------------------
+
+
+def _rows(store: Store, specs: list[RunSpec]) -> list[dict[str, Any]]:
+    return [r for r in (store.get(s) for s in specs) if r is not None]
+
+
+def _gap(row: dict[str, Any], field: str) -> float | None:
+    """Mean over rounds of ``field`` (aggregation_gap or client_drift)."""
+    values = [g[field] for g in row.get("gap_rounds", [])
+              if g.get(field) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _mean(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3g}" if values else "n/a"
+
+
+def cells_table(plan: Plan, store: Store, lrs: dict[str, float]
+                ) -> list[str]:
+    lines = ["| task | clients | " + " | ".join(plan.methods) + " | paper "
+             "(RoLoRA / LoRA) |",
+             "|---|---|" + "---|" * len(plan.methods) + "---|"]
+    gaps = ["| task | clients | " + " | ".join(
+        f"{m} gap / drift" for m in plan.methods) + " |",
+            "|---|---|" + "---|" * len(plan.methods)]
+    for task in plan.tasks:
+        for clients in sorted(plan.clients):
+            row, gap_row = [], []
+            for method in plan.methods:
+                done = _rows(store, [
+                    plan.base.with_(task=task, method=method,
+                                    clients=clients, seed=s,
+                                    lr=lrs[method]) for s in plan.seeds])
+                row.append(common.cell([common.score(r) for r in done]))
+                gap_row.append(
+                    _mean([g for r in done if (g := _gap(
+                        r, "aggregation_gap")) is not None]) + " / " +
+                    _mean([d for r in done if (d := _gap(
+                        r, "client_drift")) is not None]))
+            paper = PAPER.get((task, clients))
+            ref = f"{paper['rolora']} / {paper['lora']}" if paper else "—"
+            lines.append(f"| {task} | {clients} | " + " | ".join(row) +
+                         f" | {ref} |")
+            gaps.append(f"| {task} | {clients} | " + " | ".join(gap_row) +
+                        " |")
+    return lines + ["", "Aggregation gap and client drift, mean over "
+                    "rounds and seeds:", ""] + gaps
+
+
+def steps_table(plan: Plan, store: Store, lrs: dict[str, float]
+                ) -> list[str]:
+    methods = [m for m in plan.steps_methods if m in plan.methods]
+    lines = ["| local steps | " + " | ".join(methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for n in plan.steps:
+        cells = []
+        for method in methods:
+            done = _rows(store, [s for s in steps_specs(plan, lrs)
+                                 if s.method == method
+                                 and s.local_epochs == n])
+            cells.append(common.cell([common.score(r) for r in done]))
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def skew_table(plan: Plan, store: Store, lrs: dict[str, float]
+               ) -> list[str]:
+    methods = [m for m in plan.skew_methods if m in plan.methods]
+    lines = ["| method | accuracy | gap | drift |", "|---|---|---|---|"]
+    for method in methods:
+        done = _rows(store, [s for s in skew_specs(plan, lrs)
+                             if s.method == method])
+        lines.append(
+            f"| {method} | {common.cell([common.score(r) for r in done])} "
+            f"| {_mean([g for r in done if (g := _gap(r, 'aggregation_gap')) is not None])} "  # noqa: E501
+            f"| {_mean([d for r in done if (d := _gap(r, 'client_drift')) is not None])} |")  # noqa: E501
+    return lines
+
+
+def runs_table(plan: Plan, parts: list[str], store: Store,
+               lrs: dict[str, float]) -> tuple[list[str], dict[str, Any]]:
+    coverage: dict[str, Any] = {}
+    lines = ["| part | planned | done | run hours | ran on |",
+             "|---|---|---|---|---|"]
+    for name, make in MAKERS:
+        if name not in parts:
+            continue
+        specs = make(plan, lrs)
+        done = _rows(store, specs)
+        devices = sorted({r.get("device", "cpu") for r in done})
+        hours = round(sum(r["wall_seconds"] for r in done) / 3600, 2)
+        coverage[name] = {"planned": len(specs), "done": len(done),
+                          "run_hours": hours, "devices": devices}
+        lines.append(f"| {name} | {len(specs)} | {len(done)} | {hours} | "
+                     f"{', '.join(devices) or '—'} |")
+    return lines, coverage
+
+
+def report(plan: Plan, parts: list[str], store: Store,
+           lrs: dict[str, float], command: str) -> tuple[str, dict]:
+    runs, coverage = runs_table(plan, parts, store, lrs)
+    text = ["# The paper's regime: many clients on QNLI and MNLI", "",
+            f"Command: `{command}`", "",
+            "Final test accuracy in %, mean ± sd over seeds, (n) = "
+            "seeds; FedSA-LoRA's cells are per-client scores (each "
+            "client's model on its own test share). Learning rates "
+            "(SST-2 grid): " + ", ".join(f"{m} {lr:g}"
+                                          for m, lr in lrs.items()) + ".",
+            "", "## Runs", "", *runs, ""]
+    if "cells" in parts:
+        text += ["## Accuracy, aggregation gap and client drift", "",
+                 *cells_table(plan, store, lrs), "", PAPER_NOTES, ""]
+    if "steps" in parts:
+        text += [f"## Local steps ({plan.steps_task}, "
+                 f"{plan.steps_clients} clients)", "",
+                 *steps_table(plan, store, lrs), ""]
+    if "skew" in parts:
+        text += [f"## Label skew ({plan.skew_task}, {plan.skew_clients} "
+                 f"clients, Dirichlet {plan.skew_alpha:g})", "",
+                 *skew_table(plan, store, lrs), ""]
+    results = {"benchmark": "glue_regime", "command": command,
+               "plan": asdict(plan), "parts": parts, "best_lr": lrs,
+               "coverage": coverage,
+               "versions": {"python": platform.python_version()}}
+    return "\n".join(text), results
+
+
+def plot_gaps(plan: Plan, store: Store, lrs: dict[str, float],
+              out: Path) -> None:
+    """Aggregation gap and client drift over rounds, per method, in the
+    cell with the most clients of each task (seed 0)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    clients = max(plan.clients)
+    fig, axes = plt.subplots(len(plan.tasks), 2, squeeze=False,
+                             figsize=(10, 3.2 * len(plan.tasks)))
+    for i, task in enumerate(plan.tasks):
+        for method in plan.methods:
+            row = store.get(plan.base.with_(task=task, method=method,
+                                            clients=clients,
+                                            seed=plan.seeds[0],
+                                            lr=lrs[method]))
+            if row is None:
+                continue
+            rounds = row.get("gap_rounds", [])
+            for j, field in enumerate(("aggregation_gap", "client_drift")):
+                points = [(g["round"], g[field]) for g in rounds
+                          if g.get(field) is not None]
+                if points:
+                    axes[i][j].plot([p[0] for p in points],
+                                    [p[1] for p in points], marker=".",
+                                    label=method)
+        for j, field in enumerate(("aggregation gap", "client drift")):
+            axes[i][j].set_title(f"{task}, {clients} clients: {field}")
+            axes[i][j].set_xlabel("round")
+            axes[i][j].grid(alpha=0.3)
+        axes[i][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(PARTS))
+    parser.add_argument("--methods", default="",
+                        help="subset of " + ",".join(METHODS))
+    parser.add_argument("--seeds", default="")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--glue-root", type=Path,
+                        default=common.default_glue_root())
+    parser.add_argument("--model", default=common.MODEL)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    parts = [p for p in args.only.split(",") if p]
+    methods = tuple(m for m in args.methods.split(",") if m) or METHODS
+    bad = sorted(set(parts) - set(PARTS)) + sorted(set(methods) -
+                                                   set(METHODS))
+    if bad:
+        print(f"unknown part(s) or method(s) {bad}; parts: {PARTS}, "
+              f"methods: {METHODS}", file=sys.stderr)
+        return 2
+    plan = QUICK if args.quick else FULL
+    plan = replace(plan, base=plan.base.with_(model=args.model),
+                   methods=methods)
+    if args.seeds:
+        plan = replace(plan, seeds=tuple(int(s) for s in
+                                         args.seeds.split(",")))
+    h2h_plan = h2h.QUICK if args.quick else h2h.FULL
+    h2h_plan = replace(h2h_plan, base=h2h_plan.base.with_(model=args.model))
+    stem = "glue_regime_quick" if args.quick else "glue_regime"
+    h2h_stem = "glue_quick" if args.quick else "glue"
+    status = args.out / f"{stem}_progress.log"
+    h2h_store = Store(args.out / f"{h2h_stem}_runs.jsonl")
+    lrs = learning_rates(plan, h2h_plan, h2h_store, args.glue_root, status,
+                         run=not args.report_only)
+    store = Store(args.out / f"{stem}_runs.jsonl")
+    if not args.report_only:
+        run_parts(plan, parts, lrs, store, args.glue_root, status)
+    command = " ".join(["python benchmarks/glue_regime.py", *argv])
+    text, results = report(plan, parts, store, lrs, command)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.md").write_text(text + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1)
+                                           + "\n")
+    if "cells" in parts:
+        plot_gaps(plan, store, lrs, args.out / f"{stem}_gaps.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The paper's-regime benchmark (glue_regime.py): one quick run on the
+tiny BERT (LoRA on its top layer, the layer below cached), its tables of
+accuracy, aggregation gap and client drift, and a restart that skips
+what is done."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import write_sst2, write_tiny_bert
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "glue_regime.py"
+METHODS = "rolora,lora,fedex_lora"
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(out: Path, model: Path, glue: Path, *extra: str
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--model", str(model),
+         "--glue-root", str(glue), "--out", str(out), "--methods", METHODS,
+         *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("regime")
+    model = write_tiny_bert(base / "tiny")
+    glue = write_sst2(base / "glue")
+    out = base / "out"
+    proc = run_script(out, model, glue)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in
+            (out / "glue_regime_quick_runs.jsonl").read_text().splitlines()]
+    return {"out": out, "model": model, "glue": glue, "rows": rows,
+            "text": (out / "glue_regime_quick.md").read_text(),
+            "data": json.loads((out / "glue_regime_quick.json").read_text())}
+
+
+def test_every_planned_run_is_done_once_with_its_device(
+        quick: dict[str, Any]) -> None:
+    coverage = quick["data"]["coverage"]
+
+    assert all(c["planned"] == c["done"] > 0 for c in coverage.values())
+    keys = [r["key"] for r in quick["rows"]]
+    assert len(keys) == len(set(keys))
+    assert all(r["device"].startswith("cpu") for r in quick["rows"])
+
+
+def test_runs_use_the_top_layer_the_cache_and_the_local_unit(
+        quick: dict[str, Any]) -> None:
+    specs = [r["spec"] for r in quick["rows"]]
+
+    assert all(s["layers"] == [1] and s["prefix_cache"] for s in specs)
+    assert {s["local_unit"] for s in specs} == {"epoch", "batch"}
+    assert {s["local_epochs"] for s in specs
+            if s["local_unit"] == "batch"} == {1, 2}
+    assert {s["alpha"] for s in specs} == {0.0, 0.5}
+
+
+def test_the_gap_is_zero_for_exact_methods_and_not_for_lora(
+        quick: dict[str, Any]) -> None:
+    gaps: dict[str, list[float]] = {}
+    for row in quick["rows"]:
+        gaps.setdefault(row["spec"]["method"], []).extend(
+            g["aggregation_gap"] for g in row["gap_rounds"])
+
+    assert max(gaps["rolora"]) < 1e-5
+    assert max(gaps["fedex_lora"]) < 1e-5
+    # (LoRA's round 1 with one local step is exact too: A gets no
+    # gradient while B is zero, so every client still holds the same A.)
+    assert max(gaps["lora"]) > 1e-3
+
+
+def test_the_report_shows_the_cells_gaps_and_runs(
+        quick: dict[str, Any]) -> None:
+    text = quick["text"]
+
+    assert "| sst2 | 2 |" in text and "| sst2 | 4 |" in text
+    assert "rolora gap / drift" in text
+    assert "## Local steps" in text and "## Label skew" in text
+    assert "| cells |" in text and "cpu" in text
+    assert (quick["out"] / "glue_regime_quick_gaps.png").stat().st_size
+
+
+def test_a_restart_skips_finished_runs(quick: dict[str, Any]) -> None:
+    store = quick["out"] / "glue_regime_quick_runs.jsonl"
+    before = store.read_text()
+
+    proc = run_script(quick["out"], quick["model"], quick["glue"])
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert store.read_text() == before
+    assert "[1/" not in proc.stderr
