@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout that is not installed
     sys.path.insert(0, str(ROOT))
 
-# All six methods (the clients, rank, lr and comm benchmarks); the skew,
-# local and pairs benchmarks keep the first three unless told otherwise.
+# All six methods (the clients, local, rank, lr and comm benchmarks); the
+# skew and pairs benchmarks keep the first three unless told otherwise.
 METHODS = ("rolora", "lora", "ffa_lora", "fedex_lora", "flexlora",
            "fedsa_lora")
 BASE_METHODS = ("rolora", "lora", "ffa_lora")

@@ -111,7 +111,7 @@ def tables(plan: Any, store: Store, lrs: dict[str, float],
     if "local" in benches:
         out["local"] = {str(c): {m: _values(store, [
             plan.local_spec(m, c, s, lrs[m]) for s in plan.local_seeds])
-            for m in plan.base_methods} for c in plan.local_clients}
+            for m in plan.methods} for c in plan.local_clients}
     if "pairs" in benches:
         out["pairs"] = {t: {m: _values(store, [
             plan.pair_spec(t, m, s, lrs[m]) for s in plan.pair_seeds])

@@ -82,14 +82,14 @@ class Plan:
     rank_seeds: tuple[int, ...] = (0, 1, 2)
     comm_ranks: tuple[int, ...] = (2, 8)
     comm_clients: tuple[int, ...] = (3, 50)
-    # lr, clients, rank and comm run ``methods``; skew, local and pairs
+    # lr, clients, local, rank and comm run ``methods``; skew and pairs
     # ``base_methods``.
     methods: tuple[str, ...] = METHODS
     base_methods: tuple[str, ...] = BASE_METHODS
     big_eval: int = 1000   # test rows of QNLI, MNLI, QQP (dev sets of 5k+)
     # ``local``: more local work per client (changes to ``base``).
     local_task: str = "sst2"
-    local_clients: tuple[int, ...] = (20, 50)
+    local_clients: tuple[int, ...] = (3, 20, 50)
     local_seeds: tuple[int, ...] = (0, 1, 2)
     local_sizes: tuple[tuple[str, Any], ...] = (
         ("local_epochs", 5), ("rounds", 16), ("eval_every", 4))
@@ -186,7 +186,7 @@ def local_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
     """Seed-major, like ``clients_specs``."""
     return [plan.local_spec(m, c, s, lrs[m])
             for s in plan.local_seeds for c in plan.local_clients
-            for m in plan.base_methods]
+            for m in plan.methods]
 
 
 def pair_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:

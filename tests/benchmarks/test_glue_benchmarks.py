@@ -94,7 +94,7 @@ def test_every_table_has_every_method_and_seed(quick: Run) -> None:
         assert {m: len(v) for m, v in cells.items()} == \
             dict.fromkeys(METHODS, seeds)
     for table, methods in (("rank", METHODS), ("skew", BASE_METHODS),
-                           ("local", BASE_METHODS),
+                           ("local", METHODS),
                            ("pairs", BASE_METHODS)):
         for cells in data[table].values():
             assert set(cells) == set(methods)
@@ -181,7 +181,7 @@ def test_local_runs_do_the_local_work_they_name(quick: Run) -> None:
     local = [r for r in rows if r["spec"]["clients"] in plan["local_clients"]
              and r["spec"]["local_epochs"] > 1]
 
-    assert len(local) == len(BASE_METHODS) * len(plan["local_seeds"]) * \
+    assert len(local) == len(METHODS) * len(plan["local_seeds"]) * \
         len(plan["local_clients"])
     sizes = dict(plan["local_sizes"])
     for row in local:
