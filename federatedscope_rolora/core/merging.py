@@ -126,7 +126,9 @@ def flexlora_truncate(full: torch.Tensor, rank: int
     """FlexLoRA's SVD-based redistribution (arXiv 2402.11505, §3): the
     truncated SVD ``full ≈ U_r Σ_r V_r^T`` returned as ``B = U_r·Σ_r``
     (all singular values on B) and ``A = V_r^T``, the split of the
-    paper's code; plus the discarded singular values. By Eckart-Young,
+    paper's code (FederatedScope's FlexLoRA branch,
+    fed_utils/adaptive_peft.py: ``lora_B = u @ diag(s)``, ``lora_A =
+    v.T[:rank]``); plus the discarded singular values. By Eckart-Young,
     ``||full - B·A||_F`` is the norm of the discarded values."""
     u, s, vh = torch.linalg.svd(_f64(full), full_matrices=False)
     r = min(rank, s.numel())
