@@ -56,7 +56,10 @@ check-cli:
 	    sys.exit(0 if ok else 1)"
 	rm -rf $(CLI_CHECK_DIR)
 
+# The quick start's outdir is its own: a second run starts afresh
+# instead of refusing to overwrite the first.
 quickstart: $(STAMP)
+	rm -rf runs/quickstart
 	$(BIN)/federatedscope-rolora compare \
 	    --cfg yaml_configs/quickstart_sst2.yaml data.root $(GLUE_ROOT)
 
