@@ -5,11 +5,6 @@ per-client evaluation, the gap in metrics.jsonl, and resume after a real
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +16,6 @@ from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.config import build_config
 from federatedscope_rolora.core.merging import lora_modules
 from federatedscope_rolora.core.names import METHODS
-from federatedscope_rolora.runners.faults import FAULTS_ENV
 from federatedscope_rolora.runners.outputs import read_metrics
 from federatedscope_rolora.runners.setup import build_federation
 from federatedscope_rolora.runners.simulation import Simulation, run
@@ -33,7 +27,7 @@ from federatedscope_rolora.training.residual import (
 from tests.conftest import tiny_config_tree
 from tests.runners.test_resume import (
     assert_same_run,
-    metrics_lines,
+    kill_9_in_round_3_then_resume,
     write_cfg_file,
 )
 
@@ -152,29 +146,8 @@ def test_kill_9_mid_round_then_resume_matches_the_straight_run(
     cfg_file = write_cfg_file(tmp_path / "tiny.yaml", tiny_config_tree(
         tiny_model_dir, tiny_glue_root, run_dir,
         federate={"method": method}))
-    command = [sys.executable, "-m", "federatedscope_rolora", "run",
-               "--cfg", str(cfg_file)]
-    env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
-    stalled = {**env, FAULTS_ENV: "3:1:hang=60"}
-    proc = subprocess.Popen(command, env=stalled,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while metrics_lines(run_dir / "metrics.jsonl") < 2:
-            assert proc.poll() is None, "the run ended before round 3"
-            assert time.monotonic() < deadline, "round 2 never finished"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
 
-    done = subprocess.run([*command, "--resume"], env=env,
-                          capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = kill_9_in_round_3_then_resume(cfg_file, run_dir)
 
     assert done.returncode == 0, done.stderr
     assert_same_run(run_dir, reference)

@@ -151,17 +151,14 @@ def metrics_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-@pytest.mark.slow
-def test_kill_9_mid_round_then_resume_matches_the_straight_run(
-        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
-        tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    cfg_file = write_cfg_file(tmp_path / "tiny.yaml", make_tree(
-        tiny_model_dir, tiny_glue_root, run_dir))
+def kill_9_in_round_3_then_resume(cfg_file: Path, run_dir: Path
+                                  ) -> subprocess.CompletedProcess[str]:
+    """Run the CLI on ``cfg_file`` with client 1 stalled a minute in
+    round 3, ``kill -9`` it there (after round 2's line), check nothing
+    of round 3 was written, then ``--resume``; the resumed process."""
     command = [sys.executable, "-m", "federatedscope_rolora", "run",
                "--cfg", str(cfg_file)]
     env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
-    # Client 1 stalls a minute in round 3: the kill lands inside it.
     stalled = {**env, FAULTS_ENV: "3:1:hang=60"}
     proc = subprocess.Popen(command, env=stalled,
                             stdout=subprocess.DEVNULL,
@@ -180,10 +177,20 @@ def test_kill_9_mid_round_then_resume_matches_the_straight_run(
             proc.wait(timeout=30)
     assert metrics_lines(run_dir / "metrics.jsonl") == 2
     assert not (run_dir / "adapter").exists()
-
-    done = subprocess.run([*command, "--resume"], env=env,
+    return subprocess.run([*command, "--resume"], env=env,
                           capture_output=True, text=True, timeout=300,
                           check=False)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_round_then_resume_matches_the_straight_run(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg_file = write_cfg_file(tmp_path / "tiny.yaml", make_tree(
+        tiny_model_dir, tiny_glue_root, run_dir))
+
+    done = kill_9_in_round_3_then_resume(cfg_file, run_dir)
 
     assert done.returncode == 0, done.stderr
     assert_same_run(run_dir, straight)
