@@ -247,7 +247,8 @@ def runs_table(plan: Plan, parts: list[str], store: Store,
 
 
 def report(plan: Plan, parts: list[str], store: Store,
-           lrs: dict[str, float], command: str) -> tuple[str, dict]:
+           lrs: dict[str, float], command: str,
+           chance: dict[str, float]) -> tuple[str, dict]:
     runs, coverage = runs_table(plan, parts, store, lrs)
     text = ["# The paper's regime: many clients on QNLI and MNLI", "",
             f"Command: `{command}`", "",
@@ -255,8 +256,10 @@ def report(plan: Plan, parts: list[str], store: Store,
             "seeds; FedSA-LoRA's cells are per-client scores (each "
             "client's model on its own test share). Learning rates "
             "(SST-2 grid): " + ", ".join(f"{m} {lr:g}"
-                                          for m, lr in lrs.items()) + ".",
-            "", "## Runs", "", *runs, ""]
+                                          for m, lr in lrs.items()) +
+            ". Chance (the majority label's share of the test rows): " +
+            ", ".join(f"{t} {100 * c:.2f}%" for t, c in chance.items()) +
+            ".", "", "## Runs", "", *runs, ""]
     if "cells" in parts:
         text += ["## Accuracy, aggregation gap and client drift", "",
                  *cells_table(plan, store, lrs), "", PAPER_NOTES, ""]
@@ -308,7 +311,8 @@ def plot_gaps(plan: Plan, store: Store, lrs: dict[str, float],
             axes[i][j].set_title(f"{task}, {clients} clients: {field}")
             axes[i][j].set_xlabel("round")
             axes[i][j].grid(alpha=0.3)
-        axes[i][0].legend(fontsize=7)
+        if axes[i][0].get_legend_handles_labels()[0]:
+            axes[i][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -358,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         run_parts(plan, parts, lrs, store, args.glue_root, status)
     command = " ".join(["python benchmarks/glue_regime.py", *argv])
-    text, results = report(plan, parts, store, lrs, command)
+    chance = {t: h2h.chance(h2h_plan, t, args.glue_root)
+              for t in dict.fromkeys((*plan.tasks, plan.steps_task,
+                                      plan.skew_task))}
+    text, results = report(plan, parts, store, lrs, command, chance)
+    results["chance"] = chance
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(text + "\n")
