@@ -26,7 +26,8 @@ matter most; every finished run is one line of ``glue_regime_runs.jsonl``
 (with the device it ran on) and a restart skips it.
 
     python benchmarks/glue_regime.py [--only cells,steps,skew]
-        [--methods rolora,lora,...] [--seeds 0,1] [--report-only]
+        [--methods rolora,lora,...] [--seeds 0,1] [--clients 50]
+        [--tasks mnli,qnli] [--report-only]
         [--quick] [--glue-root DIR] [--model NAME] [--out DIR]
 """
 
@@ -323,7 +324,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(PARTS))
     parser.add_argument("--methods", default="",
                         help="subset of " + ",".join(METHODS))
-    parser.add_argument("--seeds", default="")
+    parser.add_argument("--seeds", default="",
+                        help="seeds of the cells, e.g. 0,1")
+    parser.add_argument("--clients", default="",
+                        help="client counts of the cells, e.g. 50")
+    parser.add_argument("--tasks", default="",
+                        help="tasks of the cells, e.g. mnli,qnli")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--glue-root", type=Path,
@@ -347,9 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     plan = replace(plan, base=plan.base.with_(model=args.model),
                    methods=methods)
-    if args.seeds:
-        plan = replace(plan, seeds=tuple(int(s) for s in
-                                         args.seeds.split(",")))
+    try:
+        for field, text, cast in (("seeds", args.seeds, int),
+                                  ("clients", args.clients, int),
+                                  ("tasks", args.tasks, str)):
+            if text:
+                plan = replace(plan, **{field: tuple(
+                    cast(v) for v in text.split(",") if v)})
+    except ValueError as err:
+        print(f"--seeds and --clients take integers: {err}",
+              file=sys.stderr)
+        return 2
+    from federatedscope_rolora.training.glue import TASKS
+    unknown = sorted(set(plan.tasks) - set(TASKS))
+    if unknown:
+        print(f"unknown task(s) {unknown}; GLUE tasks: {sorted(TASKS)}",
+              file=sys.stderr)
+        return 2
     h2h_plan = h2h.QUICK if args.quick else h2h.FULL
     h2h_plan = replace(h2h_plan, base=h2h_plan.base.with_(model=args.model))
     stem = "glue_regime_quick" if args.quick else "glue_regime"

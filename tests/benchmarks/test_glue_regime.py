@@ -100,3 +100,27 @@ def test_a_restart_skips_finished_runs(quick: dict[str, Any]) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert store.read_text() == before
     assert "[1/" not in proc.stderr
+
+
+def test_filters_choose_the_cells_to_run(quick: dict[str, Any]) -> None:
+    """``--clients`` and ``--seeds`` pick cells; a run outside them is not
+    started, a bad value is exit 2 naming it, and nothing is written."""
+    store = quick["out"] / "glue_regime_quick_runs.jsonl"
+    before = store.read_text()
+
+    proc = run_script(quick["out"], quick["model"], quick["glue"],
+                      "--only", "cells", "--clients", "4", "--seeds", "7",
+                      "--methods", "rolora")
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    added = store.read_text()[len(before):].splitlines()
+    specs = [json.loads(line)["spec"] for line in added]
+    assert [(s["clients"], s["seed"], s["method"]) for s in specs] == \
+        [(4, 7, "rolora")]
+    after = store.read_text()
+    for flag, value in (("--clients", "many"), ("--tasks", "nosuch")):
+        bad = run_script(quick["out"], quick["model"], quick["glue"],
+                         flag, value)
+        assert bad.returncode == 2
+        assert value in bad.stderr
+    assert store.read_text() == after
