@@ -10,11 +10,13 @@ suite keeps what it finished and a restart skips it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +44,83 @@ def default_glue_root() -> Path:
     """$GLUE_DATA_ROOT, else the shared copy beside the checkout."""
     env = os.environ.get("GLUE_DATA_ROOT")
     return Path(env) if env else ROOT.parent / "shared" / "data" / "glue"
+
+
+# --- one run in a fresh process (the timing and memory benchmarks) -------
+
+def child_parser(doc: str, rounds: int, train_samples: int,
+                 eval_samples: int) -> argparse.ArgumentParser:
+    """The options of a benchmark that times runs, each in a child
+    process of its own (``--child`` is the child's, hidden)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    parser.add_argument("--glue-root", default=str(default_glue_root()))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--child", action="store_true",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--outdir", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--train-samples", type=int, default=train_samples)
+    parser.add_argument("--eval-samples", type=int, default=eval_samples)
+    return parser
+
+
+def child_args(args: argparse.Namespace, *extra: str) -> list[str]:
+    """The argv that repeats ``args``'s sizes for a child, plus ``extra``
+    (the child's outdir is added by :func:`run_child`)."""
+    return ["--rounds", str(args.rounds), "--train-samples",
+            str(args.train_samples), "--eval-samples",
+            str(args.eval_samples), "--glue-root", str(args.glue_root),
+            "--threads", str(args.threads), *extra]
+
+
+def run_child(script: str, argv: list[str]) -> dict[str, Any]:
+    """Run ``script --child`` with ``argv`` and a scratch outdir in a fresh
+    process; its last stdout line is the JSON it reports."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, script, "--child", "--outdir",
+               str(Path(tmp) / "run"), *argv]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark child failed (rc {done.returncode}): "
+                           f"{' '.join(cmd)}\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_in_child(args: argparse.Namespace, overrides: dict[str, Any]
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """In the child: one embedded-runner run of ``overrides`` on
+    ``args.threads`` torch threads; its summary and metrics lines."""
+    import torch
+
+    from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.outputs import read_metrics
+    from federatedscope_rolora.runners.simulation import run
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(None, {"outdir": args.outdir,
+                             "data.root": args.glue_root, **overrides})
+    summary = run(cfg)
+    return summary, read_metrics(cfg.run_dir)
+
+
+def per_round_seconds(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean seconds of local training and of evaluation per round."""
+    secs = [r["seconds"] for r in records]
+    return {"train_s": sum(s["train"] for s in secs) / len(secs),
+            "eval_s": sum(s["eval"] for s in secs) / len(secs)}
+
+
+def write_results(out: str | Path, name: str, text: str,
+                  data: dict[str, Any]) -> None:
+    """``name.md`` (the report) and ``name.json`` (its numbers)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text + "\n", encoding="utf-8")
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n",
+                                      encoding="utf-8")
 
 
 @dataclass(frozen=True)

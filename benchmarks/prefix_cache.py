@@ -22,21 +22,19 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as common  # noqa: E402
 
 LAYERS = [4, 5]          # MiniLM has 6 layers: 0-3 are the prefix
 
 
 def overrides(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
     return {
-        "outdir": args.outdir, "data.root": args.glue_root,
         "data.type": "sst2@glue", "model.type": "all-MiniLM-L6-v2",
         "federate.method": "lora", "federate.client_num": 3,
         "federate.total_round_num": args.rounds,
@@ -57,36 +55,17 @@ def overrides(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
 
 def child(args: argparse.Namespace) -> None:
     """One run in this process; prints one JSON line."""
-    import torch
-
-    from federatedscope_rolora.config import load_config
-    from federatedscope_rolora.runners.outputs import read_metrics
-    from federatedscope_rolora.runners.simulation import run
-
-    torch.set_num_threads(args.threads)
-    cfg = load_config(None, overrides(args, args.cached))
-    summary = run(cfg)
-    records = read_metrics(cfg.run_dir)
+    summary, records = common.run_in_child(args,
+                                           overrides(args, args.cached))
     print(json.dumps({"cached": args.cached, "records": records,
                       "prefix_cache": summary["prefix_cache"],
                       "final_acc": summary["final"]["acc"]}))
 
 
 def measure(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, __file__, "--child", "--outdir",
-               str(Path(tmp) / "run"), "--rounds", str(args.rounds),
-               "--train-samples", str(args.train_samples),
-               "--eval-samples", str(args.eval_samples), "--glue-root",
-               args.glue_root, "--threads", str(args.threads)]
-        if cached:
-            cmd.append("--cached")
-        done = subprocess.run(cmd, capture_output=True, text=True,
-                              check=True)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    secs = [r["seconds"] for r in result.pop("records")]
-    result["train_s"] = sum(s["train"] for s in secs) / len(secs)
-    result["eval_s"] = sum(s["eval"] for s in secs) / len(secs)
+    result = common.run_child(__file__, common.child_args(
+        args, *(["--cached"] if cached else [])))
+    result.update(common.per_round_seconds(result.pop("records")))
     return result
 
 
@@ -119,21 +98,11 @@ def table(plain: dict[str, Any], cached: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
-    parser.add_argument("--glue-root", default=os.environ.get(
-        "GLUE_DATA_ROOT", str(ROOT.parent / "shared/data/glue")))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--child", action="store_true",
-                        help=argparse.SUPPRESS)
+    parser = common.child_parser(__doc__, rounds=3, train_samples=480,
+                                 eval_samples=0)
     parser.add_argument("--cached", action="store_true",
                         help=argparse.SUPPRESS)
-    parser.add_argument("--outdir", default="")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--train-samples", type=int, default=480)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--eval-samples", type=int, default=0)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -144,8 +113,8 @@ def main() -> None:
     loads = [os.getloadavg()[0]]
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     for _ in range(args.repeats):
-        for cached in (False, True):
-            runs[cached].append(measure(args, cached))
+        for mode in (False, True):
+            runs[mode].append(measure(args, mode))
     loads.append(os.getloadavg()[0])
     plain, cached = best(runs[False]), best(runs[True])
     command = "python benchmarks/prefix_cache.py" + \
@@ -162,11 +131,8 @@ def main() -> None:
             f"1-minute load average {loads[0]:.1f} before and "
             f"{loads[1]:.1f} after).\n\n" + table(plain, cached))
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = "prefix_cache" + ("_quick" if args.quick else "")
-    (out / f"{name}.md").write_text(text + "\n", encoding="utf-8")
-    (out / f"{name}.json").write_text(json.dumps({
+    common.write_results(args.out, name, text, {
         "command": command, "rounds": args.rounds,
         "train_samples": args.train_samples,
         "eval_samples": args.eval_samples, "threads": args.threads,
@@ -174,8 +140,7 @@ def main() -> None:
         "layers_to_transform": LAYERS,
         "uncached": plain, "cached": cached,
         "train_speedup": plain["train_s"] / cached["train_s"],
-        "eval_speedup": plain["eval_s"] / cached["eval_s"]},
-        indent=2) + "\n", encoding="utf-8")
+        "eval_speedup": plain["eval_s"] / cached["eval_s"]})
 
 
 if __name__ == "__main__":

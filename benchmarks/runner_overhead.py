@@ -20,32 +20,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as common  # noqa: E402
 
 CLIENTS = (3, 50)
 
 
 def child(args: argparse.Namespace) -> None:
     """One run in this process; prints one JSON line."""
-    import torch
-
-    from federatedscope_rolora.config import load_config
-    from federatedscope_rolora.runners.outputs import read_metrics
-    from federatedscope_rolora.runners.simulation import run
-
-    torch.set_num_threads(args.threads)
-    overrides = {
-        "outdir": args.outdir, "data.root": args.glue_root,
+    summary, records = common.run_in_child(args, {
         "data.type": "sst2@glue", "federate.method": "rolora",
         "federate.client_num": args.clients,
         "federate.total_round_num": args.rounds,
@@ -55,10 +45,7 @@ def child(args: argparse.Namespace) -> None:
         "dataloader.batch_size": 16, "llm.tok_len": 64,
         "train.optimizer.type": "AdamW", "train.optimizer.lr": 5e-3,
         "eval.freq": args.rounds, "seed": 0,
-    }
-    cfg = load_config(None, overrides)
-    summary = run(cfg)
-    records = read_metrics(cfg.run_dir)
+    })
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"clients": args.clients, "records": records,
                       "wall_s": summary["wall_seconds"],
@@ -67,16 +54,8 @@ def child(args: argparse.Namespace) -> None:
 
 
 def measure(args: argparse.Namespace, clients: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, __file__, "--child", "--clients",
-               str(clients), "--outdir", str(Path(tmp) / "run"),
-               "--rounds", str(args.rounds), "--train-samples",
-               str(args.train_samples), "--eval-samples",
-               str(args.eval_samples), "--glue-root", args.glue_root,
-               "--threads", str(args.threads)]
-        done = subprocess.run(cmd, capture_output=True, text=True,
-                              check=True)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result = common.run_child(__file__, common.child_args(
+        args, "--clients", str(clients)))
     secs = [r["seconds"] for r in result["records"]]
     # The run's wall time covers every round including metrics lines and
     # checkpoints; whatever is not local training or evaluation is the
@@ -112,19 +91,9 @@ def table(results: list[dict[str, Any]], ratio: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
-    parser.add_argument("--glue-root", default=os.environ.get(
-        "GLUE_DATA_ROOT", str(ROOT.parent / "shared/data/glue")))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--child", action="store_true",
-                        help=argparse.SUPPRESS)
+    parser = common.child_parser(__doc__, rounds=4, train_samples=1000,
+                                 eval_samples=200)
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--outdir", default="")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--train-samples", type=int, default=1000)
-    parser.add_argument("--eval-samples", type=int, default=200)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -141,15 +110,11 @@ def main() -> None:
             f"{args.train_samples} train examples in total, local epoch "
             f"of batch 16).\n\n" + table(results, ratio))
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = "runner_overhead" + ("_quick" if args.quick else "")
-    (out / f"{name}.md").write_text(text + "\n", encoding="utf-8")
-    (out / f"{name}.json").write_text(json.dumps({
+    common.write_results(args.out, name, text, {
         "command": command, "rounds": args.rounds,
         "train_samples": args.train_samples, "threads": args.threads,
-        "results": results, "peak_rss_ratio": ratio}, indent=2) + "\n",
-        encoding="utf-8")
+        "results": results, "peak_rss_ratio": ratio})
 
 
 if __name__ == "__main__":
