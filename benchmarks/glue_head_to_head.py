@@ -183,9 +183,12 @@ def rank_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
 
 
 def local_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
-    """Seed-major, like ``clients_specs``."""
+    """Seed-major, most clients first: the cells where the methods part
+    (FlexLoRA's collapse at 50 clients in 2502.01755) come first, so a
+    stopped suite has them."""
     return [plan.local_spec(m, c, s, lrs[m])
-            for s in plan.local_seeds for c in plan.local_clients
+            for s in plan.local_seeds
+            for c in sorted(plan.local_clients, reverse=True)
             for m in plan.methods]
 
 
