@@ -33,8 +33,6 @@ from federatedscope_rolora.core.merging import (
     lora_modules,
     mean_product,
     module_gap,
-    product,
-    reconstruct,
     smallest_exact_form,
 )
 from federatedscope_rolora.core.names import METHODS as METHODS
@@ -127,15 +125,13 @@ def merge_gap(inputs: MergeInputs, merged: Merged) -> GapStats:
     after the merge plus this round's residual (FedEx-LoRA)."""
     terms = []
     for key, module in lora_modules(inputs.state).items():
-        clients = [product(b, a, inputs.scaling) for b, a in zip(
+        terms.append(module_gap(
             client_factors(inputs, module.b_key),
-            client_factors(inputs, module.a_key), strict=True)]
-        b = merged.values.get(module.b_key, inputs.state[module.b_key])
-        a = merged.values.get(module.a_key, inputs.state[module.a_key])
-        kept = product(b, a, inputs.scaling)
-        if key in merged.residual:
-            kept = kept + reconstruct(merged.residual[key]).double()
-        terms.append(module_gap(clients, inputs.weights, kept))
+            client_factors(inputs, module.a_key), inputs.weights,
+            inputs.scaling,
+            merged.values.get(module.b_key, inputs.state[module.b_key]),
+            merged.values.get(module.a_key, inputs.state[module.a_key]),
+            merged.residual.get(key)))
     return GapStats.of(terms)
 
 

@@ -124,16 +124,19 @@ def test_flexlora_error_is_the_discarded_singular_values() -> None:
     assert error < naive
 
 
-def test_gap_of_a_hand_computed_lora_round() -> None:
-    """Scalars (d = k = r = 1): clients B = A = 1 and B = A = 3, equal
-    weights. Mean update (1 + 9) / 2 = 5; LoRA keeps mean(B) mean(A) =
-    2·2 = 4: gap |5 - 4| / 5 = 0.2; drift sqrt((16 + 16) / 2) / 5 = 0.8.
-    """
-    clients = [torch.tensor([[1.0]], dtype=torch.float64),
-               torch.tensor([[9.0]], dtype=torch.float64)]
-    kept = torch.tensor([[4.0]], dtype=torch.float64)
+def _scalar(x: float) -> torch.Tensor:
+    return torch.tensor([[x]], dtype=torch.float64)
 
-    stats = GapStats.of([module_gap(clients, [0.5, 0.5], kept)])
+
+def test_gap_of_a_hand_computed_lora_round() -> None:
+    """Scalars (d = k = r = 1, s = 1): clients B = A = 1 and B = A = 3,
+    equal weights. Mean update (1 + 9) / 2 = 5; LoRA keeps mean(B)
+    mean(A) = 2·2 = 4: gap |5 - 4| / 5 = 0.2; drift sqrt((16 + 16) / 2)
+    / 5 = 0.8."""
+    bs = as_ = [_scalar(1.0), _scalar(3.0)]
+
+    stats = GapStats.of([module_gap(bs, as_, [0.5, 0.5], 1.0,
+                                    _scalar(2.0), _scalar(2.0))])
 
     assert stats.aggregation_gap == pytest.approx(0.2)
     assert stats.aggregation_gap_module_max == pytest.approx(0.2)
@@ -141,22 +144,85 @@ def test_gap_of_a_hand_computed_lora_round() -> None:
 
 
 def test_gap_sums_modules_as_one_ratio_and_reports_the_worst() -> None:
-    one = module_gap([torch.ones(1, 1, dtype=torch.float64)], [1.0],
-                     torch.zeros(1, 1, dtype=torch.float64))
-    exact = module_gap([torch.full((1, 1), 3.0, dtype=torch.float64)],
-                       [1.0], torch.full((1, 1), 3.0, dtype=torch.float64))
+    one = module_gap([_scalar(1.0)], [_scalar(1.0)], [1.0], 1.0,
+                     _scalar(0.0), _scalar(0.0))
+    exact = module_gap([_scalar(3.0)], [_scalar(1.0)], [1.0], 1.0,
+                       _scalar(3.0), _scalar(1.0))
 
     stats = GapStats.of([one, exact])
 
     assert stats.aggregation_gap == pytest.approx(1 / math.sqrt(10))
     assert stats.aggregation_gap_module_max == pytest.approx(1.0)
-    assert stats.client_drift == 0.0
+    assert stats.client_drift == pytest.approx(0.0, abs=1e-12)
+
+
+def _dense_gap(bs: list[torch.Tensor], as_: list[torch.Tensor],
+               weights: list[float], s: float, kept: torch.Tensor
+               ) -> tuple[float, float, float]:
+    """The definition, client by client, densely (the reference)."""
+    updates = [s * b.double() @ a.double()
+               for b, a in zip(bs, as_, strict=True)]
+    mean = sum(w * e for w, e in zip(weights, updates, strict=True))
+    assert isinstance(mean, torch.Tensor)
+    spread = sum(w * float((e - mean).pow(2).sum())
+                 for w, e in zip(weights, updates, strict=True))
+    return (float(mean.pow(2).sum()), float((mean - kept).pow(2).sum()),
+            spread)
+
+
+@pytest.mark.parametrize("n,d,k,r,residual", [
+    (5, 40, 30, 2, None),       # n·r + r < min(d, k): through the QRs
+    (30, 20, 24, 2, None),      # more factor columns than rows: dense
+    (5, 40, 30, 2, "factored"),
+    (5, 40, 30, 2, "dense"),
+])
+def test_gap_from_factors_equals_the_dense_definition(
+        n: int, d: int, k: int, r: int, residual: str | None) -> None:
+    bs, as_ = _factors(n, d, k, r, seed=n)
+    gen = torch.Generator().manual_seed(7)
+    weights = torch.rand(n, generator=gen).tolist()
+    weights = [w / sum(weights) for w in weights]
+    s = 4.0
+    kept_b, kept_a = torch.randn(d, r, generator=gen), \
+        torch.randn(r, k, generator=gen)
+    kept = s * kept_b.double() @ kept_a.double()
+    form = None
+    if residual is not None:
+        u, v = torch.randn(d, 3, generator=gen), \
+            torch.randn(3, k, generator=gen)
+        form = {"add_u": u, "add_v": v} if residual == "factored" \
+            else {"add": u @ v}
+        kept = kept + reconstruct(form).double()
+
+    got = module_gap(bs, as_, weights, s, kept_b, kept_a, form)
+
+    want = _dense_gap(bs, as_, weights, s, kept)
+    assert got.mean_sq == pytest.approx(want[0], rel=1e-10)
+    assert got.gap_sq == pytest.approx(want[1], rel=1e-10)
+    assert got.spread_sq == pytest.approx(want[2], rel=1e-8)
+
+
+def test_gap_of_an_exact_merge_is_at_float64_precision() -> None:
+    """Clients share A (RoLoRA's B phase): averaging B in float64 is
+    exact, and the gap reads float64 round-off, not ~1e-8."""
+    bs, as_ = _factors(50, 64, 48, 2)
+    a = as_[0]
+    weights = [1 / 50] * 50
+    b_mean = sum(w * b.double() for w, b in zip(weights, bs, strict=True))
+    assert isinstance(b_mean, torch.Tensor)
+
+    stats = GapStats.of([module_gap(bs, [a] * 50, weights, 8.0, b_mean,
+                                    a)])
+
+    assert stats.aggregation_gap is not None
+    assert stats.aggregation_gap < 1e-12
 
 
 def test_gap_is_none_without_an_update_to_compare() -> None:
     zero = torch.zeros(2, 2, dtype=torch.float64)
 
-    stats = GapStats.of([module_gap([zero, zero], [0.5, 0.5], zero)])
+    stats = GapStats.of([module_gap([zero, zero], [zero, zero], [0.5, 0.5],
+                                    1.0, zero, zero)])
 
     assert stats.record() == {"aggregation_gap": None,
                               "aggregation_gap_module_max": None,
