@@ -56,24 +56,6 @@ def _f64(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", torch.float64)
 
 
-def product(b: torch.Tensor, a: torch.Tensor, scaling: float
-            ) -> torch.Tensor:
-    """``s·B·A`` in float64: a module's effective update."""
-    return scaling * (_f64(b) @ _f64(a))
-
-
-def mean_product(bs: Sequence[torch.Tensor], as_: Sequence[torch.Tensor],
-                 weights: Sequence[float], scaling: float) -> torch.Tensor:
-    """``sum_i w_i·s·B_i·A_i`` in float64: the clients' mean update."""
-    total: torch.Tensor | None = None
-    for b, a, w in zip(bs, as_, weights, strict=True):
-        term = w * product(b, a, scaling)
-        total = term if total is None else total + term
-    if total is None:
-        raise ValueError("no client factors to average")
-    return total
-
-
 def fedex_residual_factors(
     bs: Sequence[torch.Tensor], as_: Sequence[torch.Tensor],
     weights: Sequence[float], b_mean: torch.Tensor, a_mean: torch.Tensor,
@@ -121,19 +103,38 @@ def reconstruct(form: Mapping[str, torch.Tensor]) -> torch.Tensor:
     raise ValueError(f"not a residual form: {sorted(form)}")
 
 
-def flexlora_truncate(full: torch.Tensor, rank: int
+def flexlora_truncate(bs: Sequence[torch.Tensor],
+                      as_: Sequence[torch.Tensor],
+                      weights: Sequence[float], rank: int
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """FlexLoRA's SVD-based redistribution (arXiv 2402.11505, §3): the
-    truncated SVD ``full ≈ U_r Σ_r V_r^T`` returned as ``B = U_r·Σ_r``
+    """FlexLoRA's SVD-based redistribution (arXiv 2402.11505, §3) of the
+    clients' weighted mean update ``M = sum_i w_i B_i A_i``, in float64:
+    the truncated SVD ``M ≈ U_r Σ_r V_r^T`` returned as ``B = U_r·Σ_r``
     (all singular values on B) and ``A = V_r^T``, the split of the
     paper's code (FederatedScope's FlexLoRA branch,
     fed_utils/adaptive_peft.py: ``lora_B = u @ diag(s)``, ``lora_A =
     v.T[:rank]``); plus the discarded singular values. By Eckart-Young,
-    ``||full - B·A||_F`` is the norm of the discarded values."""
-    u, s, vh = torch.linalg.svd(_f64(full), full_matrices=False)
+    ``||M - B·A||_F`` is the norm of the discarded values.
+
+    M is never formed when its rank bound k = n·r is below both of its
+    sides: with the thin QRs ``[w_i B_i] = Q_U R_U`` and ``[A_i]^T =
+    Q_V R_V``, ``M = Q_U (R_U R_V^T) Q_V^T``, so the SVD of the k x k
+    core gives M's (the same subspaces; each singular pair's sign is the
+    solver's choice either way, and B·A does not depend on it). The cost
+    is O((d_out + d_in)·k^2) instead of an SVD of d_out x d_in."""
+    u = torch.cat([w * _f64(b) for b, w in zip(bs, weights, strict=True)],
+                  dim=1)
+    v = torch.cat([_f64(a) for a in as_], dim=0)
+    if u.shape[1] >= min(u.shape[0], v.shape[1]):
+        left, s, right_h = torch.linalg.svd(u @ v, full_matrices=False)
+    else:
+        q_u, r_u = torch.linalg.qr(u)
+        q_v, r_v = torch.linalg.qr(v.T)
+        p, s, h_t = torch.linalg.svd(r_u @ r_v.T)
+        left, right_h = q_u @ p, h_t @ q_v.T
     r = min(rank, s.numel())
-    b = u[:, :r] * s[:r]
-    a = vh[:r, :]
+    b = left[:, :r] * s[:r]
+    a = right_h[:r, :]
     if r < rank:  # fewer singular values than the rank: pad with zeros
         b = torch.cat([b, b.new_zeros(b.shape[0], rank - r)], dim=1)
         a = torch.cat([a, a.new_zeros(rank - r, a.shape[1])], dim=0)

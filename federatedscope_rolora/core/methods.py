@@ -31,7 +31,6 @@ from federatedscope_rolora.core.merging import (
     fedex_residual_factors,
     flexlora_truncate,
     lora_modules,
-    mean_product,
     module_gap,
     smallest_exact_form,
 )
@@ -158,10 +157,9 @@ def flexlora_merge(inputs: MergeInputs) -> Merged:
     merged = average_merge(inputs)
     for module in lora_modules(inputs.state).values():
         a_ref = inputs.state[module.a_key]
-        full = mean_product(client_factors(inputs, module.b_key),
-                            client_factors(inputs, module.a_key),
-                            inputs.weights, 1.0)
-        b, a, _ = flexlora_truncate(full, a_ref.shape[0])
+        b, a, _ = flexlora_truncate(client_factors(inputs, module.b_key),
+                                    client_factors(inputs, module.a_key),
+                                    inputs.weights, a_ref.shape[0])
         merged.values[module.b_key] = b.to(a_ref.dtype)
         merged.values[module.a_key] = a.to(a_ref.dtype)
     return merged

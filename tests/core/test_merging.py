@@ -13,11 +13,11 @@ from federatedscope_rolora.core.merging import (
     fedex_residual_factors,
     flexlora_truncate,
     lora_modules,
-    mean_product,
     module_gap,
     reconstruct,
     smallest_exact_form,
 )
+from tests.core.reference import mean_product
 
 PREFIX = "base_model.model.bert.encoder.layer.0.attention.self"
 
@@ -93,31 +93,43 @@ def test_flexlora_reproduces_the_mean_when_its_rank_fits() -> None:
     bs = [basis @ torch.randn(2, 2, generator=gen, dtype=f64)
           for _ in range(4)]
     as_ = [torch.randn(2, 7, generator=gen, dtype=f64) for _ in range(4)]
-    full = mean_product(bs, as_, [0.1, 0.2, 0.3, 0.4], 1.0)
+    weights = [0.1, 0.2, 0.3, 0.4]
+    full = mean_product(bs, as_, weights, 1.0)
 
-    b, a, dropped = flexlora_truncate(full, 2)
+    b, a, dropped = flexlora_truncate(bs, as_, weights, 2)
 
     assert b.shape == (8, 2) and a.shape == (2, 7)
     assert torch.allclose(b @ a, full, rtol=0, atol=1e-12)
     assert float(dropped.norm()) < 1e-12 * float(full.norm())
 
 
-def test_flexlora_error_is_the_discarded_singular_values() -> None:
-    bs, as_ = _factors(5, 9, 7, 2, seed=3)
-    full = mean_product(bs, as_, [0.2] * 5, 1.0)
+@pytest.mark.parametrize("n,d,k", [
+    (5, 9, 7),      # n·r >= min(d, k): the SVD of the mean itself
+    (5, 40, 30),    # n·r below both: the SVD of the k x k core
+])
+def test_flexlora_error_is_the_discarded_singular_values(
+        n: int, d: int, k: int) -> None:
+    bs, as_ = _factors(n, d, k, 2, seed=3)
+    weights = [1 / n] * n
+    full = mean_product(bs, as_, weights, 1.0)
 
-    b, a, dropped = flexlora_truncate(full, 2)
+    b, a, dropped = flexlora_truncate(bs, as_, weights, 2)
 
-    singular = torch.linalg.svdvals(full)
+    u, singular, vh = torch.linalg.svd(full)
     error = float((full - b @ a).norm())
     assert error == pytest.approx(float(singular[2:].norm()), rel=1e-10)
-    assert torch.allclose(dropped, singular[2:])
+    assert float(dropped.norm()) == pytest.approx(
+        float(singular[2:].norm()), rel=1e-10)
+    # the best rank-2 approximation, which is unique here
+    assert torch.allclose(b @ a, (u[:, :2] * singular[:2]) @ vh[:2],
+                          rtol=0, atol=1e-10)
     # the paper's code puts the singular values on B: A's rows orthonormal
     assert torch.allclose(a @ a.T, torch.eye(2, dtype=torch.float64),
                           atol=1e-12)
+    assert torch.allclose(b.norm(dim=0), singular[:2], rtol=1e-10)
     # and no rank-2 product of the means does better (Eckart-Young)
-    b_mean = sum(0.2 * x for x in bs)
-    a_mean = sum(0.2 * x for x in as_)
+    b_mean = sum(w * x for w, x in zip(weights, bs, strict=True))
+    a_mean = sum(w * x for w, x in zip(weights, as_, strict=True))
     assert isinstance(b_mean, torch.Tensor)
     assert isinstance(a_mean, torch.Tensor)
     naive = float((full - b_mean.double() @ a_mean.double()).norm())
