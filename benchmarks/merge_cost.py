@@ -33,6 +33,9 @@ from federatedscope_rolora.core.merging import (  # noqa: E402
     module_gap,
 )
 
+# the definitions, densely: the tests' reference is the baseline here
+from tests.core.reference import dense_flexlora, dense_gap  # noqa: E402
+
 FULL = ((384, 3, 2), (384, 50, 2), (1024, 50, 4), (2048, 50, 8))
 QUICK = ((64, 3, 2), (128, 10, 2))
 
@@ -44,28 +47,6 @@ def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - start)
     return min(times), out
-
-
-def dense_flexlora(bs: list[torch.Tensor], as_: list[torch.Tensor],
-                   weights: list[float], rank: int) -> torch.Tensor:
-    full = sum(w * (b.double() @ a.double())
-               for b, a, w in zip(bs, as_, weights, strict=True))
-    assert isinstance(full, torch.Tensor)
-    u, s, vh = torch.linalg.svd(full, full_matrices=False)
-    return (u[:, :rank] * s[:rank]) @ vh[:rank]
-
-
-def dense_gap(bs: list[torch.Tensor], as_: list[torch.Tensor],
-              weights: list[float], s: float, kept: torch.Tensor
-              ) -> tuple[float, float, float]:
-    updates = [s * (b.double() @ a.double()) for b, a in zip(bs, as_,
-                                                             strict=True)]
-    mean = sum(w * e for w, e in zip(weights, updates, strict=True))
-    assert isinstance(mean, torch.Tensor)
-    spread = sum(w * float((e - mean).pow(2).sum())
-                 for w, e in zip(weights, updates, strict=True))
-    return (float(mean.pow(2).sum()), float((mean - kept).pow(2).sum()),
-            spread)
 
 
 def measure(d: int, n: int, r: int, repeats: int) -> dict[str, Any]:

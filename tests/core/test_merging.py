@@ -17,7 +17,7 @@ from federatedscope_rolora.core.merging import (
     reconstruct,
     smallest_exact_form,
 )
-from tests.core.reference import mean_product
+from tests.core.reference import dense_gap, mean_product
 
 PREFIX = "base_model.model.bert.encoder.layer.0.attention.self"
 
@@ -168,20 +168,6 @@ def test_gap_sums_modules_as_one_ratio_and_reports_the_worst() -> None:
     assert stats.client_drift == pytest.approx(0.0, abs=1e-12)
 
 
-def _dense_gap(bs: list[torch.Tensor], as_: list[torch.Tensor],
-               weights: list[float], s: float, kept: torch.Tensor
-               ) -> tuple[float, float, float]:
-    """The definition, client by client, densely (the reference)."""
-    updates = [s * b.double() @ a.double()
-               for b, a in zip(bs, as_, strict=True)]
-    mean = sum(w * e for w, e in zip(weights, updates, strict=True))
-    assert isinstance(mean, torch.Tensor)
-    spread = sum(w * float((e - mean).pow(2).sum())
-                 for w, e in zip(weights, updates, strict=True))
-    return (float(mean.pow(2).sum()), float((mean - kept).pow(2).sum()),
-            spread)
-
-
 @pytest.mark.parametrize("n,d,k,r,residual", [
     (5, 40, 30, 2, None),       # n·r + r < min(d, k): through the QRs
     (30, 20, 24, 2, None),      # more factor columns than rows: dense
@@ -208,7 +194,7 @@ def test_gap_from_factors_equals_the_dense_definition(
 
     got = module_gap(bs, as_, weights, s, kept_b, kept_a, form)
 
-    want = _dense_gap(bs, as_, weights, s, kept)
+    want = dense_gap(bs, as_, weights, s, kept)
     assert got.mean_sq == pytest.approx(want[0], rel=1e-10)
     assert got.gap_sq == pytest.approx(want[1], rel=1e-10)
     assert got.spread_sq == pytest.approx(want[2], rel=1e-8)
