@@ -171,6 +171,11 @@ class AdapterServer:
     def plan(self, round_idx: int) -> RoundPlan:
         return self.method.plan(round_idx)
 
+    @property
+    def aggregated_round(self) -> int:
+        """The last round merged (0 before the first)."""
+        return self._aggregated_round
+
     def frozen_state(self) -> dict[str, torch.Tensor]:
         """The adapter and, for FedEx-LoRA, the residual totals: what a
         client's frozen keys are compared with."""
