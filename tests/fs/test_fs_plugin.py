@@ -11,6 +11,7 @@ FederatedScope is not installed.
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -271,6 +272,22 @@ def test_distributed_mode_on_loopback(
     assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
     assert all("finished after round 2" in logs[f"client{i}.log"]
                for i in (1, 2))
+    personal = ["eval_per_client" in r for r in records]
+    if method != "fedsa_lora":
+        assert personal == [False, False]
+        return
+    # each client scored its own model (server's A, its own B) over gRPC
+    assert personal == [True, True]
+    own: dict[int, dict[int, Any]] = {}
+    for i in (1, 2):
+        text = (tmp_path / "dist" / f"client{i}" / "exp_print.log"
+                ).read_text(encoding="utf-8")
+        for round_idx, scores in own_model_scores(text).items():
+            own.setdefault(round_idx, {}).update(scores)
+    for record in records:
+        assert_merged_from_clients(record, own[record["round"]])
+        assert record["eval_per_client"]["examples"] == \
+            embedded[0]["eval_per_client"]["examples"]
 
 
 DRIFT = {"ROLORA_TEST_FAULTS": "3:2:drift"}
@@ -328,3 +345,111 @@ def test_a_drifted_client_is_resynced_in_distributed_mode(
     embedded = embedded_records(standalone, tmp_path / "embedded",
                                 faults=DRIFT["ROLORA_TEST_FAULTS"])
     assert_drifted_client_resynced(records, embedded, clients=2)
+
+
+# --- per-client evaluation ---------------------------------------------------
+
+
+def own_model_scores(log_text: str) -> dict[int, dict[int, Any]]:
+    """Each client's logged score of its own model, by round (1-based)
+    and client: ``(metrics, test examples)`` as ``mean_over_clients``
+    takes them."""
+    from federatedscope_rolora.fs.records import eval_record
+
+    out: dict[int, dict[int, Any]] = {}
+    for line in log_text.splitlines():
+        if "(own model)" not in line:
+            continue
+        entry = ast.literal_eval(line[line.index("{'Role'"):])
+        client = int(entry["Role"].split("#")[1].split()[0])
+        raw = entry["Results_raw"]
+        out.setdefault(int(entry["Round"]) + 1, {})[client] = (
+            eval_record(raw, ("acc",)), int(raw["test_total"]))
+    return out
+
+
+def assert_merged_from_clients(record: dict[str, Any],
+                               scores: dict[int, Any]) -> None:
+    from federatedscope_rolora.training.metrics import mean_over_clients
+
+    want = mean_over_clients(scores)
+    got = record["eval_per_client"]
+    assert (got["clients"], got["examples"]) == \
+        (want["clients"], want["examples"])
+    for form in ("example_weighted", "client_mean"):
+        assert got[form] == pytest.approx(want[form], rel=1e-6)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_fedsa_scores_each_clients_own_model_in_standalone_mode(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, shared: bool) -> None:
+    """Two of three clients per round, evaluated at rounds 2 and 3:
+    every client is sent what it lacks for its own model (A; a client
+    never drawn also the initial B), counted as eval_down exactly as in
+    the embedded runner, and scores it on its own test share; the
+    round's line holds the clients' scores merged as the embedded runner
+    merges them, apart from the global adapter's (whose B is the
+    server's untrained one)."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"method": "fedsa_lora", "client_num": 3,
+                             "sample_client_num": 2, "total_round_num": 3,
+                             "share_local_model": shared},
+                   eval={"freq": 2})
+    cfg = write_config(tmp_path / "fedsa.yaml", tree)
+
+    run = fs_main.run(cfg)
+    records = read_jsonl(run.run_dir / "metrics.jsonl")
+    embedded = embedded_records(cfg, tmp_path / "embedded")
+
+    assert [r["round"] for r in records] == [1, 2, 3]
+    assert ["eval_per_client" in r for r in records] == \
+        [False, True, True] == ["eval_per_client" in r for r in embedded]
+    assert [r["clients"] for r in records] == \
+        [r["clients"] for r in embedded]
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+    assert records[0]["bytes"]["eval_down"] == {}
+    assert set(records[1]["bytes"]["eval_down"]) >= {"lora_A"}
+    own = own_model_scores((run.run_dir / "exp_print.log").read_text(
+        encoding="utf-8"))
+    assert sorted(own) == [2, 3]
+    for record in records[1:]:
+        assert_merged_from_clients(record, own[record["round"]])
+        personal = record["eval_per_client"]
+        assert personal["clients"] == 3
+        # FederatedScope's splitter deals the whole test set out
+        assert personal["examples"] == \
+            embedded[record["round"] - 1]["eval_per_client"]["examples"]
+        assert personal["example_weighted"]["loss"] != \
+            pytest.approx(record["eval"]["loss"])
+    summary = json.loads((run.run_dir / "summary.json").read_text(
+        encoding="utf-8"))
+    assert summary["final_per_client"] == records[-1]["eval_per_client"]
+    assert summary["bytes_eval_down_total"] == sum(
+        sum(r["bytes"]["eval_down"].values()) for r in records) > 0
+
+
+def test_per_client_eval_always_scores_the_global_lora_on_each_share(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """LoRA keeps nothing on its clients: each client's model is the
+    global adapter, so its scores over the shares, weighted by their
+    rows, are the global adapter's on the whole test set."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"method": "lora", "total_round_num": 2,
+                             "share_local_model": False},
+                   rolora={"head": "frozen", "threads": 1,
+                           "per_client_eval": "always"})
+    cfg = write_config(tmp_path / "lora.yaml", tree)
+
+    records = read_jsonl(fs_main.run(cfg).run_dir / "metrics.jsonl")
+    embedded = embedded_records(cfg, tmp_path / "embedded")
+
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+    for record in records:
+        personal = record["eval_per_client"]
+        assert personal["clients"] == 3
+        assert personal["example_weighted"]["acc"] == \
+            pytest.approx(record["eval"]["acc"])
+        assert personal["example_weighted"]["loss"] == \
+            pytest.approx(record["eval"]["loss"], rel=1e-5)
