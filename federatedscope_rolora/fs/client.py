@@ -18,7 +18,8 @@ the server sent to a copy of its adapter and residual, scores that model
 (what it would train from next round; FedSA-LoRA: the server's A with its
 own B) on its own test share, and sends the trainer's ``test_*`` results
 up (``metrics``). Its training state, and the random numbers its
-training draws, are left as they were.
+training draws, are left as they were. At the end a FedSA-LoRA client
+saves the B it kept, which no server holds, in its run's ``adapter/``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,12 +49,17 @@ from federatedscope_rolora.runners.faults import (
     drift_hook,
     parse_faults,
 )
+from federatedscope_rolora.runners.outputs import ADAPTER_DIR
 from federatedscope_rolora.runners.setup import method_from_config
 from federatedscope_rolora.training.models import (
     get_adapter_state,
     load_adapter_state,
 )
-from federatedscope_rolora.training.residual import fold_residual
+from federatedscope_rolora.training.residual import (
+    fold_residual,
+    personal_file_of,
+    save_personal,
+)
 
 logger = logging.getLogger("federatedscope.rolora")
 
@@ -164,4 +171,19 @@ class RoloraClient(Client):  # type: ignore[misc]
     def callback_funcs_for_finish(self, message: Message) -> None:
         logger.info("client %d: finished after round %s", self.ID,
                     message.state)
+        self._save_personal()
         self._monitor.finish_fl()
+
+    def _save_personal(self) -> None:
+        """FedSA-LoRA: the B this client kept, which no server holds, in
+        ``adapter/personal_client<ID>.safetensors`` of its run (in
+        standalone mode, the server's) as ``<ID>/<key>``; a client never
+        drawn kept none."""
+        kept = self.method.plan(1).kept_roles
+        own = {k: v for k, v in self.adapter.items() if role_of(k) in kept}
+        if not own:
+            return
+        folder = Path(self._cfg.outdir) / ADAPTER_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        save_personal({int(self.ID): own}, folder,
+                      personal_file_of(int(self.ID)))

@@ -24,6 +24,7 @@ from tests.fs.conftest import (
     TIMEOUT_S,
     FsMain,
     FsRun,
+    clean_env,
     embedded_records,
     fs_tree,
     read_jsonl,
@@ -288,6 +289,10 @@ def test_distributed_mode_on_loopback(
         assert_merged_from_clients(record, own[record["round"]])
         assert record["eval_per_client"]["examples"] == \
             embedded[0]["eval_per_client"]["examples"]
+    assert_scores_are_the_clients_own_models(
+        fs_main, standalone, records[-1],
+        tmp_path / "dist" / "server0" / "adapter",
+        [tmp_path / "dist" / f"client{i}" / "adapter" for i in (1, 2)])
 
 
 DRIFT = {"ROLORA_TEST_FAULTS": "3:2:drift"}
@@ -380,6 +385,87 @@ def assert_merged_from_clients(record: dict[str, Any],
         assert got[form] == pytest.approx(want[form], rel=1e-6)
 
 
+# Each client's own model scored from the run's saved files, outside
+# FederatedScope's run: the final global adapter (the server's A) with the
+# client's own B (``adapter/personal_client<ID>.safetensors``; a client
+# never drawn has none and keeps the initial B), on the test share that
+# FederatedScope's splitter deals it (the plugin's data builder, again).
+DIRECT = """\
+import json, sys
+from pathlib import Path
+
+import torch
+from federatedscope.core.configs.config import global_cfg
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from federatedscope_rolora.config import load_config
+from federatedscope_rolora.fs.data import IDS, MASK, TYPES, load_data
+from federatedscope_rolora.training.glue import task_spec
+from federatedscope_rolora.training.models import (
+    LoraSpec, build_model, get_adapter_state, load_adapter_state)
+from federatedscope_rolora.training.residual import personal_file_of
+
+cfg_file, adapter_dir = sys.argv[1], Path(sys.argv[2])
+personal_dirs = [Path(p) for p in sys.argv[3:]]
+cfg = load_config(cfg_file)
+model, _ = build_model(cfg.model_name, task_spec(cfg.task).num_labels,
+                       LoraSpec.from_args(cfg.lora), cfg["seed"])
+set_peft_model_state_dict(model, load_file(
+    str(adapter_dir / "adapter_model.safetensors")))
+model.eval()
+server = {k: v.clone() for k, v in get_adapter_state(model).items()}
+fs_cfg = global_cfg.clone()
+fs_cfg.merge_from_file(cfg_file)
+data, _ = load_data(fs_cfg)
+out = {}
+for client in range(1, cfg["federate.client_num"] + 1):
+    load_adapter_state(model, server)
+    for folder in personal_dirs:
+        path = folder / personal_file_of(client)
+        if path.exists():
+            load_adapter_state(model, {
+                k.split("/", 1)[1]: v
+                for k, v in load_file(str(path)).items()})
+    rows = data[client].test_data
+    xs, ys = zip(*[rows[i] for i in range(len(rows))])
+    x, y = torch.stack(xs), torch.tensor(ys)
+    inputs = {"input_ids": x[:, IDS], "attention_mask": x[:, MASK]}
+    if x.shape[1] > TYPES:
+        inputs["token_type_ids"] = x[:, TYPES]
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    out[client] = [int((logits.argmax(1) == y).sum()) / len(y),
+                   float(torch.nn.functional.cross_entropy(logits, y)),
+                   len(y)]
+print(json.dumps(out))
+"""
+
+
+def assert_scores_are_the_clients_own_models(
+        fs_main: FsMain, cfg: Path, record: dict[str, Any],
+        adapter_dir: Path, personal_dirs: list[Path]) -> None:
+    """The last round's ``eval_per_client`` is ``DIRECT``'s scores of each
+    client's own model, merged as the embedded runner merges them."""
+    from federatedscope_rolora.training.metrics import mean_over_clients
+
+    proc = subprocess.run(
+        [str(fs_main.venv.python), "-c", DIRECT, str(cfg),
+         str(adapter_dir), *map(str, personal_dirs)],
+        env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    direct = json.loads(proc.stdout.splitlines()[-1])
+    want = mean_over_clients({int(c): ({"acc": acc, "loss": loss}, n)
+                              for c, (acc, loss, n) in direct.items()})
+    got = record["eval_per_client"]
+    assert got["examples"] == want["examples"]
+    for form in ("example_weighted", "client_mean"):
+        assert got[form]["acc"] == pytest.approx(want[form]["acc"],
+                                                 abs=1e-9)
+        assert got[form]["loss"] == pytest.approx(want[form]["loss"],
+                                                  rel=1e-4)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_fedsa_scores_each_clients_own_model_in_standalone_mode(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
@@ -422,6 +508,9 @@ def test_fedsa_scores_each_clients_own_model_in_standalone_mode(
             embedded[record["round"] - 1]["eval_per_client"]["examples"]
         assert personal["example_weighted"]["loss"] != \
             pytest.approx(record["eval"]["loss"])
+    assert_scores_are_the_clients_own_models(
+        fs_main, cfg, records[-1], run.run_dir / "adapter",
+        [run.run_dir / "adapter"])
     summary = json.loads((run.run_dir / "summary.json").read_text(
         encoding="utf-8"))
     assert summary["final_per_client"] == records[-1]["eval_per_client"]
