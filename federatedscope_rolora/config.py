@@ -187,10 +187,13 @@ SCHEMA: dict[str, Field] = {
     "rolora.eval_samples": Field(0, int, "test examples evaluated; 0: all",
                                  **_NONNEG),
     "rolora.per_client_eval": Field(
-        "auto", str, "also score each client's model on a test share "
-        "dealt like its train share, reported apart as eval_per_client "
-        "(example-weighted and plain mean over clients); auto: for "
-        "fedsa_lora only", choices=("auto", "always", "never")),
+        "auto", str, "also score each client's model (the global "
+        "adapter with the keys it keeps, FedSA-LoRA's own B) on its own "
+        "test share (embedded runner: dealt like its train share; "
+        "FederatedScope: its splitter's), reported apart as "
+        "eval_per_client (example-weighted and plain mean over clients); "
+        "what each client is sent for it counts as eval_down bytes; "
+        "auto: for fedsa_lora only", choices=("auto", "always", "never")),
     "rolora.eval_batch_size": Field(64, int, "evaluation batch size",
                                     **_POS),
     "rolora.holdout": Field(2000, int, "test rows carved from train when "

@@ -17,6 +17,10 @@ DOWN = "down"
 # The part of UP that the server refused: it crossed the wire, so it is
 # in UP too, and it is also counted apart under this name.
 REJECTED = "up_rejected"
+# What the server sends a client to score its own model (FedSA-LoRA's
+# per-client evaluation): real traffic, counted apart from the training
+# downlink, which it leaves unchanged.
+EVAL_DOWN = "eval_down"
 # Role of a refused tensor that is no adapter tensor (a wrong key set).
 OTHER = "other"
 
@@ -75,9 +79,9 @@ class TrafficLedger:
 
     def record(self, round_idx: int, client_id: int, direction: str,
                tensors: Mapping[str, torch.Tensor]) -> None:
-        if direction not in (UP, DOWN):
-            raise ValueError(f"direction must be 'up' or 'down', "
-                             f"got {direction!r}")
+        if direction not in (UP, DOWN, EVAL_DOWN):
+            raise ValueError(f"direction must be 'up', 'down' or "
+                             f"'eval_down', got {direction!r}")
         self._add(round_idx, client_id, direction, bytes_by_role(tensors))
 
     def record_refused(self, round_idx: int, client_id: int,
@@ -97,10 +101,13 @@ class TrafficLedger:
 
     def totals(self, round_idx: int | None = None,
                client_id: int | None = None) -> dict[str, dict[str, int]]:
-        """``{"up": {role: bytes}, "down": {...}, "up_rejected": {...}}``,
-        filtered. ``up`` is every byte uploaded, refused ones included;
-        ``up_rejected`` is the refused part of it."""
-        out: dict[str, dict[str, int]] = {UP: {}, DOWN: {}, REJECTED: {}}
+        """``{"up": {role: bytes}, "down": {...}, "up_rejected": {...},
+        "eval_down": {...}}``, filtered. ``up`` is every byte uploaded,
+        refused ones included; ``up_rejected`` is the refused part of it;
+        ``eval_down`` is what was sent for per-client evaluation, not in
+        ``down``."""
+        out: dict[str, dict[str, int]] = {UP: {}, DOWN: {}, REJECTED: {},
+                                          EVAL_DOWN: {}}
         records = self.records if round_idx is None \
             else self._by_round.get(round_idx, [])
         for rec in records:

@@ -20,6 +20,9 @@ one implementation of the protocol:
 4. ``aggregate(t)`` merges the uploaded keys as the method says (core/
    methods.py), bumps their versions, adds FedEx-LoRA's residual to the
    ``ResidualBook`` and measures the round's aggregation gap.
+5. ``eval_downlink(client, t)``: for scoring a client's own model after
+   round t (per-client evaluation), what its next downlink would send
+   (``peek_downlink``, which changes nothing), counted as ``eval_down``.
 
 FedSA-LoRA's B never leaves its client, so the server cannot restore it:
 a client's B is sent once, the shared initial B, on first contact, and
@@ -38,7 +41,12 @@ from typing import Any
 
 import torch
 
-from federatedscope_rolora.core.accounting import DOWN, UP, TrafficLedger
+from federatedscope_rolora.core.accounting import (
+    DOWN,
+    EVAL_DOWN,
+    UP,
+    TrafficLedger,
+)
 from federatedscope_rolora.core.aggregation import client_weights
 from federatedscope_rolora.core.merging import GapStats, lora_modules
 from federatedscope_rolora.core.methods import (
@@ -163,6 +171,11 @@ class AdapterServer:
     def plan(self, round_idx: int) -> RoundPlan:
         return self.method.plan(round_idx)
 
+    @property
+    def aggregated_round(self) -> int:
+        """The last round merged (0 before the first)."""
+        return self._aggregated_round
+
     def frozen_state(self) -> dict[str, torch.Tensor]:
         """The adapter and, for FedEx-LoRA, the residual totals: what a
         client's frozen keys are compared with."""
@@ -188,10 +201,8 @@ class AdapterServer:
             self.client_versions[client_id] = dict.fromkeys(
                 self.client_built, 0)
         held = self.client_versions[client_id]
-        payload = {k: v.clone() for k, v in self.state.items()
-                   if held.get(k) != self.version[k]
-                   and not (role_of(k) in plan.kept_roles and k in held)}
-        for key in payload:
+        payload = self._lacking(held, plan)
+        for key in payload.keys() & self.version.keys():
             held[key] = self.version[key]
         # From here on the client may change the keys it trains and
         # sends, whether or not its update ever arrives: next time it
@@ -199,9 +210,42 @@ class AdapterServer:
         for key in plan.uploaded_keys(self.state):
             held[key] = _LOCAL
         if self.residual is not None:
-            payload.update(self.residual.payload(held.get(VERSION_KEY)))
             held[VERSION_KEY] = self.residual.version
         self.ledger.record(round_idx, client_id, DOWN, payload)
+        return payload
+
+    def peek_downlink(self, client_id: int, round_idx: int
+                      ) -> dict[str, torch.Tensor]:
+        """What ``downlink(client_id, round_idx)`` would send now, with
+        nothing marked as held and nothing recorded: the client's copy
+        with this applied is the model it would train from (FedSA-LoRA:
+        the server's A with its own B), so it is what that client's own
+        model is scored as."""
+        held = self.client_versions.get(client_id)
+        if held is None:
+            held = dict.fromkeys(self.client_built, 0)
+        return self._lacking(held, self.plan(round_idx))
+
+    def eval_downlink(self, client_id: int, round_idx: int
+                      ) -> dict[str, torch.Tensor]:
+        """``peek_downlink`` for scoring the client's model after round
+        ``round_idx``; recorded in the ledger as that round's
+        ``eval_down``, apart from the training downlink, which it leaves
+        as it was."""
+        payload = self.peek_downlink(client_id, round_idx + 1)
+        self.ledger.record(round_idx, client_id, EVAL_DOWN, payload)
+        return payload
+
+    def _lacking(self, held: Mapping[str, int], plan: RoundPlan
+                 ) -> dict[str, torch.Tensor]:
+        """Copies of the adapter keys a client holding ``held`` lacks,
+        but the keys it trains and keeps once it has one, and the
+        residual its book version lacks."""
+        payload = {k: v.clone() for k, v in self.state.items()
+                   if held.get(k) != self.version[k]
+                   and not (role_of(k) in plan.kept_roles and k in held)}
+        if self.residual is not None:
+            payload.update(self.residual.payload(held.get(VERSION_KEY)))
         return payload
 
     def receive(self, update: ClientUpdate) -> None:

@@ -151,11 +151,6 @@ def _refuse_unsupported(cfg: Any) -> None:
         raise ConfigError(f"config key {key!r} is {value!r}; "
                           f"federate.method {method} in the rolora plugin "
                           f"needs {works!r}: {why}")
-    if _get(cfg, "rolora.per_client_eval") == "always":
-        raise ConfigError("config key 'rolora.per_client_eval' is "
-                          "'always'; the rolora plugin does not score "
-                          "clients' models yet (the embedded runner "
-                          "does): use auto or never")
 
 
 def _check_types(cfg: Any) -> None:

@@ -12,6 +12,14 @@ and the fingerprint of the frozen ones. A FedEx-LoRA client also keeps
 its residual totals (core/residual.py) and folds them into the model's
 base before training; a FedSA-LoRA client keeps its own B in its adapter,
 which the server never sends again.
+
+Per-client evaluation (``evaluate`` messages): the client applies what
+the server sent to a copy of its adapter and residual, scores that model
+(what it would train from next round; FedSA-LoRA: the server's A with its
+own B) on its own test share, and sends the trainer's ``test_*`` results
+up (``metrics``). Its training state, and the random numbers its
+training draws, are left as they were. At the end a FedSA-LoRA client
+saves the B it kept, which no server holds, in its run's ``adapter/``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +40,7 @@ from federatedscope_rolora.core.server import build_update
 from federatedscope_rolora.fs.cfg_rolora import schema_view
 from federatedscope_rolora.fs.wire import (
     pack_failure,
+    pack_scores,
     pack_update,
     unpack_payload,
 )
@@ -39,12 +49,17 @@ from federatedscope_rolora.runners.faults import (
     drift_hook,
     parse_faults,
 )
+from federatedscope_rolora.runners.outputs import ADAPTER_DIR
 from federatedscope_rolora.runners.setup import method_from_config
 from federatedscope_rolora.training.models import (
     get_adapter_state,
     load_adapter_state,
 )
-from federatedscope_rolora.training.residual import fold_residual
+from federatedscope_rolora.training.residual import (
+    fold_residual,
+    personal_file_of,
+    save_personal,
+)
 
 logger = logging.getLogger("federatedscope.rolora")
 
@@ -113,7 +128,62 @@ class RoloraClient(Client):  # type: ignore[misc]
                                                 float("nan"))))
         return pack_update(update, seconds)
 
+    def callback_funcs_for_evaluate(self, message: Message) -> None:
+        """Score the model the server's message makes (a copy: nothing
+        of the training state changes) on this client's test share; an
+        error is sent up as the client's, and the run goes on."""
+        round_idx = int(message.state) + 1
+        try:
+            content = pack_scores(round_idx,
+                                  self._score(message.content, round_idx))
+        except Exception as err:
+            logger.exception("client %d failed to evaluate round %d",
+                             self.ID, round_idx)
+            content = pack_scores(round_idx, {},
+                                  f"{type(err).__name__}: {err}")
+        self.comm_manager.send(Message(
+            msg_type="metrics", sender=self.ID, receiver=[message.sender],
+            state=message.state, timestamp=message.timestamp,
+            content=content))
+
+    def _score(self, content: Any, round_idx: int) -> dict[str, float]:
+        payload = unpack_payload(content)
+        if not int(self.trainer.ctx.get("num_test_data") or 0):
+            return {}
+        adapter = {**self.adapter, **{k: v for k, v in payload.items()
+                                      if role_of(k) != RESIDUAL}}
+        residual = apply_payload(self.residual, {
+            k: v for k, v in payload.items() if role_of(k) == RESIDUAL})
+        # evaluation draws a seed for its data loader: keep training's
+        # random numbers as they would be without it
+        with torch.random.fork_rng(devices=[]):
+            load_adapter_state(self.model, adapter)
+            if residual:
+                fold_residual(self.model, residual)
+            results = {k: float(v) for k, v in
+                       self.trainer.evaluate("test").items()}
+        self.trainer.take_eval_results()
+        logger.info(self._monitor.format_eval_res(
+            results, rnd=round_idx - 1,
+            role=f"Client #{self.ID} (own model)", return_raw=True))
+        return results
+
     def callback_funcs_for_finish(self, message: Message) -> None:
         logger.info("client %d: finished after round %s", self.ID,
                     message.state)
+        self._save_personal()
         self._monitor.finish_fl()
+
+    def _save_personal(self) -> None:
+        """FedSA-LoRA: the B this client kept, which no server holds, in
+        ``adapter/personal_client<ID>.safetensors`` of its run (in
+        standalone mode, the server's) as ``<ID>/<key>``; a client never
+        drawn kept none."""
+        kept = self.method.plan(1).kept_roles
+        own = {k: v for k, v in self.adapter.items() if role_of(k) in kept}
+        if not own:
+            return
+        folder = Path(self._cfg.outdir) / ADAPTER_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        save_personal({int(self.ID): own}, folder,
+                      personal_file_of(int(self.ID)))

@@ -4,6 +4,12 @@ clients, loss, aggregation gap and client drift, evaluation, exact bytes
 up and down by role, seconds),
 ``summary.json`` and, written by the server, ``adapter/`` (PEFT).
 
+With per-client evaluation, a round's line waits for every client's
+score of its model (``expect_scores`` / ``scored``): the clients' replies
+may come after the next round has begun (standalone mode queues them
+behind its broadcast, distributed mode in any order), and the lines are
+still written in round order.
+
 FederatedScope's own files (``eval_results.log``, ``exp_print.log``,
 ``system_metrics.log``) stay beside them; its byte counters there are
 ``pympler`` estimates of Python objects, these are tensor bytes.
@@ -25,6 +31,7 @@ from federatedscope_rolora.runners.outputs import (
     round_results,
     write_json_atomic,
 )
+from federatedscope_rolora.training.metrics import mean_over_clients
 
 logger = logging.getLogger("federatedscope.rolora")
 
@@ -52,6 +59,12 @@ class RunRecorder:
         self.records: list[dict[str, Any]] = []
         self.client_examples: dict[int, int] = {}
         self._open: dict[str, Any] | None = None
+        # closed rounds not yet written, in round order
+        self._held: list[dict[str, Any]] = []
+        # round -> clients whose score it waits for, and those in
+        self._expected: dict[int, set[int]] = {}
+        self._scores: dict[int, dict[int, tuple[dict[str, float], int]]] \
+            = {}
         self._round_start = 0.0
         self._run_start = time.perf_counter()
 
@@ -81,7 +94,8 @@ class RunRecorder:
     def close_round(self, eval_results: dict[str, float]
                     ) -> dict[str, Any] | None:
         """Finish the open round (with its evaluation, if one ran) and
-        append it to ``metrics.jsonl``; None if no round was open."""
+        append it to ``metrics.jsonl`` once its clients' scores are in;
+        None if no round was open."""
         record, self._open = self._open, None
         if record is None:
             return None
@@ -92,15 +106,67 @@ class RunRecorder:
         record["seconds"] = {"round": time.perf_counter() -
                              self._round_start,
                              "train": record.pop("train_seconds", 0.0)}
-        self.records.append(record)
-        RunWriter(self.run_dir).append_round(record)
-        self._log(record)
+        self._held.append(record)
+        self._write_ready()
         return record
+
+    def expect_scores(self, round_idx: int, clients: list[int]) -> None:
+        """Round ``round_idx``'s line waits for the score of each of
+        ``clients``' own model."""
+        self._expected[round_idx] = set(clients)
+        self._scores[round_idx] = {}
+
+    def scored(self, round_idx: int, client_id: int,
+               results: dict[str, float], examples: int) -> bool:
+        """Client ``client_id``'s ``test_*`` results on its ``examples``
+        test rows (none: 0) for round ``round_idx``; True once every
+        client expected has answered. A reply nobody waits for is
+        logged and dropped."""
+        waiting = self._expected.get(round_idx, set())
+        if client_id not in waiting or \
+                client_id in self._scores[round_idx]:
+            logger.warning("rolora: dropped an unexpected evaluation of "
+                           "client %s for round %s", client_id, round_idx)
+            return False
+        self._scores[round_idx][client_id] = (
+            eval_record(results, self.metric_names), examples)
+        done = not self._waits(round_idx)
+        self._write_ready()
+        return done
+
+    def pending(self) -> list[int]:
+        """Rounds still waiting for clients' scores."""
+        return sorted(r for r in self._expected if self._waits(r))
+
+    def _waits(self, round_idx: int) -> bool:
+        return round_idx in self._expected and \
+            len(self._scores[round_idx]) < len(self._expected[round_idx])
+
+    def _write_ready(self, force: bool = False) -> None:
+        """Write the held lines, in order, up to the first that still
+        waits for scores (all of them with ``force``)."""
+        while self._held and (force or
+                              not self._waits(self._held[0]["round"])):
+            record = self._held.pop(0)
+            round_idx = record["round"]
+            if round_idx in self._expected:
+                self._expected.pop(round_idx)
+                scores = self._scores.pop(round_idx)
+                record["eval_per_client"] = mean_over_clients(
+                    {c: s for c, s in scores.items() if s[1] > 0})
+            self.records.append(record)
+            RunWriter(self.run_dir).append_round(record)
+            self._log(record)
 
     def _log(self, record: dict[str, Any]) -> None:
         up, down = record["bytes"]["up"], record["bytes"]["down"]
         text = ", ".join(f"{k} {v:.4f}" for k, v in
                          record.get("eval", {}).items())
+        personal = record.get("eval_per_client", {})
+        if personal:
+            text += "; clients' own models (example-weighted) " + \
+                ", ".join(f"{k} {v:.4f}" for k, v in
+                          personal["example_weighted"].items())
         logger.info("rolora round %d (phase %s, trains %s): clients %s, "
                     "left out %s; bytes up %s (%d), down %s (%d)%s",
                     record["round"], record["phase"],
@@ -110,7 +176,12 @@ class RunRecorder:
 
     def write_summary(self, about: dict[str, Any]) -> dict[str, Any]:
         """``summary.json``: final and best evaluation, bytes, time, plus
-        ``about`` (method, task, model...)."""
+        ``about`` (method, task, model...). A line still waiting for
+        clients' scores is written first, with those that came."""
+        if self._held:
+            logger.warning("rolora: rounds %s end without every client's "
+                           "score", self.pending())
+            self._write_ready(force=True)
         summary: dict[str, Any] = {
             "version": __version__, "runner": "federatedscope", **about,
             **round_results(self.records, self.metric_names[0]),

@@ -15,6 +15,15 @@ the protocol, the same code as the embedded runner's:
   residual folded in) on the server's test set; every round is written to
   ``metrics.jsonl`` with exact bytes by role and direction and the
   aggregation gap;
+- per-client evaluation (``rolora.per_client_eval``; auto: FedSA-LoRA):
+  at each evaluation, every client 1..N gets an ``evaluate`` message with
+  what its next downlink would send (``AdapterServer.eval_downlink``,
+  counted as ``eval_down``; the training downlink is unchanged), scores
+  that model (FedSA-LoRA: the server's A with its own B) on its own test
+  share and replies with its ``test_*`` results; the round's line gets
+  ``eval_per_client`` (``mean_over_clients``, as the embedded runner's)
+  once all have answered. The last round's global evaluation, which
+  ends the run, waits for them;
 - the end: ``summary.json`` and the whole adapter in PEFT format in the
   outdir; ``finish`` carries no weights.
 
@@ -48,11 +57,17 @@ from federatedscope_rolora.fs.cfg_rolora import (
     task_name,
 )
 from federatedscope_rolora.fs.records import RunRecorder
-from federatedscope_rolora.fs.wire import ClientFailed, unpack_update
+from federatedscope_rolora.fs.wire import (
+    ClientFailed,
+    pack_eval_payload,
+    unpack_scores,
+    unpack_update,
+)
 from federatedscope_rolora.runners.outputs import ADAPTER_DIR
 from federatedscope_rolora.runners.setup import (
     lora_scaling,
     method_from_config,
+    per_client_eval,
     prefix_summary,
 )
 from federatedscope_rolora.training.glue import task_spec
@@ -146,6 +161,9 @@ class RoloraServer(Server):  # type: ignore[misc]
                                     self.adapter_server.ledger,
                                     self.task.metrics)
         self._outputs_written = False
+        self.per_client_eval = per_client_eval(self.settings)
+        # the last round's global evaluation waits for the clients' scores
+        self._final_eval_waits = False
 
     # --- rounds -------------------------------------------------------
     def participants(self, round_idx: int, sample_client_num: int
@@ -220,6 +238,59 @@ class RoloraServer(Server):  # type: ignore[misc]
             raise ClientFailed(f"late: took {seconds:.2f} s, past the "
                                "rolora.client_deadline_s of "
                                f"{deadline:g} s")
+
+    # --- evaluation -------------------------------------------------------
+    def eval(self) -> None:
+        """The global adapter on the server's test set and, with
+        per-client evaluation, each client's own model on its test share
+        (``evaluate`` messages); FederatedScope calls this after the
+        aggregation of an evaluated round, with ``state`` already moved
+        on to the round that aggregation finished (1-based)."""
+        if not self.per_client_eval:
+            self._global_eval()
+            return
+        round_idx = int(self.state)
+        clients = list(range(1, self.client_num + 1))
+        self.recorder.expect_scores(round_idx, clients)
+        pickled = self._cfg.federate.mode.lower() == "distributed"
+        for client_id in clients:
+            payload = self.adapter_server.eval_downlink(client_id,
+                                                        round_idx)
+            self.comm_manager.send(Message(
+                msg_type="evaluate", sender=self.ID, receiver=[client_id],
+                state=round_idx - 1, timestamp=self.cur_timestamp,
+                content=pack_eval_payload(payload, pickled)))
+        if round_idx < self.total_round_num:
+            self._global_eval()
+        else:
+            # FederatedScope's evaluation of the last round ends the run
+            self._final_eval_waits = True
+
+    def _global_eval(self) -> None:
+        """FederatedScope's global evaluation, on the global adapter: a
+        client sharing this model may have loaded its own."""
+        load_adapter_state(self.model, self.adapter_server.state)
+        if self.adapter_server.residual is not None:
+            fold_residual(self.model, self.adapter_server.residual.total)
+        super().eval()
+
+    def callback_funcs_for_metrics(self, message: Message) -> bool:
+        """A client's score of its own model; once the last round's are
+        all in, the global evaluation that ends the run."""
+        sender = int(message.sender)
+        try:
+            round_idx, results, examples = unpack_scores(sender,
+                                                         message.content)
+        except InvalidUpdate as err:
+            logger.warning("rolora: %s; it is left out of the per-client "
+                           "score", err)
+            round_idx, results, examples = int(message.state) + 1, {}, 0
+        done = self.recorder.scored(round_idx, sender, results, examples)
+        if done and self._final_eval_waits and \
+                round_idx >= self.total_round_num:
+            self._final_eval_waits = False
+            self._global_eval()
+        return True
 
     # --- the end --------------------------------------------------------
     def _close_round(self) -> None:

@@ -10,16 +10,29 @@ objects over as they are; gRPC turns each tensor into a base64 pickle
 (exact dtype and values), tuples into lists, and ``param2tensor`` undoes
 that. Bytes are counted from the tensors before they are sent, never
 from the encoding.
+
+Per-client evaluation: down (``evaluate``, one message per client),
+``{key: tensor}``, what that client's next downlink would send
+(``AdapterServer.eval_downlink``; never empty, as the round's merge
+changed keys that every client lacks). FederatedScope's gRPC pickles
+tensors of ``model_para`` messages only (others become lists of 32-bit
+floats), so in distributed mode ``pack_eval_payload`` pickles them
+itself. Up (``metrics``): ``{"round": t, "test_total": n, "scores":
+JSON}`` with the trainer's ``test_*`` results as JSON text (exact,
+where gRPC would send 32-bit floats) and ``"error"`` instead of scores
+if the evaluation raised; a client without test rows sends
+``test_total`` 0 and no score.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from federatedscope.core.auxiliaries.utils import param2tensor
+from federatedscope.core.auxiliaries.utils import b64serializer, param2tensor
 
 from federatedscope_rolora.core.server import ClientUpdate
 from federatedscope_rolora.core.validation import InvalidUpdate
@@ -75,3 +88,45 @@ def unpack_update(client_id: int, round_idx: int, content: Any
         frozen_fingerprint=str(meta.get("fingerprint", "")),
         train_loss=float(meta.get("loss", math.nan)))
     return update, seconds
+
+
+def pack_eval_payload(payload: Mapping[str, torch.Tensor], pickled: bool
+                      ) -> dict[str, Any]:
+    """The ``evaluate`` message's content; ``pickled`` for gRPC."""
+    return {k: b64serializer(v) if pickled else v
+            for k, v in payload.items()}
+
+
+def pack_scores(round_idx: int, results: Mapping[str, Any],
+                error: str = "") -> dict[str, Any]:
+    """A client's ``metrics`` reply: its trainer's ``test_*`` results
+    for the model of round ``round_idx``, or why it has none."""
+    content: dict[str, Any] = {
+        "round": int(round_idx),
+        "test_total": int(results.get("test_total", 0))}
+    if error:
+        content["error"] = error
+    else:
+        content["scores"] = json.dumps({k: float(v) for k, v in
+                                        results.items()})
+    return content
+
+
+def unpack_scores(client_id: int, content: Any
+                  ) -> tuple[int, dict[str, float], int]:
+    """(round, ``test_*`` results, test examples) of a ``metrics``
+    reply; InvalidUpdate naming the client if it is malformed or the
+    client's evaluation raised."""
+    who = f"client {client_id}"
+    if not isinstance(content, Mapping) or "round" not in content:
+        raise InvalidUpdate(f"{who}: malformed evaluation reply")
+    if "error" in content:
+        raise InvalidUpdate(f"{who}: evaluation failed: {content['error']}")
+    try:
+        results = json.loads(content.get("scores", "{}"))
+        examples = int(content["test_total"])
+        scores = {str(k): float(v) for k, v in results.items()}
+        return int(content["round"]), scores, examples
+    except (TypeError, ValueError, AttributeError) as err:
+        raise InvalidUpdate(f"{who}: malformed evaluation reply: "
+                            f"{err}") from err

@@ -116,7 +116,7 @@ def bytes_totals(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Bytes by direction and role over the rounds of ``records``: the
     same sums as the ledger's, and whole across a resume."""
     out: dict[str, dict[str, int]] = {"up": {}, "down": {},
-                                      "up_rejected": {}}
+                                      "up_rejected": {}, "eval_down": {}}
     for record in records:
         for direction, by_role in record["bytes"].items():
             into = out.setdefault(direction, {})
@@ -142,6 +142,7 @@ def round_results(records: list[dict[str, Any]], primary: str
         "bytes_up_total": sum(totals["up"].values()),
         "bytes_down_total": sum(totals["down"].values()),
         "bytes_up_rejected_total": sum(totals["up_rejected"].values()),
+        "bytes_eval_down_total": sum(totals["eval_down"].values()),
     }
     evals = [(r["round"], r["eval"]) for r in records if "eval" in r]
     if evals:

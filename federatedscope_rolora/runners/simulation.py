@@ -183,7 +183,8 @@ class Simulation:
             t0 = time.perf_counter()
             record["eval"] = self.evaluate()
             if self.fed.client_test:
-                record["eval_per_client"] = self.evaluate_per_client()
+                record["eval_per_client"] = \
+                    self.evaluate_per_client(round_idx)
             eval_s = time.perf_counter() - t0
         record["bytes"] = self.server.ledger.totals(round_idx=round_idx)
         total = time.perf_counter() - start
@@ -255,25 +256,40 @@ class Simulation:
                         pad_token_id=fed.pad_token_id, device=fed.device,
                         cache=fed.prefix)
 
-    def client_model_state(self, client_id: int) -> dict[str, torch.Tensor]:
-        """The adapter client ``client_id`` would use now: the server's,
-        with the keys the method keeps on clients (FedSA-LoRA's B) taken
-        from that client if it has trained."""
-        kept = self.server.plan(1).kept_roles  # the same every round
-        own = self.clients.get(client_id, {})
-        return {k: own[k] if role_of(k) in kept and k in own else v
-                for k, v in self.server.state.items()}
+    def client_model_state(self, client_id: int,
+                           payload: dict[str, torch.Tensor] | None = None
+                           ) -> dict[str, torch.Tensor]:
+        """The adapter client ``client_id`` would use now: its own (the
+        seeded head alone if it was never drawn) updated with what the
+        server would send it next (``payload``, by default
+        ``peek_downlink``). FedSA-LoRA: the server's A with the client's
+        own B once it holds one (the shared initial B again after a
+        refusal, as its next sync would give it)."""
+        if payload is None:
+            payload = self.server.peek_downlink(
+                client_id, self.server.aggregated_round + 1)
+        own = self.clients.get(client_id, self.built)
+        # the residual is the server's, already in the shared base
+        return {**own, **{k: v for k, v in payload.items()
+                          if role_of(k) != RESIDUAL}}
 
-    def evaluate_per_client(self) -> dict[str, Any]:
+    def evaluate_per_client(self, round_idx: int) -> dict[str, Any]:
         """Each client's model on its own test share (same splitter as
         its train share): the example-weighted and the plain mean over
-        clients with a test row, never mixed with the global score."""
+        clients with a test row, never mixed with the global score.
+
+        Every client 1..N is sent what it lacks for its model
+        (``eval_downlink``, counted as the round's ``eval_down``), as the
+        FederatedScope plugin sends it; one with no test row scores
+        nothing and is left out of the means."""
         fed = self.fed
         scores: dict[int, tuple[dict[str, float], int]] = {}
         for client_id, data in sorted(fed.client_test.items()):
+            payload = self.server.eval_downlink(client_id, round_idx)
             if len(data) == 0:
                 continue
-            load_adapter_state(fed.model, self.client_model_state(client_id))
+            load_adapter_state(fed.model,
+                               self.client_model_state(client_id, payload))
             scores[client_id] = (evaluate(
                 fed.model, data, fed.task.metrics,
                 batch_size=self.cfg["rolora.eval_batch_size"],

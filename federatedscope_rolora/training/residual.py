@@ -67,8 +67,16 @@ def save_residual(totals: Mapping[str, torch.Tensor], adapter_dir: Path
 
 
 def save_personal(clients: Mapping[int, Mapping[str, torch.Tensor]],
-                  adapter_dir: Path) -> None:
+                  adapter_dir: Path, file_name: str = PERSONAL_FILE
+                  ) -> None:
     """FedSA-LoRA's per-client tensors (each client's own B) beside the
     shared adapter, as ``<client>/<key>``."""
     save_file({f"{c}/{k}": v.contiguous() for c, state in clients.items()
-               for k, v in state.items()}, str(adapter_dir / PERSONAL_FILE))
+               for k, v in state.items()}, str(adapter_dir / file_name))
+
+
+def personal_file_of(client_id: int) -> str:
+    """Where a FederatedScope client saves its own tensors, in its run's
+    ``adapter/`` (the plugin's clients save one file each; together they
+    hold what the embedded runner's ``personal.safetensors`` holds)."""
+    return f"personal_client{client_id}.safetensors"

@@ -74,7 +74,8 @@ def test_ledger_records_one_row_per_role() -> None:
 
 
 def test_ledger_refuses_unknown_direction() -> None:
-    with pytest.raises(ValueError, match="direction must be 'up' or 'down'"):
+    with pytest.raises(ValueError,
+                       match="direction must be 'up', 'down' or 'eval_down'"):
         TrafficLedger().record(1, 0, "sideways", {A_KEY: torch.zeros(1)})
 
 
@@ -108,6 +109,7 @@ def test_totals_over_everything() -> None:
         "up": {"lora_B": 128, "lora_A": 64, "head": 20},
         "down": {"lora_A": 128, "lora_B": 192, "head": 40},
         "up_rejected": {},
+        "eval_down": {},
     }
 
 
@@ -116,9 +118,9 @@ def test_totals_filtered_by_round() -> None:
 
     assert ledger.totals(round_idx=2) == {
         "up": {"lora_A": 64, "head": 20}, "down": {"lora_B": 64},
-        "up_rejected": {}}
+        "up_rejected": {}, "eval_down": {}}
     assert ledger.totals(round_idx=3) == {"up": {}, "down": {},
-                                          "up_rejected": {}}
+                                          "up_rejected": {}, "eval_down": {}}
 
 
 def test_totals_filtered_by_client() -> None:
@@ -127,7 +129,7 @@ def test_totals_filtered_by_client() -> None:
     assert ledger.totals(client_id=1) == {
         "up": {"lora_B": 64},
         "down": {"lora_A": 64, "lora_B": 64, "head": 20},
-        "up_rejected": {}}
+        "up_rejected": {}, "eval_down": {}}
 
 
 def test_totals_filtered_by_round_and_client() -> None:
@@ -136,9 +138,9 @@ def test_totals_filtered_by_round_and_client() -> None:
     assert ledger.totals(round_idx=1, client_id=0) == {
         "up": {"lora_B": 64},
         "down": {"lora_A": 64, "lora_B": 64, "head": 20},
-        "up_rejected": {}}
+        "up_rejected": {}, "eval_down": {}}
     assert ledger.totals(round_idx=2, client_id=1) == {
-        "up": {}, "down": {}, "up_rejected": {}}
+        "up": {}, "down": {}, "up_rejected": {}, "eval_down": {}}
 
 
 def test_client_id_zero_and_round_filter_are_not_skipped() -> None:

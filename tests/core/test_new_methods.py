@@ -273,6 +273,50 @@ def test_fedsa_refused_client_restarts_b_from_the_shared_init() -> None:
     assert torch.equal(bad.state[B_Q], initial_adapter()[B_Q])
 
 
+def test_fedsa_eval_downlink_is_a_once_trained_and_all_for_a_stranger(
+        ) -> None:
+    """Scoring a client's model after round 1: a client that trained
+    lacks only the averaged A (its B is its own); one never contacted
+    lacks the whole adapter. Counted as eval_down of round 1, apart."""
+    server, clients = _server("fedsa_lora"), _clients(2)
+    _round(server, clients, 1)
+    down = server.ledger.totals(round_idx=1)["down"]
+
+    trained = server.eval_downlink(0, 1)
+    stranger = server.eval_downlink(7, 1)
+
+    assert set(trained) == {A_Q, A_V}
+    assert set(stranger) == {A_Q, A_V, B_Q, B_V}
+    totals = server.ledger.totals(round_idx=1)
+    assert totals["eval_down"] == {LORA_A: 2 * 2 * R * K * 4,
+                                   LORA_B: 2 * D * R * 4}
+    assert totals["down"] == down
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_peek_downlink_is_the_next_downlink_and_changes_nothing(
+        method: str) -> None:
+    """Half the clients train in round 2, so the other half lack what
+    changed while they were away (FedEx-LoRA: two rounds of residual)."""
+    server, clients = _server(method), _clients(4)
+    _round(server, clients, 1)
+    _round(server, clients[:2], 2)
+    versions = {c: dict(h) for c, h in server.client_versions.items()}
+    records = len(server.ledger.records)
+
+    peeked = {c.client_id: server.peek_downlink(c.client_id, 3)
+              for c in clients}
+    peeked[9] = server.peek_downlink(9, 3)
+
+    assert server.client_versions == versions
+    assert len(server.ledger.records) == records
+    for client_id, payload in peeked.items():
+        sent = server.downlink(client_id, 3)
+        assert set(payload) == set(sent), client_id
+        for key in sent:
+            assert torch.equal(payload[key], sent[key]), key
+
+
 # --- every method ------------------------------------------------------------
 
 

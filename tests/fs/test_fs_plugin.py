@@ -11,6 +11,7 @@ FederatedScope is not installed.
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.fs.conftest import (
     TIMEOUT_S,
     FsMain,
     FsRun,
+    clean_env,
     embedded_records,
     fs_tree,
     read_jsonl,
@@ -271,6 +273,26 @@ def test_distributed_mode_on_loopback(
     assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
     assert all("finished after round 2" in logs[f"client{i}.log"]
                for i in (1, 2))
+    personal = ["eval_per_client" in r for r in records]
+    if method != "fedsa_lora":
+        assert personal == [False, False]
+        return
+    # each client scored its own model (server's A, its own B) over gRPC
+    assert personal == [True, True]
+    own: dict[int, dict[int, Any]] = {}
+    for i in (1, 2):
+        text = (tmp_path / "dist" / f"client{i}" / "exp_print.log"
+                ).read_text(encoding="utf-8")
+        for round_idx, scores in own_model_scores(text).items():
+            own.setdefault(round_idx, {}).update(scores)
+    for record in records:
+        assert_merged_from_clients(record, own[record["round"]])
+        assert record["eval_per_client"]["examples"] == \
+            embedded[0]["eval_per_client"]["examples"]
+    assert_scores_are_the_clients_own_models(
+        fs_main, standalone, records[-1],
+        tmp_path / "dist" / "server0" / "adapter",
+        [tmp_path / "dist" / f"client{i}" / "adapter" for i in (1, 2)])
 
 
 DRIFT = {"ROLORA_TEST_FAULTS": "3:2:drift"}
@@ -328,3 +350,195 @@ def test_a_drifted_client_is_resynced_in_distributed_mode(
     embedded = embedded_records(standalone, tmp_path / "embedded",
                                 faults=DRIFT["ROLORA_TEST_FAULTS"])
     assert_drifted_client_resynced(records, embedded, clients=2)
+
+
+# --- per-client evaluation ---------------------------------------------------
+
+
+def own_model_scores(log_text: str) -> dict[int, dict[int, Any]]:
+    """Each client's logged score of its own model, by round (1-based)
+    and client: ``(metrics, test examples)`` as ``mean_over_clients``
+    takes them."""
+    from federatedscope_rolora.fs.records import eval_record
+
+    out: dict[int, dict[int, Any]] = {}
+    for line in log_text.splitlines():
+        if "(own model)" not in line:
+            continue
+        entry = ast.literal_eval(line[line.index("{'Role'"):])
+        client = int(entry["Role"].split("#")[1].split()[0])
+        raw = entry["Results_raw"]
+        out.setdefault(int(entry["Round"]) + 1, {})[client] = (
+            eval_record(raw, ("acc",)), int(raw["test_total"]))
+    return out
+
+
+def assert_merged_from_clients(record: dict[str, Any],
+                               scores: dict[int, Any]) -> None:
+    from federatedscope_rolora.training.metrics import mean_over_clients
+
+    want = mean_over_clients(scores)
+    got = record["eval_per_client"]
+    assert (got["clients"], got["examples"]) == \
+        (want["clients"], want["examples"])
+    for form in ("example_weighted", "client_mean"):
+        assert got[form] == pytest.approx(want[form], rel=1e-6)
+
+
+# Each client's own model scored from the run's saved files, outside
+# FederatedScope's run: the final global adapter (the server's A) with the
+# client's own B (``adapter/personal_client<ID>.safetensors``; a client
+# never drawn has none and keeps the initial B), on the test share that
+# FederatedScope's splitter deals it (the plugin's data builder, again).
+DIRECT = """\
+import json, sys
+from pathlib import Path
+
+import torch
+from federatedscope.core.configs.config import global_cfg
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from federatedscope_rolora.config import load_config
+from federatedscope_rolora.fs.data import IDS, MASK, TYPES, load_data
+from federatedscope_rolora.training.glue import task_spec
+from federatedscope_rolora.training.models import (
+    LoraSpec, build_model, get_adapter_state, load_adapter_state)
+from federatedscope_rolora.training.residual import personal_file_of
+
+cfg_file, adapter_dir = sys.argv[1], Path(sys.argv[2])
+personal_dirs = [Path(p) for p in sys.argv[3:]]
+cfg = load_config(cfg_file)
+model, _ = build_model(cfg.model_name, task_spec(cfg.task).num_labels,
+                       LoraSpec.from_args(cfg.lora), cfg["seed"])
+set_peft_model_state_dict(model, load_file(
+    str(adapter_dir / "adapter_model.safetensors")))
+model.eval()
+server = {k: v.clone() for k, v in get_adapter_state(model).items()}
+fs_cfg = global_cfg.clone()
+fs_cfg.merge_from_file(cfg_file)
+data, _ = load_data(fs_cfg)
+out = {}
+for client in range(1, cfg["federate.client_num"] + 1):
+    load_adapter_state(model, server)
+    for folder in personal_dirs:
+        path = folder / personal_file_of(client)
+        if path.exists():
+            load_adapter_state(model, {
+                k.split("/", 1)[1]: v
+                for k, v in load_file(str(path)).items()})
+    rows = data[client].test_data
+    xs, ys = zip(*[rows[i] for i in range(len(rows))])
+    x, y = torch.stack(xs), torch.tensor(ys)
+    inputs = {"input_ids": x[:, IDS], "attention_mask": x[:, MASK]}
+    if x.shape[1] > TYPES:
+        inputs["token_type_ids"] = x[:, TYPES]
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    out[client] = [int((logits.argmax(1) == y).sum()) / len(y),
+                   float(torch.nn.functional.cross_entropy(logits, y)),
+                   len(y)]
+print(json.dumps(out))
+"""
+
+
+def assert_scores_are_the_clients_own_models(
+        fs_main: FsMain, cfg: Path, record: dict[str, Any],
+        adapter_dir: Path, personal_dirs: list[Path]) -> None:
+    """The last round's ``eval_per_client`` is ``DIRECT``'s scores of each
+    client's own model, merged as the embedded runner merges them."""
+    from federatedscope_rolora.training.metrics import mean_over_clients
+
+    proc = subprocess.run(
+        [str(fs_main.venv.python), "-c", DIRECT, str(cfg),
+         str(adapter_dir), *map(str, personal_dirs)],
+        env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    direct = json.loads(proc.stdout.splitlines()[-1])
+    want = mean_over_clients({int(c): ({"acc": acc, "loss": loss}, n)
+                              for c, (acc, loss, n) in direct.items()})
+    got = record["eval_per_client"]
+    assert got["examples"] == want["examples"]
+    for form in ("example_weighted", "client_mean"):
+        assert got[form]["acc"] == pytest.approx(want[form]["acc"],
+                                                 abs=1e-9)
+        assert got[form]["loss"] == pytest.approx(want[form]["loss"],
+                                                  rel=1e-4)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_fedsa_scores_each_clients_own_model_in_standalone_mode(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, shared: bool) -> None:
+    """Two of three clients per round, evaluated at rounds 2 and 3:
+    every client is sent what it lacks for its own model (A; a client
+    never drawn also the initial B), counted as eval_down exactly as in
+    the embedded runner, and scores it on its own test share; the
+    round's line holds the clients' scores merged as the embedded runner
+    merges them, apart from the global adapter's (whose B is the
+    server's untrained one)."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"method": "fedsa_lora", "client_num": 3,
+                             "sample_client_num": 2, "total_round_num": 3,
+                             "share_local_model": shared},
+                   eval={"freq": 2})
+    cfg = write_config(tmp_path / "fedsa.yaml", tree)
+
+    run = fs_main.run(cfg)
+    records = read_jsonl(run.run_dir / "metrics.jsonl")
+    embedded = embedded_records(cfg, tmp_path / "embedded")
+
+    assert [r["round"] for r in records] == [1, 2, 3]
+    assert ["eval_per_client" in r for r in records] == \
+        [False, True, True] == ["eval_per_client" in r for r in embedded]
+    assert [r["clients"] for r in records] == \
+        [r["clients"] for r in embedded]
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+    assert records[0]["bytes"]["eval_down"] == {}
+    assert set(records[1]["bytes"]["eval_down"]) >= {"lora_A"}
+    own = own_model_scores((run.run_dir / "exp_print.log").read_text(
+        encoding="utf-8"))
+    assert sorted(own) == [2, 3]
+    for record in records[1:]:
+        assert_merged_from_clients(record, own[record["round"]])
+        personal = record["eval_per_client"]
+        assert personal["clients"] == 3
+        # FederatedScope's splitter deals the whole test set out
+        assert personal["examples"] == \
+            embedded[record["round"] - 1]["eval_per_client"]["examples"]
+        assert personal["example_weighted"]["loss"] != \
+            pytest.approx(record["eval"]["loss"])
+    assert_scores_are_the_clients_own_models(
+        fs_main, cfg, records[-1], run.run_dir / "adapter",
+        [run.run_dir / "adapter"])
+    summary = json.loads((run.run_dir / "summary.json").read_text(
+        encoding="utf-8"))
+    assert summary["final_per_client"] == records[-1]["eval_per_client"]
+    assert summary["bytes_eval_down_total"] == sum(
+        sum(r["bytes"]["eval_down"].values()) for r in records) > 0
+
+
+def test_per_client_eval_always_scores_the_global_lora_on_each_share(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """LoRA keeps nothing on its clients: each client's model is the
+    global adapter, so its scores over the shares, weighted by their
+    rows, are the global adapter's on the whole test set."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"method": "lora", "total_round_num": 2,
+                             "share_local_model": False},
+                   rolora={"head": "frozen", "threads": 1,
+                           "per_client_eval": "always"})
+    cfg = write_config(tmp_path / "lora.yaml", tree)
+
+    records = read_jsonl(fs_main.run(cfg).run_dir / "metrics.jsonl")
+    embedded = embedded_records(cfg, tmp_path / "embedded")
+
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+    for record in records:
+        personal = record["eval_per_client"]
+        assert personal["clients"] == 3
+        assert personal["example_weighted"]["acc"] == \
+            pytest.approx(record["eval"]["acc"])
+        assert personal["example_weighted"]["loss"] == \
+            pytest.approx(record["eval"]["loss"], rel=1e-5)

@@ -21,9 +21,12 @@ from federatedscope_rolora.core.server import ClientUpdate  # noqa: E402
 from federatedscope_rolora.core.validation import InvalidUpdate  # noqa: E402
 from federatedscope_rolora.fs.wire import (  # noqa: E402
     ClientFailed,
+    pack_eval_payload,
     pack_failure,
+    pack_scores,
     pack_update,
     unpack_payload,
+    unpack_scores,
     unpack_update,
 )
 
@@ -95,3 +98,40 @@ def test_a_malformed_upload_names_the_client() -> None:
 
 def test_the_finish_message_carries_no_weights_and_travels() -> None:
     assert over_grpc({"round": 3}, msg_type="finish") == {"round": 3}
+
+
+@pytest.mark.parametrize("transport", ["standalone", "grpc"])
+def test_an_evaluation_payload_arrives_exactly(transport: str) -> None:
+    """FederatedScope's gRPC pickles the tensors of ``model_para`` only
+    (an ``evaluate`` message's would become 32-bit float lists)."""
+    payload = dict(an_update().tensors)
+    expected = {k: v.clone() for k, v in payload.items()}
+    content = pack_eval_payload(payload, pickled=transport == "grpc")
+    if transport == "grpc":
+        content = over_grpc(content, msg_type="evaluate")  # type: ignore
+
+    received = unpack_payload(content)
+
+    assert received.keys() == expected.keys()
+    assert all(torch.equal(received[k], v) and received[k].dtype == v.dtype
+               for k, v in expected.items())
+
+
+def test_a_clients_scores_arrive_exactly_over_grpc() -> None:
+    results = {"test_acc": 0.1 + 0.2, "test_avg_loss": 1 / 3,
+               "test_total": 27.0}
+
+    got = unpack_scores(2, over_grpc(pack_scores(4, results),
+                                     msg_type="metrics"))
+
+    assert got == (4, results, 27)
+
+
+def test_no_test_rows_and_a_failed_evaluation() -> None:
+    assert unpack_scores(1, over_grpc(pack_scores(2, {}),
+                                      msg_type="metrics")) == (2, {}, 0)
+    failed = over_grpc(pack_scores(2, {}, "ValueError: boom"),
+                       msg_type="metrics")
+    with pytest.raises(InvalidUpdate, match="client 3: evaluation failed: "
+                       "ValueError: boom"):
+        unpack_scores(3, failed)

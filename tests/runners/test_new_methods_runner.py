@@ -16,6 +16,7 @@ from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.config import build_config
 from federatedscope_rolora.core.merging import lora_modules
 from federatedscope_rolora.core.names import METHODS
+from federatedscope_rolora.core.roles import role_of
 from federatedscope_rolora.runners.outputs import read_metrics
 from federatedscope_rolora.runners.setup import build_federation
 from federatedscope_rolora.runners.simulation import Simulation, run
@@ -102,6 +103,49 @@ def test_per_client_eval_is_off_by_default_but_for_fedsa(
     # score on the whole test set
     assert record["eval_per_client"]["example_weighted"]["acc"] == \
         pytest.approx(record["eval"]["acc"])
+
+
+def test_fedsa_eval_down_is_what_each_scored_client_lacks(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """Two of three clients per round: after round 1 a client that
+    trained lacks only the averaged A, the one never drawn the whole
+    adapter but the frozen head it builds itself. Per-client evaluation
+    changes neither the training traffic nor what is trained."""
+    sampled = {"client_num": 3, "sample_client_num": 2,
+               "total_round_num": 2}
+    sim = make_sim(tiny_model_dir, tiny_glue_root, tmp_path, "fedsa_lora",
+                   federate=sampled)
+    off = make_sim(tiny_model_dir, tiny_glue_root, tmp_path / "off",
+                   "fedsa_lora", federate=sampled,
+                   rolora={"per_client_eval": "never", "threads": 1})
+    state = sim.server.state
+    nbytes = {role: sum(t.numel() * t.element_size()
+                        for k, t in state.items() if role_of(k) == role)
+              for role in ("lora_A", "lora_B")}
+
+    records = [sim.run_round(1), sim.run_round(2)]
+    plain = [off.run_round(1), off.run_round(2)]
+
+    seen: set[int] = set()
+    for record in records:
+        seen |= set(record["clients"])
+        strangers = 3 - len(seen)
+        want = {"lora_A": 3 * nbytes["lora_A"]}
+        if strangers:
+            want["lora_B"] = strangers * nbytes["lora_B"]
+        assert record["bytes"]["eval_down"] == want
+    assert len(records[0]["clients"]) == 2  # one stranger in round 1
+    assert any(role_of(k) == "head" for k in state)
+    assert [r["bytes"]["eval_down"] for r in plain] == [{}, {}]
+    assert "eval_per_client" not in plain[-1]
+    for key in ("up", "down"):
+        assert [r["bytes"][key] for r in records] == \
+            [r["bytes"][key] for r in plain]
+    for key, value in off.server.state.items():
+        assert torch.equal(sim.server.state[key], value), key
+    for client, own in off.clients.items():
+        for key, value in own.items():
+            assert torch.equal(sim.clients[client][key], value), key
 
 
 @pytest.mark.parametrize("method", METHODS)
