@@ -292,7 +292,8 @@ def test_distributed_mode_on_loopback(
     assert_scores_are_the_clients_own_models(
         fs_main, standalone, records[-1],
         tmp_path / "dist" / "server0" / "adapter",
-        [tmp_path / "dist" / f"client{i}" / "adapter" for i in (1, 2)])
+        [f"{tmp_path / 'dist' / f'client{i}' / 'adapter'}@{i}"
+         for i in (1, 2)])
 
 
 DRIFT = {"ROLORA_TEST_FAULTS": "3:2:drift"}
@@ -404,10 +405,20 @@ from federatedscope_rolora.fs.data import IDS, MASK, TYPES, load_data
 from federatedscope_rolora.training.glue import task_spec
 from federatedscope_rolora.training.models import (
     LoraSpec, build_model, get_adapter_state, load_adapter_state)
-from federatedscope_rolora.training.residual import personal_file_of
 
 cfg_file, adapter_dir = sys.argv[1], Path(sys.argv[2])
-personal_dirs = [Path(p) for p in sys.argv[3:]]
+# "DIR": the files of every client, client ID = data index (standalone);
+# "DIR@I": one process's file, whatever ID the server gave that process
+# (distributed: IDs go by join order), kept with the process's data I
+own = {}
+for arg in sys.argv[3:]:
+    folder, _, index = arg.partition("@")
+    for path in sorted(Path(folder).glob("personal_client*.safetensors")):
+        tensors = {k.split("/", 1)[1]: v
+                   for k, v in load_file(str(path)).items()}
+        client = int(index) if index else \
+            int(path.stem[len("personal_client"):])
+        own[client] = tensors
 cfg = load_config(cfg_file)
 model, _ = build_model(cfg.model_name, task_spec(cfg.task).num_labels,
                        LoraSpec.from_args(cfg.lora), cfg["seed"])
@@ -421,12 +432,7 @@ data, _ = load_data(fs_cfg)
 out = {}
 for client in range(1, cfg["federate.client_num"] + 1):
     load_adapter_state(model, server)
-    for folder in personal_dirs:
-        path = folder / personal_file_of(client)
-        if path.exists():
-            load_adapter_state(model, {
-                k.split("/", 1)[1]: v
-                for k, v in load_file(str(path)).items()})
+    load_adapter_state(model, own.get(client, {}))
     rows = data[client].test_data
     xs, ys = zip(*[rows[i] for i in range(len(rows))])
     x, y = torch.stack(xs), torch.tensor(ys)
@@ -444,9 +450,12 @@ print(json.dumps(out))
 
 def assert_scores_are_the_clients_own_models(
         fs_main: FsMain, cfg: Path, record: dict[str, Any],
-        adapter_dir: Path, personal_dirs: list[Path]) -> None:
+        adapter_dir: Path, personal_dirs: list[Path] | list[str]) -> None:
     """The last round's ``eval_per_client`` is ``DIRECT``'s scores of each
-    client's own model, merged as the embedded runner merges them."""
+    client's own model, merged as the embedded runner merges them.
+    ``personal_dirs``: folders of ``personal_client<ID>`` files, or
+    ``DIR@I`` for a distributed process that holds data share I (its ID
+    is the server's, by join order, and need not be I)."""
     from federatedscope_rolora.training.metrics import mean_over_clients
 
     proc = subprocess.run(
