@@ -103,14 +103,9 @@ class RoloraClient(Client):  # type: ignore[misc]
             content=content))
 
     def _local_update(self, message: Message, round_idx: int) -> Any:
-        payload = unpack_payload(message.content)
-        self.residual = apply_payload(self.residual, {
-            k: v for k, v in payload.items() if role_of(k) == RESIDUAL})
-        self.adapter.update({k: v for k, v in payload.items()
-                             if role_of(k) != RESIDUAL})
-        load_adapter_state(self.model, self.adapter)
-        if self.residual:
-            fold_residual(self.model, self.residual)
+        self.adapter, self.residual = self._synced(
+            unpack_payload(message.content))
+        self._load(self.adapter, self.residual)
         plan = self.method.plan(round_idx)
         self.trainer.set_plan(plan)
         start = time.perf_counter()
@@ -127,6 +122,24 @@ class RoloraClient(Client):  # type: ignore[misc]
                               float(results.get("train_avg_loss",
                                                 float("nan"))))
         return pack_update(update, seconds)
+
+    def _synced(self, payload: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """New copies of this client's adapter and residual totals with
+        what the server sent applied."""
+        adapter = {**self.adapter, **{k: v for k, v in payload.items()
+                                      if role_of(k) != RESIDUAL}}
+        residual = apply_payload(self.residual, {
+            k: v for k, v in payload.items() if role_of(k) == RESIDUAL})
+        return adapter, residual
+
+    def _load(self, adapter: dict[str, torch.Tensor],
+              residual: dict[str, torch.Tensor]) -> None:
+        """The model this client trains or scores: ``adapter`` on the
+        base with ``residual`` folded in (FedEx-LoRA)."""
+        load_adapter_state(self.model, adapter)
+        if residual:
+            fold_residual(self.model, residual)
 
     def callback_funcs_for_evaluate(self, message: Message) -> None:
         """Score the model the server's message makes (a copy: nothing
@@ -150,16 +163,11 @@ class RoloraClient(Client):  # type: ignore[misc]
         payload = unpack_payload(content)
         if not int(self.trainer.ctx.get("num_test_data") or 0):
             return {}
-        adapter = {**self.adapter, **{k: v for k, v in payload.items()
-                                      if role_of(k) != RESIDUAL}}
-        residual = apply_payload(self.residual, {
-            k: v for k, v in payload.items() if role_of(k) == RESIDUAL})
+        adapter, residual = self._synced(payload)
         # evaluation draws a seed for its data loader: keep training's
         # random numbers as they would be without it
         with torch.random.fork_rng(devices=[]):
-            load_adapter_state(self.model, adapter)
-            if residual:
-                fold_residual(self.model, residual)
+            self._load(adapter, residual)
             results = {k: float(v) for k, v in
                        self.trainer.evaluate("test").items()}
         self.trainer.take_eval_results()
