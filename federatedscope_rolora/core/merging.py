@@ -172,9 +172,11 @@ def module_gap(bs: Sequence[torch.Tensor], as_: Sequence[torch.Tensor],
     sum_i w_i)·||M||^2``, each ``||E_i||^2`` from r x r Gram matrices:
     a difference, so its floor is ~1e-8 of ||M||, far below any drift
     worth reading."""
-    u_mean = torch.cat([scaling * w * _f64(b)
-                        for b, w in zip(bs, weights, strict=True)], dim=1)
-    v_mean = torch.cat([_f64(a) for a in as_], dim=0)
+    bs64 = [_f64(b) for b in bs]
+    as64 = [_f64(a) for a in as_]
+    u_mean = torch.cat([scaling * w * b
+                        for b, w in zip(bs64, weights, strict=True)], dim=1)
+    v_mean = torch.cat(as64, dim=0)
     u_gap = [u_mean, -scaling * _f64(kept_b)]
     v_gap = [v_mean, _f64(kept_a)]
     dense_residual = None
@@ -191,9 +193,8 @@ def module_gap(bs: Sequence[torch.Tensor], as_: Sequence[torch.Tensor],
     else:
         diff = torch.cat(u_gap, dim=1) @ torch.cat(v_gap, dim=0)
         gap_sq = float((diff - dense_residual).pow(2).sum())
-    own_sq = sum(w * scaling ** 2 * float(
-        ((_f64(b).T @ _f64(b)) * (_f64(a) @ _f64(a).T)).sum())
-        for b, a, w in zip(bs, as_, weights, strict=True))
+    own_sq = sum(w * scaling ** 2 * float(((b.T @ b) * (a @ a.T)).sum())
+                 for b, a, w in zip(bs64, as64, weights, strict=True))
     spread_sq = own_sq - (2.0 - sum(weights)) * mean_sq
     return ModuleGap(mean_sq, gap_sq, max(spread_sq, 0.0))
 
