@@ -9,6 +9,11 @@ Questions (arXiv 2409.02346, Table 2; extended version 2502.01755):
 * ``steps``: MNLI at 50 clients with 1, 5 and 20 local steps (batches)
   per round (2502.01755's local-steps ablation).
 * ``skew``: MNLI at 20 clients under Dirichlet label skew (alpha 0.5).
+* ``long``: RoLoRA and LoRA at 50 clients for 48 rounds on both tasks.
+  At 16 rounds nothing has converged at 50 clients (MNLI barely leaves
+  chance), so the cells cannot say which method ends ahead; these runs
+  can. Their first 16 rounds are the 16-round cell's run (nothing in a
+  run depends on the round count), which the report checks.
 
 Protocol: all-MiniLM-L6-v2 with LoRA rank 2 on query/value of its top
 two layers (4 and 5 of 0-5: the paper adapts the upper layers 15-23 of
@@ -23,9 +28,10 @@ method's best rate from the SST-2 grid of glue_head_to_head.py (run
 first if missing). Runs are seed-major and start at 50 clients on MNLI,
 where the paper's gap is widest, so a stopped suite has the cells that
 matter most; every finished run is one line of ``glue_regime_runs.jsonl``
-(with the device it ran on) and a restart skips it.
+(with the device it ran on) and a restart skips it. ``--only`` and the
+filters choose what runs; the report always covers every part.
 
-    python benchmarks/glue_regime.py [--only cells,steps,skew]
+    python benchmarks/glue_regime.py [--only cells,steps,skew,long]
         [--methods rolora,lora,...] [--seeds 0,1] [--clients 50]
         [--tasks mnli,qnli] [--report-only]
         [--quick] [--glue-root DIR] [--model NAME] [--out DIR]
@@ -47,7 +53,7 @@ import _common as common  # noqa: E402
 import glue_head_to_head as h2h  # noqa: E402
 from _common import METHODS, RunSpec, Store  # noqa: E402
 
-PARTS = ("cells", "steps", "skew")
+PARTS = ("cells", "steps", "skew", "long")
 
 # The papers' numbers at rank 2 (2409.02346, Table 2, RoBERTa-Large) and
 # rank 4 (2502.01755), for the report's comparison; % accuracy.
@@ -79,6 +85,10 @@ class Plan:
     skew_alpha: float = 0.5
     skew_seeds: tuple[int, ...] = (0, 1)
     skew_methods: tuple[str, ...] = common.BASE_METHODS
+    long_clients: int = 50
+    long_rounds: int = 48
+    long_seeds: tuple[int, ...] = (0,)
+    long_methods: tuple[str, ...] = ("rolora", "lora")
 
 
 FULL = Plan(base=RunSpec(
@@ -91,7 +101,7 @@ QUICK = Plan(base=RunSpec(
     local_epochs=1, layers=(1,), prefix_cache=True),
     tasks=("sst2",), clients=(4, 2), seeds=(0,), steps_task="sst2",
     steps_clients=4, steps=(1, 2), skew_task="sst2", skew_clients=4,
-    skew_seeds=(0,))
+    skew_seeds=(0,), long_clients=4, long_rounds=3)
 
 
 def cell_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
@@ -117,8 +127,15 @@ def skew_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
             if m in plan.methods]
 
 
+def long_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
+    return [plan.base.with_(task=t, method=m, clients=plan.long_clients,
+                            seed=s, lr=lrs[m], rounds=plan.long_rounds)
+            for s in plan.long_seeds for t in plan.tasks
+            for m in plan.long_methods if m in plan.methods]
+
+
 MAKERS = (("cells", cell_specs), ("steps", steps_specs),
-          ("skew", skew_specs))
+          ("skew", skew_specs), ("long", long_specs))
 
 
 def learning_rates(plan: Plan, h2h_plan: h2h.Plan, h2h_store: Store,
@@ -228,14 +245,64 @@ def skew_table(plan: Plan, store: Store, lrs: dict[str, float]
     return lines
 
 
-def runs_table(plan: Plan, parts: list[str], store: Store,
+def _at(row: dict[str, Any], rnd: int) -> float | None:
+    """The primary metric at evaluated round ``rnd`` of a run's curve."""
+    metric = row["primary_metric"]
+    return next((p[metric] for p in row["curve"] if p["round"] == rnd),
+                None)
+
+
+def long_checkpoints(plan: Plan) -> list[int]:
+    """The evaluated rounds the long table shows: the cells' round count
+    and its multiples up to the long run's."""
+    step = plan.base.rounds
+    return list(range(step, plan.long_rounds + 1, step)) or \
+        [plan.long_rounds]
+
+
+def long_table(plan: Plan, store: Store, lrs: dict[str, float]
+               ) -> tuple[list[str], dict[str, Any]]:
+    """Accuracy at each checkpoint round, and whether round
+    ``base.rounds`` of each long run equals its 16-round cell run."""
+    marks = long_checkpoints(plan)
+    lines = ["| task | method | " + " | ".join(f"round {r}" for r in marks)
+             + " | gap / drift | round " + str(plan.base.rounds) +
+             " = cell |",
+             "|---|---|" + "---|" * len(marks) + "---|---|"]
+    checks: dict[str, Any] = {}
+    for task in plan.tasks:
+        for method in plan.long_methods:
+            if method not in plan.methods:
+                continue
+            specs = [s for s in long_specs(plan, lrs)
+                     if s.task == task and s.method == method]
+            done = [(s, r) for s in specs if (r := store.get(s))]
+            cells = [common.cell([v for _, r in done
+                                  if (v := _at(r, m)) is not None])
+                     for m in marks]
+            same = []
+            for spec, row in done:
+                cell = store.get(spec.with_(rounds=plan.base.rounds))
+                if cell is not None:
+                    same.append(_at(row, plan.base.rounds) ==
+                                common.final_metric(cell))
+                    checks[spec.key] = same[-1]
+            gap = _mean([g for _, r in done
+                         if (g := _gap(r, "aggregation_gap")) is not None])
+            drift = _mean([d for _, r in done
+                           if (d := _gap(r, "client_drift")) is not None])
+            equal = ("yes" if all(same) else "NO") if same else "n/a"
+            lines.append(f"| {task} | {method} | " + " | ".join(cells) +
+                         f" | {gap} / {drift} | {equal} |")
+    return lines, checks
+
+
+def runs_table(plan: Plan, store: Store,
                lrs: dict[str, float]) -> tuple[list[str], dict[str, Any]]:
     coverage: dict[str, Any] = {}
     lines = ["| part | planned | done | run hours | ran on |",
              "|---|---|---|---|---|"]
     for name, make in MAKERS:
-        if name not in parts:
-            continue
         specs = make(plan, lrs)
         done = _rows(store, specs)
         devices = sorted({r.get("device", "cpu") for r in done})
@@ -247,10 +314,10 @@ def runs_table(plan: Plan, parts: list[str], store: Store,
     return lines, coverage
 
 
-def report(plan: Plan, parts: list[str], store: Store,
-           lrs: dict[str, float], command: str,
+def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
            chance: dict[str, float]) -> tuple[str, dict]:
-    runs, coverage = runs_table(plan, parts, store, lrs)
+    """Every part's tables, whatever this invocation ran."""
+    runs, coverage = runs_table(plan, store, lrs)
     text = ["# The paper's regime: many clients on QNLI and MNLI", "",
             f"Command: `{command}`", "",
             "Final test accuracy in %, mean ± sd over seeds, (n) = "
@@ -261,20 +328,24 @@ def report(plan: Plan, parts: list[str], store: Store,
             ". Chance (the majority label's share of the test rows): " +
             ", ".join(f"{t} {100 * c:.2f}%" for t, c in chance.items()) +
             ".", "", "## Runs", "", *runs, ""]
-    if "cells" in parts:
-        text += ["## Accuracy, aggregation gap and client drift", "",
-                 *cells_table(plan, store, lrs), "", PAPER_NOTES, ""]
-    if "steps" in parts:
-        text += [f"## Local steps ({plan.steps_task}, "
-                 f"{plan.steps_clients} clients)", "",
-                 *steps_table(plan, store, lrs), ""]
-    if "skew" in parts:
-        text += [f"## Label skew ({plan.skew_task}, {plan.skew_clients} "
-                 f"clients, Dirichlet {plan.skew_alpha:g})", "",
-                 *skew_table(plan, store, lrs), ""]
+    long_lines, same_as_cell = long_table(plan, store, lrs)
+    text += ["## Accuracy, aggregation gap and client drift", "",
+             *cells_table(plan, store, lrs), "", PAPER_NOTES, "",
+             f"## Local steps ({plan.steps_task}, {plan.steps_clients} "
+             f"clients)", "", *steps_table(plan, store, lrs), "",
+             f"## Label skew ({plan.skew_task}, {plan.skew_clients} "
+             f"clients, Dirichlet {plan.skew_alpha:g})", "",
+             *skew_table(plan, store, lrs), "",
+             f"## Longer training ({plan.long_clients} clients, "
+             f"{plan.long_rounds} rounds)", "",
+             f"Accuracy in % at evaluated rounds, mean ± sd over seeds; "
+             f"the last column says whether round {plan.base.rounds} of "
+             f"each run equals the final accuracy of the "
+             f"{plan.base.rounds}-round cell run of the same seed (the "
+             f"same run, stopped earlier).", "", *long_lines, ""]
     results = {"benchmark": "glue_regime", "command": command,
-               "plan": asdict(plan), "parts": parts, "best_lr": lrs,
-               "coverage": coverage,
+               "plan": asdict(plan), "best_lr": lrs,
+               "coverage": coverage, "long_equals_cell": same_as_cell,
                "versions": {"python": platform.python_version()}}
     return "\n".join(text), results
 
@@ -314,6 +385,42 @@ def plot_gaps(plan: Plan, store: Store, lrs: dict[str, float],
             axes[i][j].grid(alpha=0.3)
         if axes[i][0].get_legend_handles_labels()[0]:
             axes[i][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_long(plan: Plan, store: Store, lrs: dict[str, float],
+              out: Path) -> None:
+    """Accuracy over rounds of the long runs, one panel per task, one
+    line per method and seed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = [(s, r) for s in long_specs(plan, lrs) if (r := store.get(s))]
+    if not rows:
+        return
+    fig, axes = plt.subplots(1, len(plan.tasks), squeeze=False,
+                             figsize=(5 * len(plan.tasks), 3.4))
+    for i, task in enumerate(plan.tasks):
+        ax = axes[0][i]
+        for spec, row in rows:
+            if spec.task != task:
+                continue
+            metric = row["primary_metric"]
+            ax.plot([p["round"] for p in row["curve"]],
+                    [100 * p[metric] for p in row["curve"]], marker=".",
+                    label=f"{spec.method} (seed {spec.seed})")
+        ax.axvline(plan.base.rounds, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{task}, {plan.long_clients} clients")
+        ax.set_xlabel("round")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -385,15 +492,15 @@ def main(argv: list[str] | None = None) -> int:
     chance = {t: h2h.chance(h2h_plan, t, args.glue_root)
               for t in dict.fromkeys((*plan.tasks, plan.steps_task,
                                       plan.skew_task))}
-    text, results = report(plan, parts, store, lrs, command, chance)
+    text, results = report(plan, store, lrs, command, chance)
     results["chance"] = chance
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1)
                                            + "\n")
-    if "cells" in parts:
-        plot_gaps(plan, store, lrs, args.out / f"{stem}_gaps.png")
+    plot_gaps(plan, store, lrs, args.out / f"{stem}_gaps.png")
+    plot_long(plan, store, lrs, args.out / f"{stem}_long.png")
     return 0
 
 

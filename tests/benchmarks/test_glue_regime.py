@@ -87,8 +87,30 @@ def test_the_report_shows_the_cells_gaps_and_runs(
     assert "| sst2 | 2 |" in text and "| sst2 | 4 |" in text
     assert "rolora gap / drift" in text
     assert "## Local steps" in text and "## Label skew" in text
+    assert "## Longer training (4 clients, 3 rounds)" in text
     assert "| cells |" in text and "cpu" in text
     assert (quick["out"] / "glue_regime_quick_gaps.png").stat().st_size
+
+
+def test_a_long_run_starts_as_its_cell_run(quick: dict[str, Any]) -> None:
+    """The long runs differ from their cells only in the round count, so
+    their curve up to the cells' last round is the cell's curve, and the
+    report says so (a run that depended on the round count, e.g. through
+    a schedule, would break this)."""
+    rows = {(r["spec"]["method"], r["spec"]["clients"], r["spec"]["seed"],
+             r["spec"]["rounds"], r["spec"]["local_unit"],
+             r["spec"]["alpha"]): r for r in quick["rows"]}
+    long_runs = [k for k in rows if k[3] == 3]
+
+    assert sorted(k[0] for k in long_runs) == ["lora", "rolora"]
+    for key in long_runs:
+        cell = rows[key[:3] + (2,) + key[4:]]
+        assert rows[key]["curve"][:2] == cell["curve"]
+        assert rows[key]["gap_rounds"][:2] == cell["gap_rounds"]
+        assert len(rows[key]["curve"]) == 3
+    assert set(quick["data"]["long_equals_cell"].values()) == {True}
+    assert "| sst2 | rolora |" in quick["text"]
+    assert (quick["out"] / "glue_regime_quick_long.png").stat().st_size
 
 
 def test_a_restart_skips_finished_runs(quick: dict[str, Any]) -> None:
