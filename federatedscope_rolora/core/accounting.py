@@ -44,13 +44,14 @@ def bytes_by_role(tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
 
 def refused_bytes_by_role(payload: Mapping[str, object]) -> dict[str, int]:
     """Bytes per role of a refused upload, whatever it holds: tensors
-    without an adapter role count as ``other``; values that are not
-    tensors carried no tensor payload and count nothing."""
+    without an adapter role (or under a name that is not a string)
+    count as ``other``; values that are not tensors carried no tensor
+    payload and count nothing."""
     totals: dict[str, int] = {}
     for key, value in payload.items():
         if not isinstance(value, torch.Tensor):
             continue
-        role = role_of(key) or OTHER
+        role = (role_of(key) if isinstance(key, str) else None) or OTHER
         totals[role] = totals.get(role, 0) + tensor_bytes(value)
     return totals
 

@@ -162,6 +162,11 @@ class AdapterServer:
                 next(iter(self.state.values())).dtype)
         self.last_gap = GapStats(None, None, None)
         self.client_versions: dict[int, dict[str, int]] = {}
+        # The round each client was last sent a downlink for: the only
+        # round it may upload for, once (a refusal or an accepted update
+        # uses it up). Not checkpointed: a checkpoint falls between
+        # rounds, and every round starts with its downlinks.
+        self._synced: dict[int, int] = {}
         self._pending: dict[int, ClientUpdate] = {}
         self._pending_round: int | None = None
         # A late update of a round already averaged must neither count in
@@ -211,6 +216,7 @@ class AdapterServer:
             held[key] = _LOCAL
         if self.residual is not None:
             held[VERSION_KEY] = self.residual.version
+        self._synced[client_id] = round_idx
         self.ledger.record(round_idx, client_id, DOWN, payload)
         return payload
 
@@ -274,14 +280,17 @@ class AdapterServer:
             self.ledger.record_refused(round_idx, client_id, payload)
         if client_id in self.client_versions:
             self.client_versions[client_id] = {}
+        self._synced.pop(client_id, None)
 
     def _arrival_round(self, update: ClientUpdate) -> int:
-        """The round an update is counted in: its own, or, for a stale or
-        malformed round number, the round now open."""
-        round_idx = update.round_idx
-        if isinstance(round_idx, int) and not isinstance(round_idx, bool) \
-                and round_idx > self._aggregated_round:
-            return round_idx
+        """The round an update is counted in: its own when that is the
+        round its client was synced for and it is not yet aggregated,
+        else (a stale, future or malformed round number) the round now
+        open."""
+        synced = self._synced.get(update.client_id)
+        if synced is not None and update.round_idx == synced \
+                and synced > self._aggregated_round:
+            return synced
         return self._pending_round or self._aggregated_round + 1
 
     def _accept(self, update: ClientUpdate) -> None:
@@ -291,6 +300,16 @@ class AdapterServer:
             raise InvalidUpdate(f"{who}: second update in the same round")
         if update.client_id not in self.client_versions:
             raise InvalidUpdate(f"{who}: client was never sent the adapter")
+        synced = self._synced.get(update.client_id)
+        if synced != update.round_idx:
+            # Trained from a copy the server did not send for this round
+            # (stale, refused since, or a round not yet open): its frozen
+            # half may still match, so the fingerprint alone would let a
+            # stale update into the mean (DESIGN.md, invariant 2).
+            last = "none since its last update or refusal" \
+                if synced is None else f"its last was for round {synced}"
+            raise InvalidUpdate(f"{who}: client was not sent this round's "
+                                f"downlink ({last})")
         trained = self.plan(update.round_idx).uploaded_keys(self.state)
         validate_tensors(who, update.tensors,
                          {k: self.state[k] for k in trained})
@@ -306,6 +325,7 @@ class AdapterServer:
                                 f"int, got {count!r}")
         self.ledger.record(update.round_idx, update.client_id, UP,
                            update.tensors)
+        del self._synced[update.client_id]
         self._pending[update.client_id] = update
         self._pending_round = update.round_idx
 
@@ -338,6 +358,8 @@ class AdapterServer:
         self._pending = {}
         self._pending_round = None
         self._aggregated_round = round_idx
+        self._synced = {c: t for c, t in self._synced.items()
+                        if t > round_idx}
         return merged
 
     def state_dict(self) -> dict[str, Any]:

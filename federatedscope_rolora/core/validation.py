@@ -38,9 +38,16 @@ def validate_tensors(
     """The update holds exactly the reference's keys, with the same shapes
     and dtypes, and only finite values; else InvalidUpdate naming ``who``
     and the key."""
-    # key=str: a malformed update may carry non-string keys
-    missing = sorted(set(reference) - set(tensors), key=str)
-    extra = sorted(set(tensors) - set(reference), key=str)
+    if not isinstance(tensors, Mapping):
+        raise InvalidUpdate(f"{who}: the update is a "
+                            f"{type(tensors).__name__}, not a mapping of "
+                            "tensor names to tensors")
+    odd = [k for k in tensors if not isinstance(k, str)]
+    if odd:
+        raise InvalidUpdate(f"{who}: tensor names must be strings, got "
+                            f"{odd[0]!r}")
+    missing = sorted(set(reference) - set(tensors))
+    extra = sorted(set(tensors) - set(reference))
     if missing or extra:
         raise InvalidUpdate(f"{who}: wrong key set; missing {missing[:3]}"
                             f"{'...' if len(missing) > 3 else ''}, "

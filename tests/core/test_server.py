@@ -536,6 +536,93 @@ def test_update_from_a_never_synced_client_is_refused() -> None:
              "never sent the adapter")
 
 
+@pytest.mark.parametrize("method", ["lora", "ffa_lora", "flexlora",
+                                    "rolora"])
+def test_update_from_a_client_not_synced_this_round_is_refused(
+        method: str) -> None:
+    """Invariant 2: client 1 was left out of round 2's draw (no downlink)
+    and uploads from its round-1 copy anyway. Its frozen half may still
+    match (LoRA's head, FFA-LoRA's A), so only the sync record can tell;
+    averaged, its stale B would pull the mean."""
+    def rounds(stale_upload: bool) -> AdapterServer:
+        server = _rolora_server(method)
+        clients, updates = _round_one(server)
+        for update in updates:
+            server.receive(update)
+        server.aggregate(1)
+        clients[0].sync(server, 2)
+        server.receive(clients[0].train(server, 2,
+                                        {LORA_B: 5.0, LORA_A: 5.0}))
+        if stale_upload:
+            stale = clients[1].train(server, 2,
+                                     {LORA_B: 100.0, LORA_A: 100.0})
+            _refused(server, stale, "not sent this round's downlink",
+                     "none since its last update")
+        server.aggregate(2)
+        return server
+
+    # The merge is what client 0 alone gives.
+    _assert_same_state(rounds(True).state, rounds(False).state)
+
+
+def test_a_refused_client_is_not_accepted_again_without_a_resync() -> None:
+    """After a refusal the server assumes nothing about the client's
+    copy: the same client retrying the round from a repaired copy is
+    refused until it gets a downlink (FFA-LoRA, whose A never changes,
+    so the fingerprint would pass)."""
+    server = _rolora_server("ffa_lora")
+    client = _synced(server)
+    frozen = sorted(server.plan(1).frozen_keys(server.state))[0]
+    good = client.state[frozen].clone()
+    client.state[frozen] = good + 1.0
+    _refused(server, client.train(server, 1, {LORA_B: 7.0}), "fingerprint")
+    client.state[frozen] = good
+
+    _refused(server, client.train(server, 1, {LORA_B: 7.0}),
+             "not sent this round's downlink")
+    client.sync(server, 1)
+    server.receive(client.train(server, 1, {LORA_B: 7.0}))
+    assert server.received() == [1]
+
+
+def test_update_for_a_round_not_yet_open_is_refused_and_blocks_nothing(
+        ) -> None:
+    """An update stamped with a later round than its client was synced
+    for is refused, counted in the round now open, and the honest
+    clients' round goes on."""
+    server = _rolora_server()
+    clients, updates = _round_one(server)
+    rogue = clients[0].train(server, 1, {LORA_B: 1.0})
+    rogue.round_idx = 5
+
+    _refused(server, rogue, "round 5", "its last was for round 1")
+    assert [r.round_idx for r in server.ledger.records
+            if r.direction == "up_rejected"] == [1]
+    for update in updates[1:]:
+        server.receive(update)
+    server.aggregate(1)
+    assert server.received() == [] and server.aggregated_round == 1
+
+
+@pytest.mark.parametrize("tensors", [None, {0: torch.zeros(4, 2)},
+                                     {("x",): torch.zeros(4, 2)}])
+def test_a_malformed_payload_is_refused_not_raised(tensors: object) -> None:
+    """receive() turns any payload into InvalidUpdate (what the runners
+    catch), records it as refused and re-syncs the client; a tensor under
+    an odd name counts as other traffic."""
+    server = _rolora_server()
+    update = _synced(server).train(server, 1, {LORA_B: 1.0})
+    update.tensors = tensors  # type: ignore[assignment]
+
+    with pytest.raises(InvalidUpdate, match="client 1, round 1"):
+        server.receive(update)
+
+    refused = [(r.role, r.num_bytes) for r in server.ledger.records
+               if r.direction == "up_rejected"]
+    assert refused == ([] if tensors is None else [("other", 32)])
+    assert server.client_versions[1] == {}
+
+
 @pytest.mark.parametrize("count", [0, -3, math.nan, 2.5, True])
 def test_bad_example_count_is_refused(count: object) -> None:
     server = _rolora_server()

@@ -158,6 +158,24 @@ def test_non_tensor_value_is_named() -> None:
         validate_tensors("client 3", update, _reference())  # type: ignore
 
 
+@pytest.mark.parametrize("payload", [None, [1, 2], "lora_B"])
+def test_an_update_that_is_not_a_mapping_is_named(payload: object) -> None:
+    with pytest.raises(InvalidUpdate, match="client 3: the update is a "
+                       f"{type(payload).__name__}, not a mapping"):
+        validate_tensors("client 3", payload, _reference())  # type: ignore
+
+
+@pytest.mark.parametrize("key", [0, ("lora_B",), None])
+def test_a_tensor_name_that_is_not_a_string_is_named(key: object) -> None:
+    update: dict[object, object] = dict(_good_update())
+    update[key] = torch.zeros(4, 2)
+
+    with pytest.raises(InvalidUpdate) as err:
+        validate_tensors("client 3", update, _reference())  # type: ignore
+    assert str(err.value) == \
+        f"client 3: tensor names must be strings, got {key!r}"
+
+
 def test_invalid_update_is_a_value_error() -> None:
     assert issubclass(InvalidUpdate, ValueError)
 
