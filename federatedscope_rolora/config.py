@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,11 +62,11 @@ class Field:
 
 
 def _positive(v: Any) -> bool:
-    return bool(v > 0)
+    return bool(math.isfinite(v) and v > 0)
 
 
 def _non_negative(v: Any) -> bool:
-    return bool(v >= 0)
+    return bool(math.isfinite(v) and v >= 0)
 
 
 def _rate(v: Any) -> bool:
@@ -80,13 +81,16 @@ def _task_ok(v: Any) -> bool:
     return task.lower() in GLUE_TASKS and suffix in ("", "glue")
 
 
-_POS: dict[str, Any] = {"check": _positive, "check_help": "must be > 0"}
+_POS: dict[str, Any] = {"check": _positive,
+                        "check_help": "must be > 0 and finite"}
 _NONNEG: dict[str, Any] = {"check": _non_negative,
-                           "check_help": "must be >= 0"}
+                           "check_help": "must be >= 0 and finite"}
 _NUM = (int, float)
 
 SCHEMA: dict[str, Field] = {
-    "seed": Field(0, int, "seed of every random draw of the run"),
+    "seed": Field(0, int, "seed of every random draw of the run",
+                  check=lambda v: 0 <= v < 2 ** 32,
+                  check_help="must be in [0, 2**32), as numpy's seed"),
     "outdir": Field("exp", str, "directory the run writes its outputs to"),
     "expname": Field("", str, "sub-directory of outdir (empty: none)"),
     "use_gpu": Field(False, bool, "train on CUDA when it is available"),
@@ -157,8 +161,10 @@ SCHEMA: dict[str, Field] = {
     "train.optimizer.momentum": Field(0.0, _NUM, "SGD momentum",
                                       **_NONNEG),
     "train.is_enable_half": Field(False, bool, FS_ONLY),
-    "grad.grad_clip": Field(-1.0, _NUM, "max gradient norm; -1: no "
-                            "clipping"),
+    "grad.grad_clip": Field(-1.0, _NUM, "max gradient norm; <= 0 (e.g. "
+                            "-1): no clipping",
+                            check=math.isfinite, check_help="must be a "
+                            "finite number"),
     "dataloader.batch_size": Field(64, int, "local batch size", **_POS),
     "dataloader.shuffle": Field(True, bool, "shuffle local batches"),
     "dataloader.num_workers": Field(0, int, FS_ONLY),
@@ -429,6 +435,15 @@ def _check_lora_args(args: Any) -> None:
     if not 0 <= spec.get("lora_dropout", 0.0) < 1:
         raise ConfigError(f"config key '{key}[0].lora_dropout' must be in "
                           "[0, 1)")
+    layers = spec.get("layers_to_transform")
+    indices = layers if isinstance(layers, list) else \
+        [] if layers is None else [layers]
+    if layers == [] or not all(_type_ok(i, int) and i >= 0
+                               for i in indices):
+        raise ConfigError(f"config key '{key}[0].layers_to_transform' must "
+                          "be a layer index >= 0 or a non-empty list of "
+                          f"them (null or absent: every layer), got "
+                          f"{layers!r}")
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

@@ -23,7 +23,11 @@ from federatedscope_rolora.fs.cfg_rolora import (
 )
 from federatedscope_rolora.fs.prefix import prepare
 from federatedscope_rolora.training.glue import task_spec
-from federatedscope_rolora.training.models import LoraSpec, build_model
+from federatedscope_rolora.training.models import (
+    LoraSpec,
+    build_model,
+    check_tok_len,
+)
 
 
 def build(model_cfg: Any) -> torch.nn.Module:
@@ -42,7 +46,9 @@ def build(model_cfg: Any) -> torch.nn.Module:
         torch.set_num_threads(int(cfg.rolora.threads))
     lora = LoraSpec.from_args(dict(cfg.llm.adapter.args[0]))
     num_labels = task_spec(task_name(cfg.data.type)).num_labels
-    model, _ = build_model(model_name(model_cfg.type), num_labels, lora,
-                           int(cfg.seed))
+    model, tokenizer = build_model(model_name(model_cfg.type), num_labels,
+                                   lora, int(cfg.seed))
+    check_tok_len(int(cfg.llm.tok_len), model, tokenizer,
+                  model_name(model_cfg.type))
     prepare(schema_view(cfg), model)
     return model

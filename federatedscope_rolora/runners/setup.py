@@ -25,7 +25,11 @@ from federatedscope_rolora.training.glue import (
     task_spec,
 )
 from federatedscope_rolora.training.local import LocalSpec
-from federatedscope_rolora.training.models import LoraSpec, build_model
+from federatedscope_rolora.training.models import (
+    LoraSpec,
+    build_model,
+    check_tok_len,
+)
 from federatedscope_rolora.training.partition import (
     deal_like_train,
     dirichlet_with_shares,
@@ -220,8 +224,9 @@ def build_federation(cfg: Config) -> Federation:
     model, tokenizer = build_model(cfg.model_name, task.num_labels, lora,
                                    cfg["seed"])
     device = device_from_config(cfg)
-    model.to(device)
     max_len = cfg["llm.tok_len"]
+    check_tok_len(max_len, model, tokenizer, cfg.model_name)
+    model.to(device)
     encoded = (encode(subset, tokenizer, max_len),
                encode(test, tokenizer, max_len))
     pad = int(tokenizer.pad_token_id)

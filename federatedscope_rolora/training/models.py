@@ -127,6 +127,31 @@ def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
     return model, tokenizer
 
 
+def position_limit(model: torch.nn.Module, tokenizer: Any) -> int | None:
+    """The most tokens one input may hold: the model's learned positions
+    and the tokenizer's stated limit, whichever is lower (None if
+    neither is known)."""
+    limits = []
+    positions = getattr(getattr(model, "config", None),
+                        "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    stated = getattr(tokenizer, "model_max_length", None)
+    if isinstance(stated, int) and 0 < stated < 10 ** 6:  # 1e30: unset
+        limits.append(stated)
+    return min(limits) if limits else None
+
+
+def check_tok_len(tok_len: int, model: torch.nn.Module, tokenizer: Any,
+                  name: str) -> None:
+    """ValueError naming ``llm.tok_len`` if inputs that long do not fit
+    the model (else every client fails in its first forward pass)."""
+    limit = position_limit(model, tokenizer)
+    if limit is not None and tok_len > limit:
+        raise ValueError(f"config key 'llm.tok_len' ({tok_len}) exceeds "
+                         f"the {limit} tokens model {name!r} takes")
+
+
 def adapter_parameters(model: torch.nn.Module
                        ) -> dict[str, torch.nn.Parameter]:
     """Parameters with a role (lora_A, lora_B, head), by name."""

@@ -80,6 +80,13 @@ def test_bad_glue_file_is_named_with_its_line(
      ["rolora.client_deadline_s", "must be >= 0"]),
     (("rolora.min_received", "0"), ["rolora.min_received", "must be > 0"]),
     (("rolora.min_recieved", "2"), ["did you mean 'rolora.min_received'"]),
+    # the tiny BERT has 64 positions: longer inputs would fail every
+    # client in its first forward pass
+    (("llm.tok_len", "65"),
+     ["'llm.tok_len' (65) exceeds the 64 tokens model"]),
+    (("seed", "-1"), ["config key 'seed'", "must be in [0, 2**32)"]),
+    (("train.optimizer.lr", ".inf"),
+     ["config key 'train.optimizer.lr'", "finite"]),
 ])
 def test_bad_config_value_is_named(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,

@@ -256,8 +256,10 @@ def test_checkpoint_round_trips_tensors_versions_and_rng(
     expected = (torch.rand(3), random.random())
     ckpt = Checkpoint(3, "B", {"seed": 1}, server, clients, rng, 3, 1.5)
     # A temporary file left by a kill during an earlier save is ignored.
-    checkpoint_path(tmp_path).parent.mkdir()
-    checkpoint_path(tmp_path).with_suffix(".tmp").write_bytes(b"junk")
+    path = checkpoint_path(tmp_path)
+    path.parent.mkdir()
+    stale = path.with_name(path.name + ".tmp")   # the name save uses
+    stale.write_bytes(b"junk")
 
     save_checkpoint(tmp_path, ckpt)
     loaded = load_checkpoint(tmp_path)
@@ -273,7 +275,8 @@ def test_checkpoint_round_trips_tensors_versions_and_rng(
     assert torch.equal(torch.rand(3), expected[0])
     assert random.random() == expected[1]
     # safetensors: an 8-byte header length, then JSON; never a pickle.
-    assert checkpoint_path(tmp_path).read_bytes()[8:9] == b"{"
+    assert path.read_bytes()[8:9] == b"{"
+    assert not stale.exists()       # replaced, then renamed into place
 
 
 def test_server_state_round_trips_and_refuses_another_adapter() -> None:
