@@ -18,7 +18,6 @@ to keep; the generators' states are kept all the same.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from federatedscope_rolora.config import (
 from federatedscope_rolora.runners.outputs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    replace_durably,
+    temporary_path,
 )
 
 STATE_FILE = "state.safetensors"
@@ -135,16 +136,9 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     }
     path = checkpoint_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     save_file(tensors, str(tmp), metadata={_META: json.dumps(meta)})
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    replace_durably(tmp, path)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:

@@ -22,19 +22,39 @@ class OutdirError(ValueError):
     """The outdir cannot take this run."""
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before ``replace_durably`` moves it."""
+    return path.with_name(path.name + ".tmp")
+
+
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Move a fully written ``tmp`` over ``path``: its bytes reach the
+    disk first, then the rename, then the directory entry, so after a
+    crash ``path`` holds the old version or the new one, never a torn or
+    empty file."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temporary file and rename, so a reader never sees half a
     file and a crash never destroys the previous version."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n",
                    encoding="utf-8")
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def _write_config_atomic(cfg: Config, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     dump_config(cfg, tmp)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def holds_run(run_dir: Path) -> bool:
