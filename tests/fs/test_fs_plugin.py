@@ -551,3 +551,19 @@ def test_per_client_eval_always_scores_the_global_lora_on_each_share(
             pytest.approx(record["eval"]["acc"])
         assert personal["example_weighted"]["loss"] == \
             pytest.approx(record["eval"]["loss"], rel=1e-5)
+
+
+def test_a_tok_len_beyond_the_models_positions_is_named(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """As in the embedded runner: the tiny BERT has 64 positions, so 65
+    tokens stop the run at model build, naming the key (not in every
+    client's first forward pass)."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   llm={"tok_len": 65})
+    cfg = write_config(tmp_path / "long.yaml", tree)
+
+    run = fs_main.run(cfg, check=False)
+
+    assert run.proc.returncode != 0
+    assert "'llm.tok_len' (65) exceeds the 64 tokens model" in run.log
