@@ -217,18 +217,30 @@ def cells_table(plan: Plan, store: Store, lrs: dict[str, float]
 
 def steps_table(plan: Plan, store: Store, lrs: dict[str, float]
                 ) -> list[str]:
+    """Accuracy, then aggregation gap / client drift (mean over rounds
+    and seeds), by local steps: does LoRA's gap grow as clients drift
+    further apart, and does its accuracy follow?"""
     methods = [m for m in plan.steps_methods if m in plan.methods]
-    lines = ["| local steps | " + " | ".join(methods) + " |",
-             "|---|" + "---|" * len(methods)]
+    head = "|---|" + "---|" * len(methods)
+    lines = ["| local steps | " + " | ".join(methods) + " |", head]
+    gaps = ["| local steps | " + " | ".join(
+        f"{m} gap / drift" for m in methods) + " |", head]
     for n in plan.steps:
-        cells = []
+        cells, gap_cells = [], []
         for method in methods:
             done = _rows(store, [s for s in steps_specs(plan, lrs)
                                  if s.method == method
                                  and s.local_epochs == n])
             cells.append(common.cell([common.score(r) for r in done]))
+            gap_cells.append(
+                _mean([g for r in done if (g := _gap(
+                    r, "aggregation_gap")) is not None]) + " / " +
+                _mean([d for r in done if (d := _gap(
+                    r, "client_drift")) is not None]))
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return lines
+        gaps.append(f"| {n} | " + " | ".join(gap_cells) + " |")
+    return lines + ["", "Aggregation gap and client drift, mean over "
+                    "rounds and seeds:", ""] + gaps
 
 
 def skew_table(plan: Plan, store: Store, lrs: dict[str, float]

@@ -87,6 +87,7 @@ def test_the_report_shows_the_cells_gaps_and_runs(
     assert "| sst2 | 2 |" in text and "| sst2 | 4 |" in text
     assert "rolora gap / drift" in text
     assert "## Local steps" in text and "## Label skew" in text
+    assert "| local steps | rolora gap / drift | lora gap / drift |" in text
     assert "## Longer training (4 clients, 3 rounds)" in text
     assert "| cells |" in text and "cpu" in text
     assert (quick["out"] / "glue_regime_quick_gaps.png").stat().st_size
