@@ -173,10 +173,12 @@ class RunSpec:
         return replace(self, **changes)
 
 
-def overrides(spec: RunSpec, glue_root: Path, outdir: Path
-              ) -> dict[str, Any]:
-    """The config keys of ``spec`` (FederatedScope names)."""
+def overrides(spec: RunSpec, glue_root: Path, outdir: Path,
+              use_gpu: bool = False) -> dict[str, Any]:
+    """The config keys of ``spec`` (FederatedScope names); ``use_gpu``:
+    on CUDA device 0 (where a run goes does not change its key)."""
     values: dict[str, Any] = {
+        "use_gpu": use_gpu,
         "seed": spec.seed, "outdir": str(outdir),
         "data.root": str(glue_root), "data.type": f"{spec.task}@glue",
         "model.type": spec.model,
@@ -209,7 +211,8 @@ def overrides(spec: RunSpec, glue_root: Path, outdir: Path
     return values
 
 
-def run_one(spec: RunSpec, glue_root: Path) -> dict[str, Any]:
+def run_one(spec: RunSpec, glue_root: Path, use_gpu: bool = False
+            ) -> dict[str, Any]:
     """Run ``spec`` in a scratch outdir (removed afterwards) and keep what
     the tables and plots need: curve, bytes per round, final metrics."""
     from federatedscope_rolora.config import load_config
@@ -218,7 +221,8 @@ def run_one(spec: RunSpec, glue_root: Path) -> dict[str, Any]:
 
     scratch = Path(tempfile.mkdtemp(prefix="glue_bench_"))
     try:
-        cfg = load_config(None, overrides(spec, glue_root, scratch / "run"))
+        cfg = load_config(None, overrides(spec, glue_root, scratch / "run",
+                                          use_gpu))
         start = time.perf_counter()
         summary = run(cfg)
         wall = time.perf_counter() - start
@@ -296,22 +300,57 @@ class Store:
 
 def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
            status: Path | None = None,
-           extra: dict[str, Any] | None = None) -> None:
+           extra: dict[str, Any] | None = None, jobs: int = 1,
+           use_gpu: bool = False) -> None:
     """Run every spec the store lacks, in order, logging progress;
-    ``extra`` goes into each new row (e.g. the device it ran on)."""
+    ``extra`` goes into each new row (e.g. the device it ran on).
+
+    With ``jobs`` > 1, that many runs at once, each in a process of its
+    own (one torch thread each, so at most one job per core), stored as
+    each finishes; a run gives the same numbers in either mode. If one
+    fails, nothing more starts, the runs under way finish and are
+    stored, and the first error is raised."""
     todo = [s for s in dict.fromkeys(specs) if s not in store]
-    for i, spec in enumerate(todo, 1):
-        start = time.perf_counter()
-        row = {**run_one(spec, glue_root), **(extra or {})}
+
+    def finish(i: int, row: dict[str, Any]) -> None:
+        row = {**row, **(extra or {})}
         store.add(row)
         metric = row["primary_metric"]
-        line = (f"[{i}/{len(todo)}] {spec.key}: {metric} "
+        line = (f"[{i}/{len(todo)}] {row['key']}: {metric} "
                 f"{row['final'][metric]:.4f} in "
-                f"{time.perf_counter() - start:.0f} s")
+                f"{row['wall_seconds']:.0f} s")
         print(line, file=sys.stderr, flush=True)
         if status is not None:
             with open(status, "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+    if jobs <= 1 or len(todo) <= 1:
+        for i, spec in enumerate(todo, 1):
+            finish(i, run_one(spec, glue_root, use_gpu))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: a fresh interpreter per worker, never a fork of a process
+    # whose torch already runs threads.
+    context = multiprocessing.get_context("spawn")
+    failure: BaseException | None = None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(run_one, spec, glue_root, use_gpu)
+                   for spec in todo]
+        done = 0
+        for future in as_completed(futures):
+            try:
+                row = future.result()
+            except BaseException as err:  # noqa: BLE001 - re-raised below
+                if failure is None:
+                    failure = err
+                    pool.shutdown(wait=False, cancel_futures=True)
+                continue
+            done += 1
+            finish(done, row)
+    if failure is not None:
+        raise failure
 
 
 def final_metric(row: dict[str, Any]) -> float:

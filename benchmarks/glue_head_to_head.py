@@ -33,7 +33,7 @@ in ``FULL`` and ``QUICK`` below; RESULTS.md says why.
     python benchmarks/glue_head_to_head.py [--quick] [--only comm,lr,...]
         [--glue-root DIR] [--model NAME] [--out DIR] [--seeds 0,1,2]
         [--tasks sst2,qnli,mnli] [--clients 3,20,50] [--pair-tasks qnli]
-        [--report-only]
+        [--jobs N] [--report-only]
 
 Two suites may run side by side on one store (``--only local`` and
 ``--only pairs``, say): each run line is one atomic append.
@@ -312,11 +312,12 @@ def chance(plan: Plan, task: str, glue_root: Path, seed: int = 0
 
 
 def run_plan(plan: Plan, benches: list[str], store: Store, glue_root: Path,
-             status: Path | None) -> None:
+             status: Path | None, jobs: int = 1) -> None:
     """Run what the chosen benchmarks lack, cheapest and most needed
-    first; the learning rates come from the grid."""
+    first; the learning rates come from the grid. ``jobs``: runs at
+    once (``common.ensure``)."""
     def go(specs: list[RunSpec]) -> None:
-        common.ensure(specs, store, glue_root, status)
+        common.ensure(specs, store, glue_root, status, jobs=jobs)
 
     if "comm" in benches:
         go(comm_specs(plan))
@@ -374,6 +375,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "e.g. 3,20,50")
     parser.add_argument("--report-only", action="store_true",
                         help="tables and plots from the runs already done")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, one process and one torch "
+                        "thread each (at most one per core)")
     return parser.parse_args(argv)
 
 
@@ -402,12 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown benchmark(s) {unknown}; choose from {BENCHES}",
               file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        print(f"--jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     plan = make_plan(args)
     stem = "glue_quick" if args.quick else "glue"
     store = Store(args.out / f"{stem}_runs.jsonl")
     if not args.report_only:
         run_plan(plan, benches, store, args.glue_root,
-                 args.out / f"{stem}_progress.log")
+                 args.out / f"{stem}_progress.log", args.jobs)
     comm = check_comm(plan, store, args.model) if "comm" in benches else []
     lrs = best_lrs(plan, store) if set(benches) - {"comm"} else {}
     results = {

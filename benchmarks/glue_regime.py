@@ -30,10 +30,13 @@ where the paper's gap is widest, so a stopped suite has the cells that
 matter most; every finished run is one line of ``glue_regime_runs.jsonl``
 (with the device it ran on) and a restart skips it. ``--only`` and the
 filters choose what runs; the report always covers every part.
+``--jobs N`` runs N at once (a process and a torch thread each; the
+numbers are those of one at a time); ``--gpu`` trains on CUDA device 0,
+and each row records where it ran.
 
     python benchmarks/glue_regime.py [--only cells,steps,skew,long]
         [--methods rolora,lora,...] [--seeds 0,1] [--clients 50]
-        [--tasks mnli,qnli] [--report-only]
+        [--tasks mnli,qnli] [--jobs N] [--gpu] [--report-only]
         [--quick] [--glue-root DIR] [--model NAME] [--out DIR]
 """
 
@@ -149,20 +152,24 @@ def learning_rates(plan: Plan, h2h_plan: h2h.Plan, h2h_store: Store,
     return h2h.best_lrs(h2h_plan, h2h_store)
 
 
-def device_name() -> str:
-    import torch
+def device_name(use_gpu: bool) -> str:
+    """Where the runs go: CUDA device 0 with ``use_gpu``, else the CPU."""
+    if use_gpu:
+        import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() \
-        else f"cpu ({platform.machine()})"
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.machine()})"
 
 
 def run_parts(plan: Plan, parts: list[str], lrs: dict[str, float],
-              store: Store, glue_root: Path, status: Path | None) -> None:
-    device = device_name()
+              store: Store, glue_root: Path, status: Path | None,
+              jobs: int = 1, use_gpu: bool = False) -> None:
+    device = device_name(use_gpu)
     for name, make in MAKERS:
         if name in parts:
             common.ensure(make(plan, lrs), store, glue_root, status,
-                          extra={"device": device})
+                          extra={"device": device}, jobs=jobs,
+                          use_gpu=use_gpu)
 
 
 # --- report ------------------------------------------------------------
@@ -449,6 +456,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="client counts of the cells, e.g. 50")
     parser.add_argument("--tasks", default="",
                         help="tasks of the cells, e.g. mnli,qnli")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, one process and one torch "
+                        "thread each (at most one per core)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="train on CUDA device 0 (rows record it)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--glue-root", type=Path,
@@ -469,6 +481,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown part(s) or method(s) {bad}; parts: {PARTS}, "
               f"methods: {METHODS}", file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        print(f"--jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--gpu: torch sees no CUDA device here", file=sys.stderr)
+            return 2
     plan = QUICK if args.quick else FULL
     plan = replace(plan, base=plan.base.with_(model=args.model),
                    methods=methods)
@@ -499,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                          run=not args.report_only)
     store = Store(args.out / f"{stem}_runs.jsonl")
     if not args.report_only:
-        run_parts(plan, parts, lrs, store, args.glue_root, status)
+        run_parts(plan, parts, lrs, store, args.glue_root, status,
+                  args.jobs, args.gpu)
     command = " ".join(["python benchmarks/glue_regime.py", *argv])
     chance = {t: h2h.chance(h2h_plan, t, args.glue_root)
               for t in dict.fromkeys((*plan.tasks, plan.steps_task,

@@ -305,3 +305,10 @@ def test_fedsa_cells_hold_the_per_client_score() -> None:
 
     assert common.score(row) == 0.8
     assert common.score({**row, "spec": {"method": "lora"}}) == 0.5
+
+
+def test_bad_jobs_is_refused_before_any_run(tmp_path: Path) -> None:
+    h2h = load("glue_head_to_head")
+
+    assert h2h.main(["--quick", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert list(tmp_path.iterdir()) == []

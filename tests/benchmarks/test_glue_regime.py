@@ -147,3 +147,34 @@ def test_filters_choose_the_cells_to_run(quick: dict[str, Any]) -> None:
         assert bad.returncode == 2
         assert value in bad.stderr
     assert store.read_text() == after
+
+
+def test_parallel_runs_give_the_numbers_of_one_at_a_time(
+        quick: dict[str, Any], tmp_path: Path) -> None:
+    """``--jobs 2`` into a fresh store: the same runs, and every number
+    each stores equal to the one-at-a-time run of the fixture."""
+    out = tmp_path / "parallel"
+    proc = run_script(out, quick["model"], quick["glue"], "--only",
+                      "cells", "--clients", "4", "--methods",
+                      "rolora,lora", "--jobs", "2")
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in
+            (out / "glue_regime_quick_runs.jsonl").read_text().splitlines()]
+    serial = {r["key"]: r for r in quick["rows"]}
+    assert sorted(r["spec"]["method"] for r in rows) == ["lora", "rolora"]
+    for row in rows:
+        for field in ("final", "curve", "gap_rounds", "bytes_rounds"):
+            assert row[field] == serial[row["key"]][field], field
+
+
+def test_bad_jobs_and_a_missing_gpu_are_refused(quick: dict[str, Any],
+                                                tmp_path: Path) -> None:
+    import torch
+
+    bad = run_script(tmp_path, quick["model"], quick["glue"], "--jobs", "0")
+    assert bad.returncode == 2 and "--jobs must be >= 1" in bad.stderr
+    if not torch.cuda.is_available():
+        gpu = run_script(tmp_path, quick["model"], quick["glue"], "--gpu")
+        assert gpu.returncode == 2 and "no CUDA device" in gpu.stderr
+    assert not (tmp_path / "glue_regime_quick_runs.jsonl").exists()
