@@ -13,8 +13,11 @@ one implementation of the protocol:
 2. The client trains the keys of ``plan(t)`` and sends those it does not
    keep (FedSA-LoRA keeps its B) with the fingerprint of its frozen keys
    and, for FedEx-LoRA, of its base residual (``build_update``).
-3. ``receive(update)`` validates key set, shapes, dtypes, finiteness and
-   the fingerprint, and keeps the update; ``refuse`` leaves a client out
+3. ``receive(update)`` checks that the client was sent this round's
+   downlink (an update of a client left out of the draw, refused since,
+   or stamped with another round is refused: its frozen half may still
+   match), validates key set, shapes, dtypes, finiteness and the
+   fingerprint, and keeps the update; ``refuse`` leaves a client out
    (invalid, late or failed), counts what it sent as refused traffic and
    forgets what it holds.
 4. ``aggregate(t)`` merges the uploaded keys as the method says (core/
