@@ -153,12 +153,16 @@ def learning_rates(plan: Plan, h2h_plan: h2h.Plan, h2h_store: Store,
 
 
 def device_name(use_gpu: bool) -> str:
-    """Where the runs go: CUDA device 0 with ``use_gpu``, else the CPU."""
-    if use_gpu:
-        import torch
+    """Where the runs go: CUDA device 0 with ``use_gpu``, else the CPU
+    with the vector instructions torch's kernels use (CPUs that differ
+    there round differently, so a run repeats bit for bit only on its
+    kind)."""
+    import torch
 
+    if use_gpu:
         return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.machine()})"
+    return (f"cpu ({platform.machine()}, "
+            f"{torch.backends.cpu.get_cpu_capability()})")
 
 
 def run_parts(plan: Plan, parts: list[str], lrs: dict[str, float],
