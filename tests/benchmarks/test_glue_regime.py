@@ -178,3 +178,32 @@ def test_bad_jobs_and_a_missing_gpu_are_refused(quick: dict[str, Any],
         gpu = run_script(tmp_path, quick["model"], quick["glue"], "--gpu")
         assert gpu.returncode == 2 and "no CUDA device" in gpu.stderr
     assert not (tmp_path / "glue_regime_quick_runs.jsonl").exists()
+
+
+def test_the_long_check_compares_runs_of_one_device_only(
+        quick: dict[str, Any], tmp_path: Path) -> None:
+    """Another kind of CPU rounds differently, so a long run and its cell
+    are compared only where both ran on the same device."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import glue_regime
+    from _common import Store
+
+    rows = [dict(r) for r in quick["rows"]]
+    for row in rows:
+        if row["spec"]["rounds"] == 3 and row["spec"]["method"] == "lora":
+            row["device"] = "another cpu"
+    store = Store(tmp_path / "runs.jsonl")
+    for row in rows:
+        store.add(row)
+    lrs = quick["data"]["best_lr"]
+    quick_plan = glue_regime.QUICK
+    plan = glue_regime.replace(
+        quick_plan, methods=("rolora", "lora", "fedex_lora"),
+        base=quick_plan.base.with_(model=str(quick["model"])))
+
+    lines, checks = glue_regime.long_table(plan, store, lrs)
+
+    assert sorted(spec.split("|")[1] for spec in checks) == ["rolora"]
+    assert set(checks.values()) == {True}
+    assert any("| lora |" in line and line.endswith("| n/a |")
+               for line in lines)
