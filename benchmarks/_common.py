@@ -75,6 +75,21 @@ def child_args(args: argparse.Namespace, *extra: str) -> list[str]:
             "--threads", str(args.threads), *extra]
 
 
+def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+    """``--jobs N`` of the GLUE suites (``ensure``); check it with
+    ``jobs_ok``."""
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, one process and one torch "
+                        "thread each (at most one per core)")
+
+
+def jobs_ok(jobs: int) -> bool:
+    """False, saying why on stderr, unless ``jobs`` >= 1."""
+    if jobs < 1:
+        print(f"--jobs must be >= 1, got {jobs}", file=sys.stderr)
+    return jobs >= 1
+
+
 def run_child(script: str, argv: list[str]) -> dict[str, Any]:
     """Run ``script --child`` with ``argv`` and a scratch outdir in a fresh
     process; its last stdout line is the JSON it reports."""

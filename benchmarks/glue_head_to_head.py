@@ -375,9 +375,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "e.g. 3,20,50")
     parser.add_argument("--report-only", action="store_true",
                         help="tables and plots from the runs already done")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at once, one process and one torch "
-                        "thread each (at most one per core)")
+    common.add_jobs_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -406,8 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown benchmark(s) {unknown}; choose from {BENCHES}",
               file=sys.stderr)
         return 2
-    if args.jobs < 1:
-        print(f"--jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+    if not common.jobs_ok(args.jobs):
         return 2
     plan = make_plan(args)
     stem = "glue_quick" if args.quick else "glue"

@@ -194,6 +194,17 @@ def _mean(values: list[float]) -> str:
     return f"{sum(values) / len(values):.3g}" if values else "n/a"
 
 
+def _mean_gap(rows: list[dict[str, Any]], field: str) -> str:
+    """``field`` (aggregation_gap or client_drift) averaged over rounds,
+    then over ``rows``, formatted; n/a if no row has it."""
+    return _mean([g for r in rows if (g := _gap(r, field)) is not None])
+
+
+def _gap_drift(rows: list[dict[str, Any]]) -> str:
+    return (f"{_mean_gap(rows, 'aggregation_gap')} / "
+            f"{_mean_gap(rows, 'client_drift')}")
+
+
 def cells_table(plan: Plan, store: Store, lrs: dict[str, float]
                 ) -> list[str]:
     lines = ["| task | clients | " + " | ".join(plan.methods) + " | paper "
@@ -211,11 +222,7 @@ def cells_table(plan: Plan, store: Store, lrs: dict[str, float]
                                     clients=clients, seed=s,
                                     lr=lrs[method]) for s in plan.seeds])
                 row.append(common.cell([common.score(r) for r in done]))
-                gap_row.append(
-                    _mean([g for r in done if (g := _gap(
-                        r, "aggregation_gap")) is not None]) + " / " +
-                    _mean([d for r in done if (d := _gap(
-                        r, "client_drift")) is not None]))
+                gap_row.append(_gap_drift(done))
             paper = PAPER.get((task, clients))
             ref = f"{paper['rolora']} / {paper['lora']}" if paper else "—"
             lines.append(f"| {task} | {clients} | " + " | ".join(row) +
@@ -243,11 +250,7 @@ def steps_table(plan: Plan, store: Store, lrs: dict[str, float]
                                  if s.method == method
                                  and s.local_epochs == n])
             cells.append(common.cell([common.score(r) for r in done]))
-            gap_cells.append(
-                _mean([g for r in done if (g := _gap(
-                    r, "aggregation_gap")) is not None]) + " / " +
-                _mean([d for r in done if (d := _gap(
-                    r, "client_drift")) is not None]))
+            gap_cells.append(_gap_drift(done))
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
         gaps.append(f"| {n} | " + " | ".join(gap_cells) + " |")
     return lines + ["", "Aggregation gap and client drift, mean over "
@@ -263,8 +266,8 @@ def skew_table(plan: Plan, store: Store, lrs: dict[str, float]
                              if s.method == method])
         lines.append(
             f"| {method} | {common.cell([common.score(r) for r in done])} "
-            f"| {_mean([g for r in done if (g := _gap(r, 'aggregation_gap')) is not None])} "  # noqa: E501
-            f"| {_mean([d for r in done if (d := _gap(r, 'client_drift')) is not None])} |")  # noqa: E501
+            f"| {_mean_gap(done, 'aggregation_gap')} "
+            f"| {_mean_gap(done, 'client_drift')} |")
     return lines
 
 
@@ -313,13 +316,10 @@ def long_table(plan: Plan, store: Store, lrs: dict[str, float]
                     same.append(_at(row, plan.base.rounds) ==
                                 common.final_metric(cell))
                     checks[spec.key] = same[-1]
-            gap = _mean([g for _, r in done
-                         if (g := _gap(r, "aggregation_gap")) is not None])
-            drift = _mean([d for _, r in done
-                           if (d := _gap(r, "client_drift")) is not None])
             equal = ("yes" if all(same) else "NO") if same else "n/a"
             lines.append(f"| {task} | {method} | " + " | ".join(cells) +
-                         f" | {gap} / {drift} | {equal} |")
+                         f" | {_gap_drift([r for _, r in done])} | "
+                         f"{equal} |")
     return lines, checks
 
 
@@ -464,9 +464,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="client counts of the cells, e.g. 50")
     parser.add_argument("--tasks", default="",
                         help="tasks of the cells, e.g. mnli,qnli")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at once, one process and one torch "
-                        "thread each (at most one per core)")
+    common.add_jobs_argument(parser)
     parser.add_argument("--gpu", action="store_true",
                         help="train on CUDA device 0 (rows record it)")
     parser.add_argument("--quick", action="store_true")
@@ -489,8 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown part(s) or method(s) {bad}; parts: {PARTS}, "
               f"methods: {METHODS}", file=sys.stderr)
         return 2
-    if args.jobs < 1:
-        print(f"--jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+    if not common.jobs_ok(args.jobs):
         return 2
     if args.gpu:
         import torch
