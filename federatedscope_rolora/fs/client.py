@@ -49,7 +49,10 @@ from federatedscope_rolora.runners.faults import (
     drift_hook,
     parse_faults,
 )
-from federatedscope_rolora.runners.outputs import ADAPTER_DIR
+from federatedscope_rolora.runners.outputs import (
+    ADAPTER_DIR,
+    write_files_durably,
+)
 from federatedscope_rolora.runners.setup import method_from_config
 from federatedscope_rolora.training.models import (
     get_adapter_state,
@@ -191,7 +194,7 @@ class RoloraClient(Client):  # type: ignore[misc]
         own = {k: v for k, v in self.adapter.items() if role_of(k) in kept}
         if not own:
             return
-        folder = Path(self._cfg.outdir) / ADAPTER_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        save_personal({int(self.ID): own}, folder,
-                      personal_file_of(int(self.ID)))
+        write_files_durably(
+            Path(self._cfg.outdir) / ADAPTER_DIR,
+            lambda d: save_personal({int(self.ID): own}, d,
+                                    personal_file_of(int(self.ID))))

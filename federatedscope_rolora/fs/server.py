@@ -63,7 +63,10 @@ from federatedscope_rolora.fs.wire import (
     unpack_scores,
     unpack_update,
 )
-from federatedscope_rolora.runners.outputs import ADAPTER_DIR
+from federatedscope_rolora.runners.outputs import (
+    ADAPTER_DIR,
+    write_files_durably,
+)
 from federatedscope_rolora.runners.setup import (
     lora_scaling,
     method_from_config,
@@ -321,7 +324,8 @@ class RoloraServer(Server):  # type: ignore[misc]
         self._close_round()
         run_dir = Path(self._cfg.outdir)
         start = time.perf_counter()
-        self.aggregator.save_model(str(run_dir / ADAPTER_DIR))
+        write_files_durably(run_dir / ADAPTER_DIR,
+                            lambda d: self.aggregator.save_model(str(d)))
         summary = self.recorder.write_summary({
             "method": self.settings["federate.method"],
             "task": self.task.name,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,34 @@ def replace_durably(tmp: Path, path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def write_files_durably(folder: Path, write: Callable[[Path], None]
+                        ) -> None:
+    """Let ``write`` fill an empty scratch folder beside ``folder``, then
+    move each file it wrote into ``folder`` with ``replace_durably``.
+
+    After a crash every file in ``folder`` is its old version or its new
+    one, never torn; files of ``folder`` that ``write`` did not write
+    (another writer's) stay. If ``write`` raises, ``folder`` is
+    untouched and the scratch folder is removed."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.",
+                                    dir=folder.parent))
+    try:
+        write(scratch)
+        _move_tree(scratch, folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _move_tree(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(source.iterdir()):
+        if entry.is_dir():
+            _move_tree(entry, target / entry.name)
+        else:
+            replace_durably(entry, target / entry.name)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -50,6 +50,7 @@ from federatedscope_rolora.runners.outputs import (
     holds_run,
     read_metrics_head,
     round_results,
+    write_files_durably,
 )
 from federatedscope_rolora.runners.setup import (
     Federation,
@@ -236,9 +237,10 @@ class Simulation:
         if self.server.residual is not None:
             fold_residual(self.fed.model, self.server.residual.total)
 
-    def save_extras(self, adapter_dir: Path) -> None:
-        """What the PEFT adapter cannot hold: FedEx-LoRA's residual, each
-        FedSA-LoRA client's own B."""
+    def save_outputs(self, adapter_dir: Path) -> None:
+        """The global adapter in PEFT's format, and what it cannot hold:
+        FedEx-LoRA's residual, each FedSA-LoRA client's own B."""
+        save_adapter(self.fed.model, self.server.state, adapter_dir)
         if self.server.residual is not None:
             save_residual(self.server.residual.total, adapter_dir)
         kept = self.server.plan(1).kept_roles
@@ -419,8 +421,7 @@ def run(cfg: Config, *, on_round: RoundCallback | None = None,
             before + time.perf_counter() - start))
         if on_round is not None:
             on_round(record)
-    save_adapter(sim.fed.model, sim.server.state, writer.adapter_dir)
-    sim.save_extras(writer.adapter_dir)
+    write_files_durably(writer.adapter_dir, sim.save_outputs)
     summary = summarize(sim, records, before + time.perf_counter() - start)
     writer.write_summary(summary)
     return summary

@@ -35,6 +35,7 @@ from federatedscope_rolora.runners.checkpoint import (
 )
 from federatedscope_rolora.runners.faults import FAULTS_ENV
 from federatedscope_rolora.runners.outputs import read_metrics
+from federatedscope_rolora.runners import simulation
 from federatedscope_rolora.runners.simulation import run
 from tests.conftest import tiny_config_tree
 
@@ -130,6 +131,39 @@ def test_a_finished_run_may_be_extended_to_more_rounds(
 
     run(short.replace(federate__total_round_num=4), resume=True)
 
+    assert_same_run(short.run_dir, straight)
+
+
+def test_a_failed_final_write_leaves_the_last_adapter_whole(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Extending a finished run rewrites its adapter; a crash (here a
+    full disk) halfway through one file leaves the previous adapter, not
+    a torn one, and the next resume writes the new one."""
+    short = make_cfg(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                     federate={"total_round_num": 2})
+    run(short)
+    folder = short.run_dir / "adapter"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = simulation.save_adapter
+
+    def dies_midway(model: Any, state: Any, path: Path) -> None:
+        real(model, state, path)
+        target = path / "adapter_model.safetensors"
+        target.write_bytes(target.read_bytes()[:100])
+        raise OSError(28, "No space left on device")
+
+    longer = short.replace(federate__total_round_num=4)
+    monkeypatch.setattr(simulation, "save_adapter", dies_midway)
+    with pytest.raises(OSError, match="No space left"):
+        run(longer, resume=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in short.run_dir.iterdir()) == \
+        sorted(["adapter", "checkpoint", "config.yaml", "metrics.jsonl",
+                "summary.json"])
+
+    monkeypatch.setattr(simulation, "save_adapter", real)
+    run(longer, resume=True)
     assert_same_run(short.run_dir, straight)
 
 
