@@ -5,12 +5,15 @@ split, seed, learning rate, sizes), never by the benchmark that asked for
 it: the same config and seed give the same numbers (DESIGN.md, invariant
 7), so a run that two benchmarks need (e.g. rank 2 at 3 clients) is done
 once. Every finished run is appended to a JSONL file at once, so a stopped
-suite keeps what it finished and a restart skips it.
+suite keeps what it finished and a restart skips it; a run under way
+keeps its outdir in ``.inflight/`` beside the store, so a restart also
+continues a stopped run from its last round's checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -226,25 +229,92 @@ def overrides(spec: RunSpec, glue_root: Path, outdir: Path,
     return values
 
 
-def run_one(spec: RunSpec, glue_root: Path, use_gpu: bool = False
+class RunBusy(RuntimeError):
+    """Another process holds this run's in-flight folder."""
+
+
+def inflight_dir(store_path: Path, spec: RunSpec) -> Path:
+    """Where a run of the store at ``store_path`` keeps its outdir until
+    it is stored: ``.inflight/`` beside the store (git-ignored), one
+    folder per run key."""
+    digest = hashlib.sha1(spec.key.encode("utf-8")).hexdigest()[:16]
+    return store_path.parent / ".inflight" / f"{store_path.stem}-{digest}"
+
+
+def run_one(spec: RunSpec, glue_root: Path, use_gpu: bool = False,
+            keep: Path | None = None) -> dict[str, Any]:
+    """Run ``spec`` and keep what the tables and plots need: curve, bytes
+    per round, final metrics.
+
+    Without ``keep`` the run's outdir is a scratch folder, removed
+    afterwards. With it, the outdir lives in ``keep`` (an
+    ``inflight_dir``) until the row is made: a run stopped there (the
+    session ended, the machine went down) continues from its last
+    checkpoint the next time, bit-identical to a run straight through
+    (DESIGN.md, invariant 7), and its row says from which round
+    (``resumed_after``). A checkpoint the run cannot continue from (a
+    config key that matters changed, its metrics damaged) is removed and
+    the run starts over. RunBusy if another process holds ``keep``."""
+    if keep is None:
+        scratch = Path(tempfile.mkdtemp(prefix="glue_bench_"))
+        try:
+            return _run_in(spec, glue_root, use_gpu, scratch / "run")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    import fcntl
+
+    keep.mkdir(parents=True, exist_ok=True)
+    with open(keep / "lock", "w", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(f"{spec.key} is running in another process "
+                          f"({keep})") from None
+        row = _run_in(spec, glue_root, use_gpu, keep / "run")
+        shutil.rmtree(keep, ignore_errors=True)
+    return row
+
+
+def _run_in(spec: RunSpec, glue_root: Path, use_gpu: bool, run_dir: Path
             ) -> dict[str, Any]:
-    """Run ``spec`` in a scratch outdir (removed afterwards) and keep what
-    the tables and plots need: curve, bytes per round, final metrics."""
+    """Run ``spec`` in ``run_dir``, continuing the run there if it has a
+    checkpoint."""
     from federatedscope_rolora.config import load_config
-    from federatedscope_rolora.runners.outputs import read_metrics
+    from federatedscope_rolora.runners.checkpoint import (
+        CheckpointError,
+        load_checkpoint,
+    )
+    from federatedscope_rolora.runners.outputs import (
+        OutdirError,
+        read_metrics,
+    )
     from federatedscope_rolora.runners.simulation import run
 
-    scratch = Path(tempfile.mkdtemp(prefix="glue_bench_"))
+    cfg = load_config(None, overrides(spec, glue_root, run_dir, use_gpu))
+    before, resumed_after = 0.0, 0
     try:
-        cfg = load_config(None, overrides(spec, glue_root, scratch / "run",
-                                          use_gpu))
+        ckpt = load_checkpoint(run_dir)
+    except CheckpointError as err:
+        ckpt = None
+        print(f"{spec.key}: starting over ({err})", file=sys.stderr)
+    if ckpt is not None:
+        before, resumed_after = ckpt.wall_seconds, ckpt.round_idx
+    elif run_dir.exists():  # stopped before its first checkpoint
+        shutil.rmtree(run_dir)
+    start = time.perf_counter()
+    try:
+        summary = run(cfg, resume=ckpt is not None)
+    except (CheckpointError, OutdirError) as err:
+        print(f"{spec.key}: starting over ({err})", file=sys.stderr)
+        shutil.rmtree(run_dir)
+        before, resumed_after = 0.0, 0
         start = time.perf_counter()
         summary = run(cfg)
-        wall = time.perf_counter() - start
-        records = read_metrics(cfg.run_dir)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return result_row(spec, summary, records, wall)
+    wall = before + time.perf_counter() - start
+    row = result_row(spec, summary, read_metrics(cfg.run_dir), wall)
+    if resumed_after:
+        row["resumed_after"] = resumed_after
+    return row
 
 
 def result_row(spec: RunSpec, summary: dict[str, Any],
@@ -324,8 +394,10 @@ def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
     own (one torch thread each, so at most one job per core), stored as
     each finishes; a run gives the same numbers in either mode. If one
     fails, nothing more starts, the runs under way finish and are
-    stored, and the first error is raised."""
+    stored, and the first error is raised. A run another process holds
+    (another suite on the same store) is skipped, saying so."""
     todo = [s for s in dict.fromkeys(specs) if s not in store]
+    keeps = {s: inflight_dir(store.path, s) for s in todo}
 
     def finish(i: int, row: dict[str, Any]) -> None:
         row = {**row, **(extra or {})}
@@ -339,9 +411,15 @@ def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
             with open(status, "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
+    def busy(err: RunBusy) -> None:
+        print(f"skipped: {err}", file=sys.stderr, flush=True)
+
     if jobs <= 1 or len(todo) <= 1:
         for i, spec in enumerate(todo, 1):
-            finish(i, run_one(spec, glue_root, use_gpu))
+            try:
+                finish(i, run_one(spec, glue_root, use_gpu, keeps[spec]))
+            except RunBusy as err:
+                busy(err)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -351,12 +429,16 @@ def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
     context = multiprocessing.get_context("spawn")
     failure: BaseException | None = None
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [pool.submit(run_one, spec, glue_root, use_gpu)
+        futures = [pool.submit(run_one, spec, glue_root, use_gpu,
+                               keeps[spec])
                    for spec in todo]
         done = 0
         for future in as_completed(futures):
             try:
                 row = future.result()
+            except RunBusy as err:
+                busy(err)
+                continue
             except BaseException as err:  # noqa: BLE001 - re-raised below
                 if failure is None:
                     failure = err

@@ -312,3 +312,81 @@ def test_bad_jobs_is_refused_before_any_run(tmp_path: Path) -> None:
 
     assert h2h.main(["--quick", "--jobs", "0", "--out", str(tmp_path)]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A tiny RoLoRA spec, four rounds, and its row run straight through
+    in a scratch outdir."""
+    common = load("_common")
+    base = tmp_path_factory.mktemp("inflight")
+    model = write_tiny_bert(base / "tiny")
+    glue = write_sst2(base / "glue")
+    spec = common.RunSpec(task="sst2", method="rolora", clients=3, seed=0,
+                          lr=1e-2, rounds=4, train_samples=48,
+                          eval_samples=16, eval_every=2, tok_len=16,
+                          model=str(model))
+    return {"common": common, "spec": spec, "glue": glue,
+            "straight": common.run_one(spec, glue)}
+
+
+def numbers(row: Run) -> Run:
+    """What a row says of the run, timings aside."""
+    return {k: row[k] for k in ("key", "final", "best", "curve",
+                                "gap_rounds", "bytes_rounds")}
+
+
+def stop_after_two_rounds(tiny: Run, keep: Path, **changed: Any) -> None:
+    """What a suite stopped after round 2 leaves in the run's in-flight
+    folder (the same config with fewer rounds, or ``changed``)."""
+    from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.simulation import run
+
+    common, spec = tiny["common"], tiny["spec"]
+    values = common.overrides(spec, tiny["glue"], keep / "run", False)
+    run(load_config(None, {**values, "federate.total_round_num": 2,
+                           **changed}))
+
+
+@pytest.mark.slow
+def test_a_stopped_run_continues_from_its_checkpoint(
+        tiny: Run, tmp_path: Path) -> None:
+    common, spec = tiny["common"], tiny["spec"]
+    keep = common.inflight_dir(tmp_path / "runs.jsonl", spec)
+    stop_after_two_rounds(tiny, keep)
+
+    row = common.run_one(spec, tiny["glue"], keep=keep)
+
+    assert row["resumed_after"] == 2
+    assert numbers(row) == numbers(tiny["straight"])
+    assert not keep.exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_config_is_not_continued(
+        tiny: Run, tmp_path: Path) -> None:
+    common, spec = tiny["common"], tiny["spec"]
+    keep = common.inflight_dir(tmp_path / "runs.jsonl", spec)
+    stop_after_two_rounds(tiny, keep, **{"train.optimizer.lr": 0.5})
+
+    row = common.run_one(spec, tiny["glue"], keep=keep)
+
+    assert "resumed_after" not in row
+    assert numbers(row) == numbers(tiny["straight"])
+
+
+def test_a_run_held_by_another_process_is_skipped(tmp_path: Path) -> None:
+    import fcntl
+
+    common = load("_common")
+    spec = common.RunSpec(task="sst2", method="rolora", clients=3, seed=0,
+                          lr=1e-2)
+    store = common.Store(tmp_path / "runs.jsonl")
+    keep = common.inflight_dir(store.path, spec)
+    keep.mkdir(parents=True)
+    with open(keep / "lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(common.RunBusy, match="another process"):
+            common.run_one(spec, tmp_path / "no-glue", keep=keep)
+        common.ensure([spec], store, tmp_path / "no-glue")
+    assert spec not in store and keep.exists()
