@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from federatedscope_rolora.config import SCHEMA, ConfigError, load_config
+from federatedscope_rolora.config import ConfigError, load_config
+from federatedscope_rolora.schema import SCHEMA
 
 EXIT_BAD_INPUT = 2
 EXIT_ROUND_FAILED = 3

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federatedscope_rolora.config import (
-    SCHEMA,
     Config,
     ConfigError,
     build_config,
@@ -23,6 +22,7 @@ from federatedscope_rolora.config import (
     parse_overrides,
     splitter_alpha,
 )
+from federatedscope_rolora.schema import SCHEMA
 
 LORA_KEY = "llm.adapter.args"
 
@@ -570,7 +570,7 @@ def test_any_override_tokens_build_a_config_or_raise_config_error(
 
 
 def test_the_schemas_task_list_is_the_loaders() -> None:
-    from federatedscope_rolora.config import GLUE_TASKS
+    from federatedscope_rolora.schema import GLUE_TASKS
     from federatedscope_rolora.training.glue import TASKS
 
     assert set(GLUE_TASKS) == set(TASKS)

@@ -26,13 +26,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from federatedscope_rolora.config import (
-    SCHEMA,
     Config,
     ConfigError,
     build_config,
     config_warnings,
 )
 from federatedscope_rolora.core.names import METHODS as CORE_METHODS
+from federatedscope_rolora.schema import SCHEMA
 
 logger = logging.getLogger("federatedscope.rolora")
 

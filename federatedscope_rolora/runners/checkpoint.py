@@ -30,7 +30,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from federatedscope_rolora.config import (
-    SCHEMA,
     Config,
     ConfigError,
     load_config,
@@ -41,6 +40,7 @@ from federatedscope_rolora.runners.outputs import (
     replace_durably,
     temporary_path,
 )
+from federatedscope_rolora.schema import SCHEMA
 
 STATE_FILE = "state.safetensors"
 FORMAT = 1

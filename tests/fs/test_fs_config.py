@@ -37,7 +37,8 @@ BAD = {
 PROBE = """\
 import json, sys
 from federatedscope.core.configs.config import global_cfg
-from federatedscope_rolora.config import SCHEMA, load_config
+from federatedscope_rolora.config import load_config
+from federatedscope_rolora.schema import SCHEMA
 from federatedscope_rolora.core.sampling import clients_per_round
 from federatedscope_rolora.fs.cfg_rolora import schema_view
 
@@ -83,7 +84,7 @@ def probed(fs_main: FsMain) -> dict[str, Any]:
 
 def test_the_node_holds_the_embedded_runners_rolora_keys(
         probed: dict[str, Any]) -> None:
-    from federatedscope_rolora.config import SCHEMA
+    from federatedscope_rolora.schema import SCHEMA
 
     expected = {k.split(".", 1)[1]: f.default for k, f in SCHEMA.items()
                 if k.startswith("rolora.")}

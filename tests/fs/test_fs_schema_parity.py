@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from federatedscope_rolora.config import SCHEMA, ConfigError, load_config
+from federatedscope_rolora.config import ConfigError, load_config
+from federatedscope_rolora.schema import SCHEMA
 from tests.fs.conftest import ROOT, TIMEOUT_S, FsMain, clean_env
 
 pytestmark = pytest.mark.fs

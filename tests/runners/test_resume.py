@@ -25,6 +25,7 @@ from federatedscope_rolora.config import Config, build_config
 from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.core.methods import make_method
 from federatedscope_rolora.core.server import AdapterServer
+from federatedscope_rolora.runners import simulation
 from federatedscope_rolora.runners.checkpoint import (
     Checkpoint,
     capture_rng,
@@ -35,7 +36,6 @@ from federatedscope_rolora.runners.checkpoint import (
 )
 from federatedscope_rolora.runners.faults import FAULTS_ENV
 from federatedscope_rolora.runners.outputs import read_metrics
-from federatedscope_rolora.runners import simulation
 from federatedscope_rolora.runners.simulation import run
 from tests.conftest import tiny_config_tree
 
