@@ -9,6 +9,10 @@ Questions (arXiv 2409.02346, Table 2; extended version 2502.01755):
 * ``steps``: MNLI at 50 clients with 1, 5 and 20 local steps (batches)
   per round (2502.01755's local-steps ablation).
 * ``skew``: MNLI at 20 clients under Dirichlet label skew (alpha 0.5).
+* ``lr``: RoLoRA and LoRA on MNLI at 50 clients at a third of and three
+  times their SST-2 grid rate (0.001 and 0.01 beside 0.003): the cells'
+  rates come from SST-2 at 3 clients, and RoLoRA, which trains each
+  factor every other round, may want another rate than LoRA here.
 * ``long``: RoLoRA and LoRA at 50 clients for 48 rounds on both tasks.
   At 16 rounds nothing has converged at 50 clients (MNLI barely leaves
   chance), so the cells cannot say which method ends ahead; these runs
@@ -34,7 +38,7 @@ filters choose what runs; the report always covers every part.
 numbers are those of one at a time); ``--gpu`` trains on CUDA device 0,
 and each row records where it ran.
 
-    python benchmarks/glue_regime.py [--only cells,steps,skew,long]
+    python benchmarks/glue_regime.py [--only cells,steps,skew,lr,long]
         [--methods rolora,lora,...] [--seeds 0,1] [--clients 50]
         [--tasks mnli,qnli] [--jobs N] [--gpu] [--report-only]
         [--quick] [--glue-root DIR] [--model NAME] [--out DIR]
@@ -56,7 +60,7 @@ import _common as common  # noqa: E402
 import glue_head_to_head as h2h  # noqa: E402
 from _common import METHODS, RunSpec, Store  # noqa: E402
 
-PARTS = ("cells", "steps", "skew", "long")
+PARTS = ("cells", "steps", "skew", "lr", "long")
 
 # The papers' numbers at rank 2 (2409.02346, Table 2, RoBERTa-Large) and
 # rank 4 (2502.01755), for the report's comparison; % accuracy.
@@ -88,6 +92,11 @@ class Plan:
     skew_alpha: float = 0.5
     skew_seeds: tuple[int, ...] = (0, 1)
     skew_methods: tuple[str, ...] = common.BASE_METHODS
+    lr_task: str = "mnli"
+    lr_clients: int = 50
+    lr_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    lr_seeds: tuple[int, ...] = (0,)
+    lr_methods: tuple[str, ...] = ("rolora", "lora")
     long_clients: int = 50
     long_rounds: int = 48
     long_seeds: tuple[int, ...] = (0,)
@@ -104,7 +113,8 @@ QUICK = Plan(base=RunSpec(
     local_epochs=1, layers=(1,), prefix_cache=True),
     tasks=("sst2",), clients=(4, 2), seeds=(0,), steps_task="sst2",
     steps_clients=4, steps=(1, 2), skew_task="sst2", skew_clients=4,
-    skew_seeds=(0,), long_clients=4, long_rounds=3)
+    skew_seeds=(0,), lr_task="sst2", lr_clients=4, lr_rates=(1e-2, 3e-2),
+    long_clients=4, long_rounds=3)
 
 
 def cell_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
@@ -130,6 +140,15 @@ def skew_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
             if m in plan.methods]
 
 
+def lr_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
+    """The rates of ``lr_rates`` whatever the grid chose (``lrs``: the
+    run at a method's grid rate is its cell run)."""
+    return [plan.base.with_(task=plan.lr_task, method=m,
+                            clients=plan.lr_clients, seed=s, lr=lr)
+            for s in plan.lr_seeds for m in plan.lr_methods
+            if m in plan.methods for lr in plan.lr_rates]
+
+
 def long_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
     return [plan.base.with_(task=t, method=m, clients=plan.long_clients,
                             seed=s, lr=lrs[m], rounds=plan.long_rounds)
@@ -138,7 +157,7 @@ def long_specs(plan: Plan, lrs: dict[str, float]) -> list[RunSpec]:
 
 
 MAKERS = (("cells", cell_specs), ("steps", steps_specs),
-          ("skew", skew_specs), ("long", long_specs))
+          ("skew", skew_specs), ("lr", lr_specs), ("long", long_specs))
 
 
 def learning_rates(plan: Plan, h2h_plan: h2h.Plan, h2h_store: Store,
@@ -271,6 +290,26 @@ def skew_table(plan: Plan, store: Store, lrs: dict[str, float]
     return lines
 
 
+def lr_table(plan: Plan, store: Store, lrs: dict[str, float]
+             ) -> list[str]:
+    """Accuracy and aggregation gap / client drift by learning rate; *
+    marks each method's grid rate, the rate of its cells."""
+    methods = [m for m in plan.lr_methods if m in plan.methods]
+    lines = ["| lr | " + " | ".join(f"{m} | {m} gap / drift"
+                                     for m in methods) + " |",
+             "|---|" + "---|---|" * len(methods)]
+    for lr in plan.lr_rates:
+        cells = []
+        for method in methods:
+            done = _rows(store, [s for s in lr_specs(plan, lrs)
+                                 if s.method == method and s.lr == lr])
+            mark = " *" if lrs.get(method) == lr else ""
+            cells += [common.cell([common.score(r) for r in done]) + mark,
+                      _gap_drift(done)]
+        lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _at(row: dict[str, Any], rnd: int) -> float | None:
     """The primary metric at evaluated round ``rnd`` of a run's curve."""
     metric = row["primary_metric"]
@@ -362,6 +401,12 @@ def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
              f"## Label skew ({plan.skew_task}, {plan.skew_clients} "
              f"clients, Dirichlet {plan.skew_alpha:g})", "",
              *skew_table(plan, store, lrs), "",
+             f"## Learning rate ({plan.lr_task}, {plan.lr_clients} "
+             f"clients)", "",
+             "Final accuracy in %, mean ± sd over seeds, and the mean "
+             "aggregation gap / client drift; * marks each method's "
+             "SST-2 grid rate, the rate of every other part.", "",
+             *lr_table(plan, store, lrs), "",
              f"## Longer training ({plan.long_clients} clients, "
              f"{plan.long_rounds} rounds)", "",
              f"Accuracy in % at evaluated rounds, mean ± sd over seeds; "
@@ -530,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python benchmarks/glue_regime.py", *argv])
     chance = {t: h2h.chance(h2h_plan, t, args.glue_root)
               for t in dict.fromkeys((*plan.tasks, plan.steps_task,
-                                      plan.skew_task))}
+                                      plan.skew_task, plan.lr_task))}
     text, results = report(plan, store, lrs, command, chance)
     results["chance"] = chance
     print(text)

@@ -100,7 +100,7 @@ def test_a_long_run_starts_as_its_cell_run(quick: dict[str, Any]) -> None:
     a schedule, would break this)."""
     rows = {(r["spec"]["method"], r["spec"]["clients"], r["spec"]["seed"],
              r["spec"]["rounds"], r["spec"]["local_unit"],
-             r["spec"]["alpha"]): r for r in quick["rows"]}
+             r["spec"]["alpha"], r["spec"]["lr"]): r for r in quick["rows"]}
     long_runs = [k for k in rows if k[3] == 3]
 
     assert sorted(k[0] for k in long_runs) == ["lora", "rolora"]
@@ -112,6 +112,26 @@ def test_a_long_run_starts_as_its_cell_run(quick: dict[str, Any]) -> None:
     assert set(quick["data"]["long_equals_cell"].values()) == {True}
     assert "| sst2 | rolora |" in quick["text"]
     assert (quick["out"] / "glue_regime_quick_long.png").stat().st_size
+
+
+def test_the_lr_part_runs_each_rate_and_shares_the_cell_run(
+        quick: dict[str, Any]) -> None:
+    """RoLoRA and LoRA at every rate of the probe; the run at a method's
+    grid rate is its cell run (one row), marked * in the table."""
+    best = quick["data"]["best_lr"]
+    probe = {(r["spec"]["method"], r["spec"]["lr"]) for r in quick["rows"]
+             if r["spec"]["clients"] == 4 and r["spec"]["rounds"] == 2
+             and r["spec"]["local_unit"] == "epoch"
+             and not r["spec"]["alpha"] and r["spec"]["seed"] == 0}
+
+    for method in ("rolora", "lora"):
+        assert {(method, 1e-2), (method, 3e-2)} <= probe
+        assert (method, best[method]) in probe
+    assert quick["data"]["coverage"]["lr"]["planned"] == 4
+    lines = quick["text"].split("## Learning rate (sst2, 4 clients)")[1]
+    marked = [line for line in lines.splitlines()[:10] if " * |" in line]
+    assert len({line.split(" |")[0] for line in marked}) >= 1
+    assert sum(line.count(" * |") for line in marked) == 2
 
 
 def test_a_restart_skips_finished_runs(quick: dict[str, Any]) -> None:
