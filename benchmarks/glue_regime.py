@@ -365,18 +365,35 @@ def long_table(plan: Plan, store: Store, lrs: dict[str, float]
 def runs_table(plan: Plan, store: Store,
                lrs: dict[str, float]) -> tuple[list[str], dict[str, Any]]:
     coverage: dict[str, Any] = {}
-    lines = ["| part | planned | done | run hours | ran on |",
-             "|---|---|---|---|---|"]
+    lines = ["| part | planned | done | under way (rounds written) | "
+             "run hours | ran on |", "|---|---|---|---|---|---|"]
     for name, make in MAKERS:
         specs = make(plan, lrs)
         done = _rows(store, specs)
         devices = sorted({r.get("device", "cpu") for r in done})
         hours = round(sum(r["wall_seconds"] for r in done) / 3600, 2)
+        going = under_way(store, specs)
         coverage[name] = {"planned": len(specs), "done": len(done),
-                          "run_hours": hours, "devices": devices}
-        lines.append(f"| {name} | {len(specs)} | {len(done)} | {hours} | "
+                          "under_way": going, "run_hours": hours,
+                          "devices": devices}
+        lines.append(f"| {name} | {len(specs)} | {len(done)} | "
+                     f"{', '.join(going.values()) or '—'} | {hours} | "
                      f"{', '.join(devices) or '—'} |")
     return lines, coverage
+
+
+def under_way(store: Store, specs: list[RunSpec]) -> dict[str, str]:
+    """The runs not stored whose outdir is in ``.inflight/`` (running, or
+    stopped and to be continued), each as rounds written / planned."""
+    going = {}
+    for spec in specs:
+        metrics = common.inflight_dir(store.path, spec) / "run" / \
+            "metrics.jsonl"
+        if spec not in store and metrics.exists():
+            lines = metrics.read_text(encoding="utf-8").splitlines()
+            written = sum(1 for line in lines if line.endswith("}"))
+            going[spec.key] = f"{written}/{spec.rounds}"
+    return going
 
 
 def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,

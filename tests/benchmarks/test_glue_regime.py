@@ -227,3 +227,29 @@ def test_the_long_check_compares_runs_of_one_device_only(
     assert set(checks.values()) == {True}
     assert any("| lora |" in line and line.endswith("| n/a |")
                for line in lines)
+
+
+def test_the_runs_table_shows_a_run_under_way(tmp_path: Path) -> None:
+    """A run stopped midway (its outdir in ``.inflight/``, one whole
+    metrics line and half of the next) shows in the Runs table as
+    under way with the rounds it wrote; nothing else does."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import glue_regime as regime
+
+    common = regime.common
+    store = common.Store(tmp_path / "runs.jsonl")
+    lrs = dict.fromkeys(common.METHODS, 1e-2)
+    # 2 clients: a cell that no other part shares
+    spec = next(s for s in regime.cell_specs(regime.QUICK, lrs)
+                if s.clients == 2)
+    metrics = common.inflight_dir(store.path, spec) / "run" / \
+        "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text('{"round": 1}\n{"round": 2, "pha', encoding="utf-8")
+
+    lines, coverage = regime.runs_table(regime.QUICK, store, lrs)
+
+    assert coverage["cells"]["under_way"] == {spec.key: "1/2"}
+    assert all(not c["under_way"] for part, c in coverage.items()
+               if part != "cells")
+    assert "| 1/2 |" in "\n".join(lines)
