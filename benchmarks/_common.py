@@ -383,6 +383,19 @@ class Store:
         self.rows[row["key"]] = row
 
 
+def under_way(store: Store, specs: list[RunSpec]) -> dict[str, str]:
+    """The runs not stored whose outdir is in ``.inflight/`` (running, or
+    stopped and to be continued), each as rounds written / planned."""
+    going: dict[str, str] = {}
+    for spec in specs:
+        metrics = inflight_dir(store.path, spec) / "run" / "metrics.jsonl"
+        if spec not in store and metrics.exists():
+            lines = metrics.read_text(encoding="utf-8").splitlines()
+            written = sum(1 for line in lines if line.endswith("}"))
+            going[spec.key] = f"{written}/{spec.rounds}"
+    return going
+
+
 def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
            status: Path | None = None,
            extra: dict[str, Any] | None = None, jobs: int = 1,

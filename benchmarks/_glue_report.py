@@ -237,10 +237,14 @@ def _coverage_md(table: dict[str, dict[str, Any]]) -> list[str]:
              "Runs each benchmark needs, how many are in the store, and "
              "their run time (one torch thread each). 'all' counts a run "
              "shared by two benchmarks once. A cell of a table whose runs "
-             "are missing shows fewer seeds or 'n/a'.", "",
-             "| benchmark | planned | done | run hours |", "|---|---|---|---|"]
-    lines += [f"| {name} | {c['planned']} | {c['done']} | {c['run_hours']} |"
-              for name, c in table.items()]
+             "are missing shows fewer seeds or 'n/a'. Under way: runs "
+             "running, or stopped and continued from their checkpoint by "
+             "the next run of the suite, as rounds written / planned.", "",
+             "| benchmark | planned | done | under way | run hours |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {name} | {c['planned']} | {c['done']} | "
+              f"{', '.join(c.get('under_way', {}).values()) or '—'} | "
+              f"{c['run_hours']} |" for name, c in table.items()]
     return lines + [""]
 
 

@@ -333,7 +333,8 @@ def coverage(plan: Plan, benches: list[str], store: Store,
              lrs: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Per benchmark: runs planned, runs in the store, and their run
     time; ``all`` counts a run two benchmarks share once. A suite stopped
-    early shows here what its tables lack."""
+    early shows here what its tables lack, and the runs it will continue
+    (``under_way``)."""
     planned: dict[str, list[RunSpec]] = {}
     if "comm" in benches:
         planned["comm"] = comm_specs(plan)
@@ -347,6 +348,7 @@ def coverage(plan: Plan, benches: list[str], store: Store,
     for name, specs in planned.items():
         rows = [r for r in (store.get(s) for s in specs) if r is not None]
         out[name] = {"planned": len(specs), "done": len(rows),
+                     "under_way": common.under_way(store, specs),
                      "run_hours": round(sum(r["wall_seconds"] for r in rows)
                                         / 3600, 2)}
     return out

@@ -372,7 +372,7 @@ def runs_table(plan: Plan, store: Store,
         done = _rows(store, specs)
         devices = sorted({r.get("device", "cpu") for r in done})
         hours = round(sum(r["wall_seconds"] for r in done) / 3600, 2)
-        going = under_way(store, specs)
+        going = common.under_way(store, specs)
         coverage[name] = {"planned": len(specs), "done": len(done),
                           "under_way": going, "run_hours": hours,
                           "devices": devices}
@@ -381,19 +381,6 @@ def runs_table(plan: Plan, store: Store,
                      f"{', '.join(devices) or '—'} |")
     return lines, coverage
 
-
-def under_way(store: Store, specs: list[RunSpec]) -> dict[str, str]:
-    """The runs not stored whose outdir is in ``.inflight/`` (running, or
-    stopped and to be continued), each as rounds written / planned."""
-    going = {}
-    for spec in specs:
-        metrics = common.inflight_dir(store.path, spec) / "run" / \
-            "metrics.jsonl"
-        if spec not in store and metrics.exists():
-            lines = metrics.read_text(encoding="utf-8").splitlines()
-            written = sum(1 for line in lines if line.endswith("}"))
-            going[spec.key] = f"{written}/{spec.rounds}"
-    return going
 
 
 def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
