@@ -61,6 +61,11 @@ def apply_payload(held: Mapping[str, torch.Tensor],
     return out
 
 
+def last_tensors(last: Mapping[str, Mapping[str, torch.Tensor]]
+                 ) -> list[torch.Tensor]:
+    return [t for form in last.values() for t in form.values()]
+
+
 class ResidualBook:
     """The server's residual: totals, version, the last increment."""
 
@@ -74,12 +79,19 @@ class ResidualBook:
 
     def add(self, round_idx: int,
             forms: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        """Add round ``round_idx``'s residual, as clients will."""
+        """Add round ``round_idx``'s residual, as clients will;
+        ValueError, changing nothing, if a form or a new total is not
+        finite (a client's huge but finite factors can overflow)."""
         if set(forms) != set(self.total):
             raise ValueError("a residual for every adapted module is "
                              "needed")
-        for key, form in forms.items():
-            self.total[key] = self.total[key] + reconstruct(form)
+        totals = {key: self.total[key] + reconstruct(form)
+                  for key, form in forms.items()}
+        for key in forms:
+            if not all(torch.isfinite(t).all() for t in
+                       (*forms[key].values(), totals[key])):
+                raise ValueError(f"the residual of {key!r} is not finite")
+        self.total = totals
         self.previous, self.version = self.version, round_idx
         self.last = {k: dict(f) for k, f in forms.items()}
 
@@ -125,6 +137,9 @@ class ResidualBook:
         if last and set(last) != set(self.total):
             raise ValueError("saved last residual does not match the "
                              "adapter's modules")
+        if not all(torch.isfinite(t).all() for t in
+                   (*total.values(), *last_tensors(last))):
+            raise ValueError("saved residual holds NaN or Inf values")
         self.total = {k: total[k].clone() for k in self.total}
         self.version, self.previous = version, previous
         self.last = last

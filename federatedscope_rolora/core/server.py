@@ -85,7 +85,7 @@ class ClientUpdate:
 
 class RoundFailed(RuntimeError):
     """Fewer than ``rolora.min_received`` updates were accepted in a
-    round; the round is not aggregated."""
+    round, or their merge is not finite; the round is not aggregated."""
 
 
 def require_received(round_idx: int, accepted: int, needed: int,
@@ -99,6 +99,11 @@ def require_received(round_idx: int, accepted: int, needed: int,
     raise RoundFailed(f"round {round_idx}: {accepted} client update(s) "
                       f"accepted, fewer than rolora.min_received "
                       f"({needed}); left out: {reasons}")
+
+
+def _largest_value(update: ClientUpdate) -> float:
+    return max((float(t.abs().max()) for t in update.tensors.values()
+                if t.numel()), default=0.0)
 
 
 def client_built_keys(method: Method, state: Mapping[str, torch.Tensor]
@@ -351,10 +356,24 @@ class AdapterServer:
         inputs = MergeInputs([u.tensors for u in updates], weights,
                              self.state, self.scaling)
         result = self.method.merge(inputs)
-        self.last_gap = merge_gap(inputs, result)
         merged = result.values
-        if self.residual is not None:
-            self.residual.add(round_idx, result.residual)
+        bad = [k for k, v in merged.items() if not torch.isfinite(v).all()]
+        try:
+            if bad:
+                raise ValueError(f"{bad[0]!r} is not finite")
+            if self.residual is not None:
+                self.residual.add(round_idx, result.residual)
+        except ValueError as err:
+            # Finite uploads can still overflow in B·A or the SVD; the
+            # state (and the last checkpoint) stay as they were.
+            loudest = max(updates, key=_largest_value)
+            raise RoundFailed(
+                f"round {round_idx}: the merge of {len(updates)} accepted "
+                f"update(s) is not finite ({err}); client "
+                f"{loudest.client_id} sent the largest values (max |x| = "
+                f"{_largest_value(loudest):.3g}); nothing was aggregated"
+            ) from None
+        self.last_gap = merge_gap(inputs, result)
         for key, value in merged.items():
             self.state[key] = value
             self.version[key] = round_idx

@@ -17,6 +17,7 @@ from federatedscope_rolora.core.roles import LORA_A, LORA_B, RESIDUAL, role_of
 from federatedscope_rolora.core.server import (
     AdapterServer,
     ClientUpdate,
+    RoundFailed,
     build_update,
 )
 from federatedscope_rolora.core.validation import InvalidUpdate
@@ -420,3 +421,45 @@ def test_lora_b_key_is_uploaded_by_every_method_but_ffa_and_fedsa(
         "rolora": {LORA_B}, "lora": {LORA_A, LORA_B},
         "ffa_lora": {LORA_B}, "fedex_lora": {LORA_A, LORA_B},
         "flexlora": {LORA_A, LORA_B}, "fedsa_lora": {LORA_A}}
+
+
+@pytest.mark.parametrize("method", ["fedex_lora", "flexlora"])
+def test_a_merge_that_overflows_fails_the_round_and_changes_nothing(
+        method: str) -> None:
+    """Huge but finite factors pass validation, and B·A in float32
+    overflows: the round fails naming the client, and the state (and
+    what a checkpoint would hold) stays that of the round before."""
+    server, clients = _server(method), _clients()
+    _round(server, clients, 1)
+    before = server.state_dict()
+    for client in clients:
+        client.sync(server, 2)
+    updates = [client.train(server, 2) for client in clients]
+    loud = updates[1]
+    for key in loud.tensors:
+        if role_of(key) in (LORA_A, LORA_B):
+            loud.tensors[key] = torch.full_like(loud.tensors[key], 1e30)
+    for update in updates:
+        server.receive(update)
+
+    with pytest.raises(RoundFailed, match=f"not finite.*client "
+                       f"{loud.client_id} sent the largest"):
+        server.aggregate(2)
+
+    server._pending = {}  # the runner stops here; compare the state
+    _assert_same(server.state, before["state"])
+    assert server.aggregated_round == 1
+    if server.residual is not None:
+        _assert_same(server.residual.total, before["residual"]["total"])
+        assert server.residual.version == 1
+
+
+def test_state_dict_of_fedex_refuses_a_non_finite_residual() -> None:
+    server = _server("fedex_lora")
+    _round(server, _clients(), 1)
+    saved = server.state_dict()
+    saved["residual"]["total"][R_Q] = torch.full_like(
+        saved["residual"]["total"][R_Q], float("inf"))
+
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        _server("fedex_lora").load_state_dict(saved)
