@@ -35,9 +35,9 @@ def validate_tensors(
     tensors: Mapping[str, torch.Tensor],
     reference: Mapping[str, torch.Tensor],
 ) -> None:
-    """The update holds exactly the reference's keys, with the same shapes
-    and dtypes, and only finite values; else InvalidUpdate naming ``who``
-    and the key."""
+    """The update holds exactly the reference's keys, as dense tensors
+    with the same shapes and dtypes, and only finite values; else
+    InvalidUpdate naming ``who`` and the key."""
     if not isinstance(tensors, Mapping):
         raise InvalidUpdate(f"{who}: the update is a "
                             f"{type(tensors).__name__}, not a mapping of "
@@ -58,6 +58,12 @@ def validate_tensors(
         if not isinstance(value, torch.Tensor):
             raise InvalidUpdate(f"{who}: {key} is a {type(value).__name__}, "
                                 "not a tensor")
+        if value.layout != torch.strided or value.device.type == "meta":
+            # a sparse or data-less tensor has no values to check or
+            # average (torch.isfinite itself raises on them)
+            raise InvalidUpdate(f"{who}: {key} is a {value.layout} tensor "
+                                f"on {value.device.type}, expected a dense "
+                                "one with values")
         if value.shape != ref.shape:
             raise InvalidUpdate(f"{who}: {key} has shape "
                                 f"{tuple(value.shape)}, expected "

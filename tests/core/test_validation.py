@@ -4,6 +4,7 @@ catches any drift of the frozen half."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -148,6 +149,22 @@ def test_non_finite_value_is_named(bad: float) -> None:
     with pytest.raises(InvalidUpdate) as err:
         validate_tensors("client 3", update, _reference())
     assert str(err.value) == f"client 3: {HEAD_KEY} holds NaN or Inf values"
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+@pytest.mark.parametrize("make", [
+    lambda t: t.to_sparse(), lambda t: t.to_sparse_csr(),
+    lambda t: torch.empty_like(t, device="meta")],
+    ids=["sparse_coo", "sparse_csr", "meta"])
+def test_a_tensor_without_dense_values_is_named(make: Any) -> None:
+    """torch.isfinite raises on these; they must be refused, not crash
+    the round."""
+    update = _good_update()
+    update[B_KEY] = make(update[B_KEY])
+
+    with pytest.raises(InvalidUpdate, match=f"client 3: {B_KEY} is a "
+                       ".*expected a dense one with values"):
+        validate_tensors("client 3", update, _reference())
 
 
 def test_non_tensor_value_is_named() -> None:
