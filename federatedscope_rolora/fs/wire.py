@@ -76,18 +76,42 @@ def unpack_update(client_id: int, round_idx: int, content: Any
     num_examples, tensors, meta = content
     if not isinstance(meta, Mapping):
         raise InvalidUpdate(f"{who}: malformed upload meta")
-    seconds = float(meta.get("seconds", 0.0))
+    seconds = _number(who, meta, "seconds", 0.0)
+    if not (math.isfinite(seconds) and seconds >= 0):
+        # NaN would pass every deadline check
+        raise InvalidUpdate(f"{who}: upload meta 'seconds' must be finite "
+                            f"and >= 0, got {seconds!r}")
     if isinstance(tensors, str):
         raise ClientFailed(tensors)
     if not isinstance(tensors, Mapping):
         raise InvalidUpdate(f"{who}: malformed upload tensors")
     update = ClientUpdate(
         client_id=client_id, round_idx=round_idx,
-        tensors={str(k): param2tensor(v) for k, v in tensors.items()},
+        tensors={str(k): _tensor(who, k, v) for k, v in tensors.items()},
         num_examples=num_examples,
         frozen_fingerprint=str(meta.get("fingerprint", "")),
-        train_loss=float(meta.get("loss", math.nan)))
+        train_loss=_number(who, meta, "loss", math.nan))
     return update, seconds
+
+
+def _number(who: str, meta: Mapping[str, Any], name: str,
+            default: float) -> float:
+    value = meta.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidUpdate(f"{who}: upload meta {name!r} must be a "
+                            f"number, got {value!r:.40}")
+    return float(value)
+
+
+def _tensor(who: str, name: Any, value: Any) -> Any:
+    """``param2tensor`` (which decodes gRPC's base64 pickles), with what
+    cannot be decoded refused as InvalidUpdate; validation checks what
+    it decodes to."""
+    try:
+        return param2tensor(value)
+    except Exception as err:  # noqa: BLE001 - any decoding error
+        raise InvalidUpdate(f"{who}: tensor {name!r} cannot be decoded "
+                            f"({type(err).__name__})") from None
 
 
 def pack_eval_payload(payload: Mapping[str, torch.Tensor], pickled: bool

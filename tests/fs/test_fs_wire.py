@@ -96,6 +96,33 @@ def test_a_malformed_upload_names_the_client() -> None:
         unpack_update(2, 1, ["not", "an update"])
 
 
+@pytest.mark.parametrize("meta", [
+    {"seconds": "abc"}, {"seconds": None}, {"seconds": float("nan")},
+    {"seconds": -5.0}, {"seconds": float("inf")}, {"loss": "x"},
+    {"loss": True}], ids=str)
+def test_bad_upload_meta_is_refused_naming_the_field(
+        meta: dict[str, object]) -> None:
+    """A malformed number raised ValueError/TypeError out of the
+    server's round, and NaN seconds passed every deadline check."""
+    num_examples, tensors, good = pack_update(an_update(), seconds=1.0)
+
+    with pytest.raises(InvalidUpdate, match="client 2, round 1: upload "
+                       f"meta '{next(iter(meta))}' must be"):
+        unpack_update(2, 1, (num_examples, tensors, {**good, **meta}))
+
+
+@pytest.mark.parametrize("value", ["not-base64!!", "AAAA"])
+def test_a_tensor_that_cannot_be_decoded_is_refused(value: object) -> None:
+    """gRPC sends tensors as base64 pickles; a string that is not one
+    raised out of the server's round."""
+    num_examples, tensors, meta = pack_update(an_update(), seconds=1.0)
+    bad = {**tensors, "m.lora_B.default.weight": value}
+
+    with pytest.raises(InvalidUpdate, match="client 2, round 1: tensor "
+                       "'m.lora_B.default.weight' cannot be decoded"):
+        unpack_update(2, 1, (num_examples, bad, meta))
+
+
 def test_the_finish_message_carries_no_weights_and_travels() -> None:
     assert over_grpc({"round": 3}, msg_type="finish") == {"round": 3}
 
