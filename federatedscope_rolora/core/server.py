@@ -240,6 +240,16 @@ class AdapterServer:
             held = dict.fromkeys(self.client_built, 0)
         return self._lacking(held, self.plan(round_idx))
 
+    def kept_untrusted(self) -> list[int]:
+        """Clients the next downlink would send their kept tensors
+        (FedSA-LoRA's B) again, having refused them since they last held
+        them: the model each of them has is the server's copy of those
+        tensors, not the one the client trained."""
+        upcoming = self._aggregated_round + 1
+        kept = self.plan(upcoming).kept_roles
+        return sorted(c for c in self.client_versions if any(
+            role_of(k) in kept for k in self.peek_downlink(c, upcoming)))
+
     def eval_downlink(self, client_id: int, round_idx: int
                       ) -> dict[str, torch.Tensor]:
         """``peek_downlink`` for scoring the client's model after round

@@ -84,6 +84,9 @@ class RoloraClient(Client):  # type: ignore[misc]
         self.drift = drift_hook(parse_faults(os.environ.get(FAULTS_ENV,
                                                             "")))
         self.residual: dict[str, torch.Tensor] = {}
+        # FedSA-LoRA: the server's copy of the kept tensors (the shared
+        # initial B), sent on first contact and on every re-sync
+        self.kept_from_server: dict[str, torch.Tensor] = {}
 
     def callback_funcs_for_model_para(self, message: Message) -> None:
         """Sync with what the server sent, train the round's keys, send
@@ -106,10 +109,14 @@ class RoloraClient(Client):  # type: ignore[misc]
             content=content))
 
     def _local_update(self, message: Message, round_idx: int) -> Any:
-        self.adapter, self.residual = self._synced(
-            unpack_payload(message.content))
+        payload = unpack_payload(message.content)
+        self.adapter, self.residual = self._synced(payload)
         self._load(self.adapter, self.residual)
         plan = self.method.plan(round_idx)
+        sent_kept = {k: v.clone() for k, v in payload.items()
+                     if role_of(k) in plan.kept_roles}
+        if sent_kept:
+            self.kept_from_server = sent_kept
         self.trainer.set_plan(plan)
         start = time.perf_counter()
         _, _, results = self.trainer.train()
@@ -182,16 +189,23 @@ class RoloraClient(Client):  # type: ignore[misc]
     def callback_funcs_for_finish(self, message: Message) -> None:
         logger.info("client %d: finished after round %s", self.ID,
                     message.state)
-        self._save_personal()
+        content = message.content if isinstance(message.content, dict) \
+            else {}
+        self._save_personal(int(self.ID) in
+                            content.get("kept_untrusted", []))
         self._monitor.finish_fl()
 
-    def _save_personal(self) -> None:
+    def _save_personal(self, untrusted: bool) -> None:
         """FedSA-LoRA: the B this client kept, which no server holds, in
         ``adapter/personal_client<ID>.safetensors`` of its run (in
         standalone mode, the server's) as ``<ID>/<key>``; a client never
-        drawn kept none."""
+        drawn kept none. ``untrusted`` (refused since it last held its
+        B): the server's copy, which its model is scored with and its
+        next sync would give it, as in the embedded runner."""
         kept = self.method.plan(1).kept_roles
         own = {k: v for k, v in self.adapter.items() if role_of(k) in kept}
+        if untrusted and own:
+            own = dict(self.kept_from_server)
         if not own:
             return
         write_files_durably(

@@ -304,8 +304,10 @@ class RoloraServer(Server):  # type: ignore[misc]
 
     def terminate(self, msg_type: str = "finish") -> None:
         """Write the outputs, then tell the clients; the message carries
-        the round only (FederatedScope would send every weight of the
-        model). FederatedScope calls this twice in distributed mode."""
+        the round and the clients whose kept tensors the server no
+        longer trusts (``kept_untrusted``), no weights (FederatedScope
+        would send every weight of the model). FederatedScope calls this
+        twice in distributed mode."""
         if self.is_finish:
             return
         self._write_outputs()
@@ -315,7 +317,8 @@ class RoloraServer(Server):  # type: ignore[misc]
             msg_type=msg_type, sender=self.ID,
             receiver=list(self.comm_manager.neighbors.keys()),
             state=self.state, timestamp=self.cur_timestamp,
-            content={"round": int(self.state)}))
+            content={"round": int(self.state),
+                     "kept_untrusted": self.adapter_server.kept_untrusted()}))
 
     def _write_outputs(self) -> None:
         if self._outputs_written:

@@ -244,11 +244,12 @@ class Simulation:
         if self.server.residual is not None:
             save_residual(self.server.residual.total, adapter_dir)
         kept = self.server.plan(1).kept_roles
-        if kept:
-            save_personal({c: {k: v for k, v in s.items()
+        if kept:  # each client's as it is scored (after a refusal: the
+            # server's, which its next sync would give it back)
+            save_personal({c: {k: v for k, v in
+                               self.client_model_state(c).items()
                                if role_of(k) in kept}
-                           for c, s in sorted(self.clients.items())},
-                          adapter_dir)
+                           for c in sorted(self.clients)}, adapter_dir)
 
     def evaluate(self) -> dict[str, float]:
         fed = self.fed

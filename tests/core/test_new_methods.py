@@ -274,6 +274,25 @@ def test_fedsa_refused_client_restarts_b_from_the_shared_init() -> None:
     assert torch.equal(bad.state[B_Q], initial_adapter()[B_Q])
 
 
+def test_fedsa_a_refused_clients_b_is_untrusted_until_it_is_resynced(
+) -> None:
+    server, clients = _server("fedsa_lora"), _clients()
+    _round(server, clients, 1)
+    assert server.kept_untrusted() == []
+    for client in clients:
+        client.sync(server, 2)
+    updates = [client.train(server, 2) for client in clients]
+    server.refuse(1, 2, updates[1].tensors)
+    for update in (updates[0], updates[2]):
+        server.receive(update)
+    server.aggregate(2)
+
+    assert server.kept_untrusted() == [1]
+    _round(server, clients, 3)
+    assert server.kept_untrusted() == []
+    assert _server("lora").kept_untrusted() == []
+
+
 def test_fedsa_eval_downlink_is_a_once_trained_and_all_for_a_stranger(
         ) -> None:
     """Scoring a client's model after round 1: a client that trained

@@ -527,6 +527,33 @@ def test_fedsa_scores_each_clients_own_model_in_standalone_mode(
         sum(r["bytes"]["eval_down"].values()) for r in records) > 0
 
 
+def test_fedsa_saves_a_refused_clients_b_as_it_is_scored(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """Client 2 is refused in the last round: it is scored (and would be
+    re-synced) with the server's initial B, and the finish message tells
+    it to save that B, not the one it trained; the saved files give
+    the recorded scores, as in the embedded runner."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"method": "fedsa_lora", "client_num": 3,
+                             "total_round_num": 2,
+                             "share_local_model": False},
+                   eval={"freq": 2})
+    cfg = write_config(tmp_path / "fedsa.yaml", tree)
+    faults = {"ROLORA_TEST_FAULTS": "2:2:drift"}
+
+    run = fs_main.run(cfg, env=faults)
+    records = read_jsonl(run.run_dir / "metrics.jsonl")
+    embedded = embedded_records(cfg, tmp_path / "embedded",
+                                faults=faults["ROLORA_TEST_FAULTS"])
+
+    assert list(records[-1]["rejected"]) == ["2"]
+    assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
+    assert_scores_are_the_clients_own_models(
+        fs_main, cfg, records[-1], run.run_dir / "adapter",
+        [run.run_dir / "adapter"])
+
+
 def test_per_client_eval_always_scores_the_global_lora_on_each_share(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path) -> None:

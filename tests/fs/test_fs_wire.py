@@ -124,7 +124,9 @@ def test_a_tensor_that_cannot_be_decoded_is_refused(value: object) -> None:
 
 
 def test_the_finish_message_carries_no_weights_and_travels() -> None:
-    assert over_grpc({"round": 3}, msg_type="finish") == {"round": 3}
+    for untrusted in ([], [2], [1, 3]):
+        content = {"round": 3, "kept_untrusted": untrusted}
+        assert over_grpc(dict(content), msg_type="finish") == content
 
 
 @pytest.mark.parametrize("transport", ["standalone", "grpc"])

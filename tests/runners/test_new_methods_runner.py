@@ -17,6 +17,7 @@ from federatedscope_rolora.config import build_config
 from federatedscope_rolora.core.merging import lora_modules
 from federatedscope_rolora.core.names import METHODS
 from federatedscope_rolora.core.roles import role_of
+from federatedscope_rolora.runners.faults import fault_hook
 from federatedscope_rolora.runners.outputs import read_metrics
 from federatedscope_rolora.runners.setup import build_federation
 from federatedscope_rolora.runners.simulation import Simulation, run
@@ -89,6 +90,32 @@ def test_fedsa_clients_keep_their_b_and_are_scored_with_it(
     assert set(record["eval_per_client"]) == {
         "example_weighted", "client_mean", "clients", "examples"}
     assert record["aggregation_gap"] is None
+
+
+def test_fedsa_saves_each_clients_b_as_it_is_scored(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """Client 2's last upload is refused: its model (scored, and what its
+    next sync would give it) has the server's initial B again, and that
+    is the B saved for it, not the one it trained in the refused round;
+    the others' saved B is their own."""
+    tree = tiny_config_tree(tiny_model_dir, tiny_glue_root,
+                            tmp_path / "run",
+                            federate={"method": "fedsa_lora",
+                                      "total_round_num": 2})
+    cfg = build_config(flatten(tree))
+    sim = make_sim(tiny_model_dir, tiny_glue_root, tmp_path / "probe",
+                   "fedsa_lora")
+    b_keys = [m.b_key for m in lora_modules(sim.server.state).values()]
+    initial = {k: sim.server.state[k].clone() for k in b_keys}
+
+    run(cfg, update_hook=fault_hook({(2, 2): "nan"}))
+
+    saved = load_file(str(cfg.run_dir / "adapter" / PERSONAL_FILE))
+    assert read_metrics(cfg.run_dir)[-1]["rejected"].keys() == {"2"}
+    for key in b_keys:
+        assert torch.equal(saved[f"2/{key}"], initial[key])
+        for client in (1, 3):
+            assert not torch.equal(saved[f"{client}/{key}"], initial[key])
 
 
 def test_per_client_eval_is_off_by_default_but_for_fedsa(
