@@ -178,7 +178,8 @@ SCHEMA: dict[str, Field] = {
         **_POS),
     "rolora.client_deadline_s": Field(
         0.0, _NUM, "seconds a client's local update may take; a later "
-        "update is left out of its round; 0: no deadline", **_NONNEG),
+        "update is left out of its round; 0: no deadline (FederatedScope: "
+        "the training time the client reports)", **_NONNEG),
     "rolora.prefix_cache": Field(
         False, bool, "run the frozen layers below the lowest adapted one "
         "(embeddings and layers 0..L-1, L = min(layers_to_transform)) "
