@@ -27,12 +27,18 @@ class Field:
     check_help: str = ""
 
 
+def _finite(v: Any) -> bool:
+    """An int is finite however large (``math.isfinite`` would convert it
+    to a float, and overflow past 1e308)."""
+    return isinstance(v, int) or math.isfinite(v)
+
+
 def _positive(v: Any) -> bool:
-    return bool(math.isfinite(v) and v > 0)
+    return bool(_finite(v) and v > 0)
 
 
 def _non_negative(v: Any) -> bool:
-    return bool(math.isfinite(v) and v >= 0)
+    return bool(_finite(v) and v >= 0)
 
 
 def _rate(v: Any) -> bool:
@@ -129,7 +135,7 @@ SCHEMA: dict[str, Field] = {
     "train.is_enable_half": Field(False, bool, FS_ONLY),
     "grad.grad_clip": Field(-1.0, _NUM, "max gradient norm; <= 0 (e.g. "
                             "-1): no clipping",
-                            check=math.isfinite, check_help="must be a "
+                            check=_finite, check_help="must be a "
                             "finite number"),
     "dataloader.batch_size": Field(64, int, "local batch size", **_POS),
     "dataloader.shuffle": Field(True, bool, "shuffle local batches"),

@@ -423,6 +423,16 @@ def test_huge_int_for_a_float_key_is_named() -> None:
     assert "train.optimizer.lr" in message
 
 
+def test_huge_int_for_an_int_key_is_checked_without_overflow() -> None:
+    """math.isfinite converts an int to a float: past 1e308 it raised
+    OverflowError instead of checking (found by the property test)."""
+    big = 10 ** 400
+
+    assert build_config({"train.local_update_steps": big})[
+        "train.local_update_steps"] == big
+    assert "must be > 0" in _error({"federate.client_num": -big})
+
+
 def test_sample_client_num_above_client_num() -> None:
     message = _error({"federate.client_num": 3,
                       "federate.sample_client_num": 4})
