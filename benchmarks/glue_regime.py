@@ -382,7 +382,6 @@ def runs_table(plan: Plan, store: Store,
     return lines, coverage
 
 
-
 def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
            chance: dict[str, float]) -> tuple[str, dict]:
     """Every part's tables, whatever this invocation ran."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.benchmarks.test_glue_benchmarks import load
 from tests.conftest import write_sst2, write_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,15 +205,13 @@ def test_the_long_check_compares_runs_of_one_device_only(
         quick: dict[str, Any], tmp_path: Path) -> None:
     """Another kind of CPU rounds differently, so a long run and its cell
     are compared only where both ran on the same device."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import glue_regime
-    from _common import Store
+    glue_regime = load("glue_regime")
 
     rows = [dict(r) for r in quick["rows"]]
     for row in rows:
         if row["spec"]["rounds"] == 3 and row["spec"]["method"] == "lora":
             row["device"] = "another cpu"
-    store = Store(tmp_path / "runs.jsonl")
+    store = glue_regime.common.Store(tmp_path / "runs.jsonl")
     for row in rows:
         store.add(row)
     lrs = quick["data"]["best_lr"]
@@ -233,8 +232,7 @@ def test_the_runs_table_shows_a_run_under_way(tmp_path: Path) -> None:
     """A run stopped midway (its outdir in ``.inflight/``, one whole
     metrics line and half of the next) shows in the Runs table as
     under way with the rounds it wrote; nothing else does."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    import glue_regime as regime
+    regime = load("glue_regime")
 
     common = regime.common
     store = common.Store(tmp_path / "runs.jsonl")
