@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from federatedscope_rolora.core.sampling import clients_per_round
-from federatedscope_rolora.schema import _NUM, LORA_ARG_KINDS, SCHEMA, Field
+from federatedscope_rolora.schema import LORA_ARG_KINDS, NUMBER, SCHEMA, Field
 
 
 class ConfigError(ValueError):
@@ -139,7 +139,7 @@ def build_config(values: Mapping[str, Any]) -> Config:
             raise _unknown(str(key))
         field = SCHEMA[key]
         if isinstance(value, int) and not isinstance(value, bool) \
-                and field.kind == _NUM:
+                and field.kind == NUMBER:
             try:
                 value = float(value)
             except OverflowError as err:
@@ -196,7 +196,7 @@ def _check_cross(cfg: dict[str, Any]) -> None:
                           f"mappings such as [{{alpha: 0.5}}], got {args!r}")
     if cfg["data.splitter"] == "lda":
         alpha = splitter_alpha(args)
-        if alpha is None or not _type_ok(alpha, _NUM) or not alpha > 0:
+        if alpha is None or not _type_ok(alpha, NUMBER) or not alpha > 0:
             raise ConfigError("data.splitter 'lda' needs "
                               "data.splitter_args [{alpha: A}] with A > 0, "
                               f"got {args!r}")

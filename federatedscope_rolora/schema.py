@@ -57,7 +57,8 @@ _POS: dict[str, Any] = {"check": _positive,
                         "check_help": "must be > 0 and finite"}
 _NONNEG: dict[str, Any] = {"check": _non_negative,
                            "check_help": "must be >= 0 and finite"}
-_NUM = (int, float)
+# The kind of a numeric key: an int or a float (bool is refused apart).
+NUMBER = (int, float)
 
 SCHEMA: dict[str, Field] = {
     "seed": Field(0, int, "seed of every random draw of the run",
@@ -79,7 +80,7 @@ SCHEMA: dict[str, Field] = {
     "federate.client_num": Field(3, int, "number of clients", **_POS),
     "federate.total_round_num": Field(50, int, "number of rounds", **_POS),
     "federate.sample_client_rate": Field(
-        -1.0, _NUM, "share of clients drawn per round, in (0, 1]; wins "
+        -1.0, NUMBER, "share of clients drawn per round, in (0, 1]; wins "
         "over sample_client_num; -1: unset",
         check=_rate, check_help="must be -1 or in (0, 1]"),
     "federate.sample_client_num": Field(
@@ -127,13 +128,13 @@ SCHEMA: dict[str, Field] = {
                                   choices=("batch", "epoch")),
     "train.optimizer.type": Field("SGD", str, "local optimizer",
                                   choices=("SGD", "Adam", "AdamW")),
-    "train.optimizer.lr": Field(0.1, _NUM, "learning rate", **_POS),
-    "train.optimizer.weight_decay": Field(0.0, _NUM, "weight decay",
+    "train.optimizer.lr": Field(0.1, NUMBER, "learning rate", **_POS),
+    "train.optimizer.weight_decay": Field(0.0, NUMBER, "weight decay",
                                           **_NONNEG),
-    "train.optimizer.momentum": Field(0.0, _NUM, "SGD momentum",
+    "train.optimizer.momentum": Field(0.0, NUMBER, "SGD momentum",
                                       **_NONNEG),
     "train.is_enable_half": Field(False, bool, FS_ONLY),
-    "grad.grad_clip": Field(-1.0, _NUM, "max gradient norm; <= 0 (e.g. "
+    "grad.grad_clip": Field(-1.0, NUMBER, "max gradient norm; <= 0 (e.g. "
                             "-1): no clipping",
                             check=_finite, check_help="must be a "
                             "finite number"),
@@ -183,7 +184,7 @@ SCHEMA: dict[str, Field] = {
         "run stops (exit code 3) and its last checkpoint stays intact",
         **_POS),
     "rolora.client_deadline_s": Field(
-        0.0, _NUM, "seconds a client's local update may take; a later "
+        0.0, NUMBER, "seconds a client's local update may take; a later "
         "update is left out of its round; 0: no deadline (FederatedScope: "
         "the training time the client reports)", **_NONNEG),
     "rolora.prefix_cache": Field(
@@ -193,13 +194,13 @@ SCHEMA: dict[str, Field] = {
         "the layers above; off by default because it drops dropout in "
         "that prefix"),
     "rolora.prefix_cache_mb": Field(
-        2048.0, _NUM, "largest prefix cache allowed, in MB (10^6 bytes); a "
+        2048.0, NUMBER, "largest prefix cache allowed, in MB (10^6 bytes); a "
         "larger one stops the run before it starts (exit code 2)",
         **_POS),
 }
 
 LORA_ARG_KINDS: dict[str, type | tuple[type, ...]] = {
     "adapter_package": str, "adapter_method": str, "r": int,
-    "lora_alpha": int, "lora_dropout": _NUM, "target_modules": list,
+    "lora_alpha": int, "lora_dropout": NUMBER, "target_modules": list,
     "layers_to_transform": (list, int, type(None)),
 }
