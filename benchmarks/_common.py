@@ -242,7 +242,8 @@ def inflight_dir(store_path: Path, spec: RunSpec) -> Path:
 
 
 def run_one(spec: RunSpec, glue_root: Path, use_gpu: bool = False,
-            keep: Path | None = None) -> dict[str, Any]:
+            keep: Path | None = None, store: Path | None = None,
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``spec`` and keep what the tables and plots need: curve, bytes
     per round, final metrics.
 
@@ -254,7 +255,13 @@ def run_one(spec: RunSpec, glue_root: Path, use_gpu: bool = False,
     (DESIGN.md, invariant 7), and its row says from which round
     (``resumed_after``). A checkpoint the run cannot continue from (a
     config key that matters changed, its metrics damaged) is removed and
-    the run starts over. RunBusy if another process holds ``keep``."""
+    the run starts over. RunBusy if another process holds ``keep``.
+
+    With ``store`` (the path of a Store; ``keep`` its in-flight folder),
+    the row, with ``extra`` in it, is appended there while ``keep`` is
+    still locked, and a run another process has stored meanwhile is
+    RunBusy, not run again: two suites sharing a store never run a run
+    twice, even when one finishes it after the other made its list."""
     if keep is None:
         scratch = Path(tempfile.mkdtemp(prefix="glue_bench_"))
         try:
@@ -270,7 +277,14 @@ def run_one(spec: RunSpec, glue_root: Path, use_gpu: bool = False,
         except BlockingIOError:
             raise RunBusy(f"{spec.key} is running in another process "
                           f"({keep})") from None
-        row = _run_in(spec, glue_root, use_gpu, keep / "run")
+        if store is not None and spec in Store(store):
+            shutil.rmtree(keep, ignore_errors=True)
+            raise RunBusy(f"{spec.key} was finished by another process "
+                          f"(stored in {store})")
+        row = {**_run_in(spec, glue_root, use_gpu, keep / "run"),
+               **(extra or {})}
+        if store is not None:
+            Store(store).add(row)
         shutil.rmtree(keep, ignore_errors=True)
     return row
 
@@ -408,13 +422,14 @@ def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
     each finishes; a run gives the same numbers in either mode. If one
     fails, nothing more starts, the runs under way finish and are
     stored, and the first error is raised. A run another process holds
-    (another suite on the same store) is skipped, saying so."""
+    or has stored since the list was made (another suite on the same
+    store) is skipped, saying so; the rows other processes stored are
+    read in at the end."""
     todo = [s for s in dict.fromkeys(specs) if s not in store]
     keeps = {s: inflight_dir(store.path, s) for s in todo}
 
     def finish(i: int, row: dict[str, Any]) -> None:
-        row = {**row, **(extra or {})}
-        store.add(row)
+        store.rows[row["key"]] = row  # run_one appended it to the file
         metric = row["primary_metric"]
         line = (f"[{i}/{len(todo)}] {row['key']}: {metric} "
                 f"{row['final'][metric]:.4f} in "
@@ -430,9 +445,11 @@ def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
     if jobs <= 1 or len(todo) <= 1:
         for i, spec in enumerate(todo, 1):
             try:
-                finish(i, run_one(spec, glue_root, use_gpu, keeps[spec]))
+                finish(i, run_one(spec, glue_root, use_gpu, keeps[spec],
+                                  store.path, extra))
             except RunBusy as err:
                 busy(err)
+        store.rows.update(Store(store.path).rows)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -443,7 +460,7 @@ def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
     failure: BaseException | None = None
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = [pool.submit(run_one, spec, glue_root, use_gpu,
-                               keeps[spec])
+                               keeps[spec], store.path, extra)
                    for spec in todo]
         done = 0
         for future in as_completed(futures):
@@ -459,6 +476,7 @@ def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
                 continue
             done += 1
             finish(done, row)
+    store.rows.update(Store(store.path).rows)
     if failure is not None:
         raise failure
 

@@ -355,11 +355,16 @@ def test_a_stopped_run_continues_from_its_checkpoint(
     keep = common.inflight_dir(tmp_path / "runs.jsonl", spec)
     stop_after_two_rounds(tiny, keep)
 
-    row = common.run_one(spec, tiny["glue"], keep=keep)
+    row = common.run_one(spec, tiny["glue"], keep=keep,
+                         store=tmp_path / "runs.jsonl",
+                         extra={"device": "here"})
 
     assert row["resumed_after"] == 2
     assert numbers(row) == numbers(tiny["straight"])
     assert not keep.exists()
+    stored = common.Store(tmp_path / "runs.jsonl").get(spec)
+    assert stored == json.loads(json.dumps(row))
+    assert row["device"] == "here"
 
 
 @pytest.mark.slow
@@ -390,3 +395,22 @@ def test_a_run_held_by_another_process_is_skipped(tmp_path: Path) -> None:
             common.run_one(spec, tmp_path / "no-glue", keep=keep)
         common.ensure([spec], store, tmp_path / "no-glue")
     assert spec not in store and keep.exists()
+
+
+def test_a_run_another_suite_stored_meanwhile_is_not_run_again(
+        tmp_path: Path) -> None:
+    """Two suites on one store: this one made its list before the other
+    stored the run. Running it would fail here (no GLUE data)."""
+    common = load("_common")
+    spec = common.RunSpec(task="sst2", method="rolora", clients=3, seed=0,
+                          lr=1e-2)
+    mine = common.Store(tmp_path / "runs.jsonl")
+    common.Store(mine.path).add({"key": spec.key, "primary_metric": "acc",
+                                 "final": {"acc": 0.5}})
+
+    common.ensure([spec], mine, tmp_path / "no-glue")
+
+    assert mine.get(spec) == {"key": spec.key, "primary_metric": "acc",
+                              "final": {"acc": 0.5}}
+    assert len(mine.path.read_text().splitlines()) == 1
+    assert not common.inflight_dir(mine.path, spec).exists()
