@@ -182,6 +182,13 @@ def read_tsv(path: Path, spec: TaskSpec) -> Split:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 ({exc})") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})"
+                        ) from None
+    if not labels:
+        # An empty test set would fail the first evaluation, after a
+        # round of training; an empty train set leaves clients nothing.
+        raise DataError(f"{path}: no examples after the header{note}")
     return Split(texts, labels, _short_name(path) + note)
 
 

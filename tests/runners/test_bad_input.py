@@ -51,8 +51,20 @@ def spoil_label(task: Path) -> None:
     (task / "dev.tsv").write_text("\n".join(lines) + "\n")
 
 
+def empty_dev(task: Path) -> None:
+    (task / "dev.tsv").write_text("sentence\tlabel\n")
+
+
+def dev_as_folder(task: Path) -> None:
+    drop_dev(task)
+    (task / "dev.tsv").mkdir()
+
+
 @pytest.mark.parametrize(("spoil", "named"), [
     (drop_dev, "SST-2/dev.tsv: file not found"),
+    # else a traceback at the first evaluation, after a round of training
+    (empty_dev, "SST-2/dev.tsv: no examples after the header"),
+    (dev_as_folder, "SST-2/dev.tsv: cannot be read"),
     (spoil_row, "SST-2/train.tsv:5: expected 2 tab-separated columns, "
      "found 3"),
     (spoil_label, "SST-2/dev.tsv:3: unknown label '7'"),
@@ -87,6 +99,14 @@ def test_bad_glue_file_is_named_with_its_line(
     (("seed", "-1"), ["config key 'seed'", "must be in [0, 2**32)"]),
     (("train.optimizer.lr", ".inf"),
      ["config key 'train.optimizer.lr'", "finite"]),
+    # PEFT would stop with an AttributeError (exit 1)
+    (("llm.adapter.args", "[{r: 4, lora_alpha: 8, target_modules: [1]}]"),
+     ["config key 'llm.adapter.args[0].target_modules'", "got [1]"]),
+    # the tiny BERT has layers 0 and 1: PEFT would adapt layer 1 alone
+    (("llm.adapter.args", "[{r: 4, lora_alpha: 8, target_modules: [query], "
+      "layers_to_transform: [1, 2]}]"),
+     ["config key 'llm.adapter.args[0].layers_to_transform'",
+      "holds layer(s) [2]", "has layers 0..1"]),
 ])
 def test_bad_config_value_is_named(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
@@ -156,10 +176,18 @@ def spoil_metrics(run_dir: Path) -> None:
     path.write_text("not json\n" + path.read_text())
 
 
+def hollow_metrics(run_dir: Path) -> None:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text('{"round": 1}\n' + lines[1] + "\n")
+
+
 @pytest.mark.parametrize(("spoil", "named"), [
     (spoil_checkpoint, "state.safetensors' cannot be read"),
     (cut_metrics, "holds 1 complete lines, fewer than the 2"),
     (spoil_metrics, "metrics.jsonl:1: not a metrics record"),
+    # valid JSON, but the resumed run's summary would fail on it (exit 1)
+    (hollow_metrics, "metrics.jsonl:1: not the metrics record of round 1"),
 ])
 def test_damaged_run_is_refused_on_resume_and_left_alone(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,

@@ -135,6 +135,27 @@ def test_read_tsv_empty_and_missing_files(tmp_path: Path) -> None:
         read_tsv(tmp_path / "nowhere.tsv", task_spec("sst2"))
 
 
+def test_read_tsv_refuses_a_file_without_examples(tmp_path: Path) -> None:
+    header_only = _write(tmp_path / "dev.tsv", ["sentence\tlabel"])
+    unagreed = _write(tmp_path / "mnli.tsv", [
+        "sentence1\tsentence2\tgold_label", "a\tb\t-"])
+
+    with pytest.raises(DataError,
+                       match=r"dev\.tsv: no examples after the header"):
+        read_tsv(header_only, task_spec("sst2"))
+    with pytest.raises(DataError, match=r"mnli\.tsv: no examples after "
+                       r"the header .*1 rows with gold_label '-' skipped"):
+        read_tsv(unagreed, task_spec("mnli"))
+
+
+def test_read_tsv_names_a_path_it_cannot_read(tmp_path: Path) -> None:
+    folder = tmp_path / "dev.tsv"
+    folder.mkdir()
+
+    with pytest.raises(DataError, match=r"dev\.tsv: cannot be read"):
+        read_tsv(folder, task_spec("sst2"))
+
+
 # --- load_task on small local copies ---------------------------------------
 
 
