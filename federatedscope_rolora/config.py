@@ -250,6 +250,12 @@ def _check_lora_args(args: Any) -> None:
     if not 0 <= spec.get("lora_dropout", 0.0) < 1:
         raise ConfigError(f"config key '{key}[0].lora_dropout' must be in "
                           "[0, 1)")
+    targets = spec.get("target_modules", ["query", "value"])
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        # PEFT would fail on a number with a bare AttributeError
+        raise ConfigError(f"config key '{key}[0].target_modules' must be a "
+                          "non-empty list of module names such as "
+                          f"[query, value], got {targets!r}")
     layers = spec.get("layers_to_transform")
     indices = layers if isinstance(layers, list) else \
         [] if layers is None else [layers]

@@ -509,6 +509,10 @@ def test_adapter_args_wrong_type_is_named(name: str, value: Any,
     ({"layers_to_transform": -1}, "layers_to_transform' must be a layer"),
     ({"layers_to_transform": [4, -1]}, "got [4, -1]"),
     ({"layers_to_transform": [4, "5"]}, "got [4, '5']"),
+    ({"target_modules": [1]}, "target_modules' must be a non-empty list "
+     "of module names such as [query, value], got [1]"),
+    ({"target_modules": []}, "target_modules' must be a non-empty list"),
+    ({"target_modules": ["query", ""]}, "got ['query', '']"),
     ({"adapter_method": "prefix"}, "must describe a PEFT LoRA adapter"),
     ({"adapter_package": "other"}, "must describe a PEFT LoRA adapter"),
 ])

@@ -99,6 +99,7 @@ def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     base.config.pad_token_id = tokenizer.pad_token_id
+    check_layers(lora.layers_to_transform, base, name)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.lora_alpha,
         lora_dropout=lora.lora_dropout,
@@ -125,6 +126,22 @@ def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
                          "layers_to_transform")
     model.eval()
     return model, tokenizer
+
+
+def check_layers(layers: Iterable[int] | None, model: torch.nn.Module,
+                 name: str) -> None:
+    """ModelError naming ``layers_to_transform`` if it holds a layer the
+    model does not have: PEFT would adapt the others and silently skip
+    it, so the run would not be the one the config describes."""
+    count = getattr(getattr(model, "config", None), "num_hidden_layers",
+                    None)
+    if layers is None or not isinstance(count, int):
+        return
+    missing = sorted({i for i in layers if i >= count})
+    if missing:
+        raise ModelError(f"config key 'llm.adapter.args[0]."
+                         f"layers_to_transform' holds layer(s) {missing}, "
+                         f"but model {name!r} has layers 0..{count - 1}")
 
 
 def position_limit(model: torch.nn.Module, tokenizer: Any) -> int | None:
