@@ -232,11 +232,32 @@ def read_metrics_head(run_dir: Path, lines: int
     records = []
     for number, line in enumerate(complete[:lines], start=1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError as err:
             raise OutdirError(f"{path}:{number}: not a metrics record "
                               f"({err})") from None
+        if not _is_record(record, number):
+            # else the resumed run would fail in its summary, after
+            # training and checkpointing rounds on top of it
+            raise OutdirError(f"{path}:{number}: not the metrics record "
+                              f"of round {number} (its round, bytes or "
+                              "eval is missing or malformed)")
+        records.append(record)
     return records
+
+
+def _is_record(record: Any, round_idx: int) -> bool:
+    """Whether ``record`` holds what ``round_results`` reads from the
+    line of round ``round_idx``."""
+    if not isinstance(record, dict) or record.get("round") != round_idx:
+        return False
+    by_direction = record.get("bytes")
+    if not isinstance(by_direction, dict) or not all(
+            isinstance(by_role, dict) and all(
+                isinstance(n, int) for n in by_role.values())
+            for by_role in by_direction.values()):
+        return False
+    return isinstance(record.get("eval", {}), dict)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
