@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from federatedscope_rolora.config import ConfigError
 from federatedscope_rolora.fs.cfg_rolora import (
     model_name,
     remember_run_config,
@@ -116,6 +117,14 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
 
     remember_run_config(config)
     train, test = glue_rows(config)
+    clients = int(config.federate.client_num)
+    if clients > len(train):
+        # Refused as the embedded runner refuses it (runners/setup.py);
+        # FederatedScope's splitters would leave clients without data
+        # and fail later, deep in its model builder.
+        raise ConfigError(f"cannot split {len(train)} train examples over "
+                          f"federate.client_num={clients} clients: every "
+                          "client needs at least one")
     remember_inputs(schema_view(config), [train.encoded, test.encoded],
                     train.pad_token_id)
     # The splitters draw from numpy's global generator. FederatedScope

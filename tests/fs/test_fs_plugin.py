@@ -594,3 +594,23 @@ def test_a_tok_len_beyond_the_models_positions_is_named(
 
     assert run.proc.returncode != 0
     assert "'llm.tok_len' (65) exceeds the 64 tokens model" in run.log
+
+
+def test_more_clients_than_train_examples_is_named(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """As in the embedded runner (one file, one meaning): 300 clients on
+    the tiny task's 240 train examples stop the run at data build,
+    naming the key, not in FederatedScope's model builder."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"client_num": 300, "sample_client_num": 2,
+                             "total_round_num": 1})
+    cfg = write_config(tmp_path / "crowd.yaml", tree)
+    named = "cannot split 240 train examples over federate.client_num=300"
+
+    run = fs_main.run(cfg, check=False)
+
+    assert run.proc.returncode != 0
+    assert named in run.log
+    with pytest.raises(ValueError, match=named):
+        embedded_records(cfg, tmp_path / "embedded")
