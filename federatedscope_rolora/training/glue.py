@@ -168,11 +168,13 @@ def read_tsv(path: Path, spec: TaskSpec) -> Split:
     """Read one GLUE TSV: a header row, tab separated, nothing quoted.
 
     Quoting is off because GLUE fields may start with ``"`` (QNLI, MRPC,
-    RTE); a csv reader with quoting on would silently merge rows.
+    RTE); a csv reader with quoting on would silently merge rows. A
+    UTF-8 byte-order mark (spreadsheet exports write one) is dropped, or
+    the first column's name would not match.
     """
     path = Path(path)
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             try:
                 texts, labels, note = _read_rows(rows, path, spec)

@@ -148,6 +148,16 @@ def test_read_tsv_refuses_a_file_without_examples(tmp_path: Path) -> None:
         read_tsv(unagreed, task_spec("mnli"))
 
 
+def test_read_tsv_reads_past_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "dev.tsv"
+    path.write_text("\ufeffsentence\tlabel\ngood film\t1\n",
+                    encoding="utf-8")
+
+    split = read_tsv(path, task_spec("sst2"))
+
+    assert (split.texts, split.labels) == ([("good film",)], [1])
+
+
 def test_read_tsv_names_a_path_it_cannot_read(tmp_path: Path) -> None:
     folder = tmp_path / "dev.tsv"
     folder.mkdir()
