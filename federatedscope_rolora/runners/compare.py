@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ from federatedscope_rolora.config import Config, ConfigError
 from federatedscope_rolora.core.methods import METHODS
 from federatedscope_rolora.runners.outputs import (
     read_metrics,
+    write_atomic,
     write_json_atomic,
+    write_text_atomic,
 )
 from federatedscope_rolora.runners.simulation import RoundCallback, run
 
@@ -57,8 +60,7 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
                   "rounds": cfg["federate.total_round_num"],
                   "seed": cfg["seed"], "methods": results}
     write_json_atomic(out / COMPARISON_FILE, comparison)
-    (out / TABLE_FILE).write_text(markdown_table(comparison) + "\n",
-                                  encoding="utf-8")
+    write_text_atomic(out / TABLE_FILE, markdown_table(comparison) + "\n")
     if plots:
         comparison["plots"] = draw_plots(comparison, out)
         write_json_atomic(out / COMPARISON_FILE, comparison)
@@ -181,7 +183,8 @@ def draw_plots(comparison: dict[str, Any], out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", ncol=2)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
+        write_atomic(out / name, partial(fig.savefig, dpi=120,
+                                         format="png"))
         plt.close(fig)
         written.append(name)
     return written

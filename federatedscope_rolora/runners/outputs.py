@@ -72,19 +72,29 @@ def _move_tree(source: Path, target: Path) -> None:
             replace_durably(entry, target / entry.name)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a
-    file and a crash never destroys the previous version."""
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Let ``write`` fill a temporary file beside ``path``, then rename it
+    over ``path``: a reader never sees half a file, and a crash or an
+    error in ``write`` never destroys the previous version."""
     tmp = temporary_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n",
-                   encoding="utf-8")
-    replace_durably(tmp, path)
+    try:
+        write(tmp)
+        replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False)
+                      + "\n")
 
 
 def _write_config_atomic(cfg: Config, path: Path) -> None:
-    tmp = temporary_path(path)
-    dump_config(cfg, tmp)
-    replace_durably(tmp, path)
+    write_atomic(path, lambda tmp: dump_config(cfg, tmp))
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -131,7 +141,7 @@ class RunWriter:
                               "choose another outdir, or continue that run "
                               "with --resume")
         run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / CONFIG_FILE)
+        _write_config_atomic(cfg, run_dir / CONFIG_FILE)
         return cls(run_dir)
 
     @classmethod
