@@ -37,7 +37,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # After the suite, the command still runs in the venv it tested: its
-# help, and one round of a tiny real run whose summary is checked.
+# help, and one round of a tiny real run whose summary is checked and
+# whose saved model is scored again from its files (eval).
 test: lint
 	GLUE_DATA_ROOT=$(GLUE_ROOT) $(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory check-cli
@@ -54,6 +55,7 @@ check-cli:
 	    ok = s['rounds'] == 1 and s['bytes_up_total'] > 0; \
 	    print('check-cli:', 'ok' if ok else 'FAILED', s['final']); \
 	    sys.exit(0 if ok else 1)"
+	$(BIN)/federatedscope-rolora eval $(CLI_CHECK_DIR)
 	rm -rf $(CLI_CHECK_DIR)
 
 # The quick start's outdir is its own: a second run starts afresh
@@ -62,6 +64,7 @@ quickstart: $(STAMP)
 	rm -rf runs/quickstart
 	$(BIN)/federatedscope-rolora compare \
 	    --cfg yaml_configs/quickstart_sst2.yaml data.root $(GLUE_ROOT)
+	$(BIN)/federatedscope-rolora eval runs/quickstart/rolora
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -1,6 +1,6 @@
-"""``federatedscope-rolora run | compare``: argument parsing, progress,
-exit codes (0 done, 1 bug, 2 bad input, 3 a round got fewer than
-``rolora.min_received`` updates, 130 interrupted).
+"""``federatedscope-rolora run | compare | eval``: argument parsing,
+progress, exit codes (0 done, 1 bug, 2 bad input, 3 a round got fewer
+than ``rolora.min_received`` updates, 130 interrupted).
 
 For its own tests only, ``run`` reads client faults to inject from the
 environment variable ``ROLORA_TEST_FAULTS`` (``ROUND:CLIENT:KIND,...``,
@@ -96,6 +96,29 @@ def _parser() -> argparse.ArgumentParser:
                          metavar="KEY VALUE",
                          help="config overrides, e.g. federate.client_num "
                          "20")
+    text = ("score a finished run's model from its files alone (base "
+            "model, adapter/, FedEx-LoRA's residual, FedSA-LoRA's "
+            "per-client B) on the test rows the run was scored on, beside "
+            "the run's recorded final score")
+    cmd = sub.add_parser("eval", help="score a finished run's model",
+                         description=text)
+    cmd.add_argument("run_dir", metavar="RUN_DIR",
+                     help="a run's outdir (holding adapter/)")
+    cmd.add_argument("--cfg", metavar="FILE", default=None,
+                     help="the config the run ran with (default: "
+                     "RUN_DIR/config.yaml; give the YAML for a run of the "
+                     "FederatedScope plugin)")
+    who = cmd.add_mutually_exclusive_group()
+    who.add_argument("--per-client", action="store_true",
+                     help="every client's model on its own test share, "
+                     "as the run's per-client evaluation")
+    who.add_argument("--client", type=int, metavar="ID",
+                     help="one client's model on its own test share")
+    cmd.add_argument("--json", action="store_true",
+                     help="print the scores as JSON")
+    cmd.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                     help="config overrides, e.g. data.root on another "
+                     "machine")
     sub.add_parser(
         "fs-main", add_help=False,
         help="run FederatedScope's main with the plugin registered, for "
@@ -155,6 +178,65 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from federatedscope_rolora.runners.outputs import CONFIG_FILE
+    from federatedscope_rolora.runners.trained import score_run
+
+    flags = [o for o in args.opts[::2] if o.startswith("-")]
+    if flags:
+        raise ConfigError(f"{flags[0]}: options go before RUN_DIR "
+                          "(federatedscope-rolora eval [OPTIONS] RUN_DIR "
+                          "[KEY VALUE ...])")
+    run_dir = Path(args.run_dir)
+    cfg = load_config(args.cfg or run_dir / CONFIG_FILE, args.opts)
+    result = score_run(run_dir, cfg, per_client=args.per_client,
+                       client=args.client)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    head = f"{cfg['federate.method']} on {cfg.task}"
+    recorded = result["recorded"] or {}
+    if "eval_per_client" in result:
+        means = result["eval_per_client"]
+        scores = ", ".join(
+            f"{name} {means['example_weighted'][name]:.4f} / "
+            f"{means['client_mean'][name]:.4f}"
+            + _recorded(recorded.get("example_weighted", {}), name,
+                        recorded.get("client_mean", {}))
+            for name in means["example_weighted"])
+        print(f"{head}, each client's model on its own test share "
+              f"({means['clients']} clients, {means['examples']} rows; "
+              f"weighted by examples / plain mean): {scores}")
+        return 0
+    scores = ", ".join(f"{name} {value:.4f}" + _recorded(recorded, name)
+                       for name, value in result["eval"].items())
+    if "client" in result:
+        print(f"{head}, client {result['client']}'s model on its "
+              f"{result['rows']} test rows: {scores} (the run records "
+              "only the means over clients: --per-client)")
+    else:
+        print(f"{head}, global adapter on {result['rows']} test rows: "
+              f"{scores}")
+    return 0
+
+
+def _recorded(recorded: dict[str, Any], name: str,
+              plain: dict[str, Any] | None = None) -> str:
+    """' (run: X)' (per client: ' (run: X / Y)') from a summary's
+    final scores, or '' when the run recorded none."""
+    value = recorded.get(name)
+    if not isinstance(value, (int, float)):
+        return ""
+    if plain is None:
+        return f" (run: {value:.4f})"
+    other = plain.get(name)
+    if not isinstance(other, (int, float)):
+        return ""
+    return f" (run: {value:.4f} / {other:.4f})"
+
+
 def _error_line(err: Exception) -> None:
     """One line, even when a library's message spans several."""
     text = " ".join(str(err).split())
@@ -175,13 +257,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from federatedscope_rolora.core.server import RoundFailed
     from federatedscope_rolora.runners.checkpoint import CheckpointError
     from federatedscope_rolora.runners.simulation import SetupError
+    from federatedscope_rolora.runners.trained import TrainedError
+    from federatedscope_rolora.training.glue import DataError
+    from federatedscope_rolora.training.models import ModelError
 
-    bad_input = (ConfigError, OutdirError, CheckpointError, SetupError)
+    bad_input = (ConfigError, OutdirError, CheckpointError, SetupError,
+                 DataError, ModelError, TrainedError)
     try:
         if args.command == "run":
             return _run(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "eval":
+            return _eval(args)
     except bad_input as err:
         _error_line(err)
         return EXIT_BAD_INPUT

@@ -122,6 +122,28 @@ def test_the_saved_adapter_loads_with_peft(
     assert all(bool(torch.count_nonzero(p) > 0) for p in lora_b)
 
 
+def test_eval_rebuilds_the_plugins_model_and_score(
+        rolora: tuple[FsRun, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """``federatedscope-rolora eval`` on a plugin run, with the YAML it
+    ran: the global adapter scores what the server recorded; per-client
+    shares are FederatedScope's, so they are refused, not guessed."""
+    from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.trained import TrainedError, score_run
+
+    run, _ = rolora
+    cfg = load_config(run.run_dir.parent.parent / "rolora.yaml")
+    summary = json.loads((run.run_dir / "summary.json").read_text(
+        encoding="utf-8"))
+
+    scored = score_run(run.run_dir, cfg)
+
+    assert scored["eval"]["acc"] == summary["final"]["acc"]
+    assert scored["eval"]["loss"] == pytest.approx(summary["final"]["loss"],
+                                                   rel=1e-5)
+    with pytest.raises(TrainedError, match="FederatedScope's splitter"):
+        score_run(run.run_dir, cfg, per_client=True)
+
+
 @pytest.mark.parametrize("method, shared, trained, fallback", [
     ("lora", False, {"lora_A", "lora_B"}, True),
     ("ffa_lora", True, {"lora_B"}, False),

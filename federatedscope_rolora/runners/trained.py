@@ -1,0 +1,222 @@
+"""A finished run's model from its files alone, and its score again.
+
+What a run leaves in ``adapter/`` is not always the whole model: FedEx-LoRA's
+model is W0 + residual + s·B·A (``fedex_residual.safetensors``), and
+FedSA-LoRA keeps one B per client (``personal.safetensors``; the plugin
+writes ``personal_client<ID>.safetensors``). ``load_trained`` builds the
+model a run scored, from the base model and those files, through PEFT's own
+``PeftModel.from_pretrained``; ``score_run`` scores it on the test rows the
+run was scored on, so a user can check that the files reproduce the run's
+number before taking the adapter elsewhere. Reads only; writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from federatedscope_rolora.config import Config
+from federatedscope_rolora.core.roles import role_of
+from federatedscope_rolora.runners.outputs import SUMMARY_FILE
+from federatedscope_rolora.runners.setup import (
+    device_from_config,
+    method_from_config,
+    scored_subset,
+    split_test_per_client,
+)
+from federatedscope_rolora.training.encoding import EncodedDataset, encode
+from federatedscope_rolora.training.glue import Split, load_task, task_spec
+from federatedscope_rolora.training.local import evaluate
+from federatedscope_rolora.training.metrics import mean_over_clients
+from federatedscope_rolora.training.models import (
+    ModelError,
+    adapter_parameters,
+    check_tok_len,
+    load_adapter_state,
+    resolve_model_path,
+)
+from federatedscope_rolora.training.residual import (
+    PERSONAL_FILE,
+    RESIDUAL_FILE,
+)
+
+ADAPTER_DIR = "adapter"
+
+
+class TrainedError(ValueError):
+    """The run's files cannot give the model asked for."""
+
+
+@dataclass
+class Trained:
+    """A run's model as it was scored, with what built it."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    cfg: Config
+    # FedSA-LoRA: each client's own tensors (its B), and the global
+    # adapter's values of those keys (the initial B), which a client
+    # that never trained scores with; both empty for the other methods
+    personal: dict[int, dict[str, torch.Tensor]]
+    shared: dict[str, torch.Tensor]
+
+    def use_client(self, client_id: int) -> None:
+        """Put client ``client_id``'s own tensors into the model (the
+        shared ones if it never trained); nothing to do for a method that
+        keeps no model per client."""
+        clients = self.cfg["federate.client_num"]
+        if not 1 <= client_id <= clients:
+            raise TrainedError(f"client {client_id}: the run had clients "
+                               f"1..{clients}")
+        if self.shared:
+            load_adapter_state(self.model,
+                               self.personal.get(client_id, self.shared))
+
+
+def load_trained(run_dir: Path, cfg: Config) -> Trained:
+    """The model of the run in ``run_dir`` (config ``cfg``, normally its
+    own ``config.yaml``): base model + ``adapter/`` + FedEx-LoRA's
+    residual folded into the base weights; FedSA-LoRA's per-client B
+    read, to be put in with ``use_client`` (until then the model holds
+    the global adapter: the shared A and the initial B)."""
+    adapter_dir = Path(run_dir) / ADAPTER_DIR
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise TrainedError(f"{str(adapter_dir)!r} holds no adapter "
+                           "(adapter_config.json): the run has not "
+                           "finished; continue it with run --resume")
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    name = cfg.model_name
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=task_spec(cfg.task).num_labels)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load model {name!r} (resolved to "
+                         f"{path!r}): {err}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base.config.pad_token_id = tokenizer.pad_token_id
+    try:
+        with warnings.catch_warnings():
+            # PEFT calls a transformers API that 5.x deprecates; not ours.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            model = PeftModel.from_pretrained(base, str(adapter_dir))
+    except (OSError, ValueError, RuntimeError) as err:
+        raise TrainedError(f"cannot load the adapter in "
+                           f"{str(adapter_dir)!r} onto {name!r}: {err}"
+                           ) from err
+    _fold_saved_residual(model, adapter_dir / RESIDUAL_FILE)
+    model.eval()
+    kept = method_from_config(cfg).plan(1).kept_roles
+    shared = {k: v.detach().clone()
+              for k, v in adapter_parameters(model).items()
+              if role_of(k) in kept}
+    return Trained(model, tokenizer, cfg, _read_personal(adapter_dir),
+                   shared)
+
+
+def _fold_saved_residual(model: torch.nn.Module, path: Path) -> None:
+    """Add FedEx-LoRA's saved residual to the base weights it names."""
+    if not path.is_file():
+        return
+    from safetensors.torch import load_file
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, total in load_file(str(path)).items():
+            weight = params.get(name)
+            if weight is None or weight.shape != total.shape:
+                raise TrainedError(f"{path.name}: {name!r} names no base "
+                                   "weight of this model with shape "
+                                   f"{tuple(total.shape)}")
+            weight.add_(total.to(weight.dtype))
+
+
+def _read_personal(adapter_dir: Path) -> dict[int, dict[str, torch.Tensor]]:
+    """Every ``<client>/<key>`` of the run's per-client files."""
+    from safetensors.torch import load_file
+
+    files = sorted(adapter_dir.glob("personal_client*.safetensors"))
+    if (adapter_dir / PERSONAL_FILE).is_file():
+        files.insert(0, adapter_dir / PERSONAL_FILE)
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for path in files:
+        for flat, tensor in load_file(str(path)).items():
+            client, _, key = flat.partition("/")
+            out.setdefault(int(client), {})[key] = tensor
+    return out
+
+
+def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
+              client: int | None = None) -> dict[str, Any]:
+    """Score the run's model from its files on the test rows the run was
+    scored on: the global adapter on the whole scored subset (``eval``),
+    or with ``per_client`` every client's model on its own test share
+    (``eval_per_client``, as the run's per-client evaluation), or one
+    client's (``client``). A client's model is the global adapter except
+    for FedSA-LoRA, whose clients keep their own B. Beside the score,
+    what ``summary.json`` recorded for it."""
+    trained = load_trained(run_dir, cfg)
+    train, test = load_task(cfg.task, cfg["data.root"] or None,
+                            seed=cfg["seed"], holdout=cfg["rolora.holdout"])
+    test = scored_subset(cfg, test)
+    max_len = cfg["llm.tok_len"]
+    check_tok_len(max_len, trained.model, trained.tokenizer, cfg.model_name)
+    device = device_from_config(cfg)
+    trained.model.to(device)
+
+    def score(split: Split) -> dict[str, float]:
+        data: EncodedDataset = encode(split, trained.tokenizer, max_len)
+        return evaluate(trained.model, data, task_spec(cfg.task).metrics,
+                        batch_size=cfg["rolora.eval_batch_size"],
+                        pad_token_id=int(trained.tokenizer.pad_token_id),
+                        device=device)
+
+    recorded = _summary(Path(run_dir))
+    if not per_client and client is None:
+        return {"eval": score(test), "rows": len(test),
+                "recorded": recorded.get("final")}
+    if recorded.get("runner") == "federatedscope":
+        raise TrainedError(
+            "a run of the FederatedScope plugin scored each client on the "
+            "test share FederatedScope's splitter dealt it, which this "
+            "command does not rebuild; it scores such a run's global "
+            "adapter only (drop --per-client and --client)")
+    shares = split_test_per_client(cfg, train, test)
+    scores: dict[int, tuple[dict[str, float], int]] = {}
+    for client_id in [client] if client is not None else \
+            range(1, len(shares) + 1):
+        trained.use_client(client_id)
+        rows = shares[client_id - 1]
+        if rows:
+            scores[client_id] = (score(Split(
+                [test.texts[j] for j in rows],
+                [test.labels[j] for j in rows], test.source)), len(rows))
+    if client is not None:
+        metrics, rows_scored = scores.get(client, ({}, 0))
+        return {"eval": metrics, "rows": rows_scored, "client": client,
+                "recorded": None}
+    return {"eval_per_client": mean_over_clients(scores),
+            "recorded": recorded.get("final_per_client")}
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,137 @@
+"""A finished run's model rebuilt from its files alone (runners/trained.py,
+``federatedscope-rolora eval``) scores what the run recorded, for every
+method: FedEx-LoRA's residual folded in, FedSA-LoRA's B per client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from federatedscope_rolora.config import _flatten as flatten
+from federatedscope_rolora.config import build_config
+from federatedscope_rolora.core.names import METHODS
+from federatedscope_rolora.runners.simulation import run
+from federatedscope_rolora.runners.trained import (
+    TrainedError,
+    load_trained,
+    score_run,
+)
+from tests.conftest import tiny_config_tree
+
+pytestmark = pytest.mark.slow
+
+
+def finished_run(model: Path, glue: Path, run_dir: Path, method: str,
+                 **federate: Any) -> tuple[Any, dict[str, Any]]:
+    tree = tiny_config_tree(model, glue, run_dir,
+                            federate={"method": method,
+                                      "total_round_num": 3, **federate})
+    cfg = build_config(flatten(tree))
+    return cfg, run(cfg)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_files_reproduce_the_runs_final_score(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        method: str) -> None:
+    cfg, summary = finished_run(tiny_model_dir, tiny_glue_root,
+                                tmp_path / "run", method)
+
+    scored = score_run(tmp_path / "run", cfg)
+
+    assert scored["rows"] == 80
+    assert scored["eval"]["acc"] == summary["final"]["acc"]
+    assert scored["eval"]["loss"] == pytest.approx(summary["final"]["loss"],
+                                                   rel=1e-6)
+    assert scored["recorded"] == summary["final"]
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    ids = torch.tensor([[2, 5, 9, 11, 3]])
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)
+                     ).logits
+
+
+def test_fedex_lora_needs_its_residual_and_gets_it(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """Without the residual the model is not the run's: the
+    reproduction above would fail if it were left out."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    cfg, _ = finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                          "fedex_lora")
+    base = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir), num_labels=2)
+    bare = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter"))
+
+    folded = load_trained(tmp_path / "run", cfg).model
+
+    assert not torch.allclose(logits(folded), logits(bare.eval()),
+                              atol=1e-6)
+
+
+def test_fedsa_lora_scores_each_client_with_its_own_b(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    cfg, summary = finished_run(tiny_model_dir, tiny_glue_root,
+                                tmp_path / "run", "fedsa_lora")
+
+    per_client = score_run(tmp_path / "run", cfg, per_client=True)
+    trained = load_trained(tmp_path / "run", cfg)
+    shared = logits(trained.model)
+    trained.use_client(2)
+    own = logits(trained.model)
+
+    recorded = summary["final_per_client"]
+    assert per_client["recorded"] == recorded
+    means = per_client["eval_per_client"]
+    assert (means["clients"], means["examples"]) == (3, 80)
+    for mean in ("example_weighted", "client_mean"):
+        assert means[mean]["acc"] == recorded[mean]["acc"]
+        assert means[mean]["loss"] == pytest.approx(recorded[mean]["loss"],
+                                                    rel=1e-6)
+    assert sorted(trained.personal) == [1, 2, 3]
+    assert not torch.allclose(own, shared, atol=1e-6)
+
+
+def test_a_run_without_an_adapter_or_client_is_named(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    cfg, _ = finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                          "fedsa_lora")
+
+    with pytest.raises(TrainedError, match="holds no adapter"):
+        load_trained(tmp_path / "elsewhere", cfg)
+    with pytest.raises(TrainedError, match=r"client 4: the run had "
+                       r"clients 1\.\.3"):
+        score_run(tmp_path / "run", cfg, client=4)
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "federatedscope_rolora", *map(str, args)],
+        capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_cli_eval_prints_the_score_beside_the_runs(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    _, summary = finished_run(tiny_model_dir, tiny_glue_root,
+                              tmp_path / "run", "fedex_lora")
+    acc = summary["final"]["acc"]
+
+    done = cli("eval", tmp_path / "run")
+    as_json = cli("eval", "--json", tmp_path / "run")
+    misplaced = cli("eval", tmp_path / "run", "--json")
+
+    assert done.returncode == 0, done.stderr
+    assert (f"fedex_lora on sst2, global adapter on 80 test rows: acc "
+            f"{acc:.4f} (run: {acc:.4f})") in done.stdout
+    assert json.loads(as_json.stdout)["eval"]["acc"] == acc
+    assert misplaced.returncode == 2
+    assert "--json: options go before RUN_DIR" in misplaced.stderr
