@@ -124,10 +124,10 @@ def ordering(cells: dict[str, list[float]]) -> str:
     means = {m: round(mean_sd(v)[0] * 100, 1)
              for m, v in cells.items() if v}
     ranked = sorted(means, key=lambda m: -means[m])
-    text = [f"{ranked[0]} {means[ranked[0]]:.1f}"] if ranked else []
+    text = [f"{label(ranked[0])} {means[ranked[0]]:.1f}"] if ranked else []
     for prev, m in itertools.pairwise(ranked):
         sign = "=" if means[m] == means[prev] else ">"
-        text.append(f"{sign} {m} {means[m]:.1f}")
+        text.append(f"{sign} {label(m)} {means[m]:.1f}")
     return " ".join(text)
 
 
@@ -199,7 +199,7 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
                              sizes.get(key, {}).items())
             for m, v in cells.items():
                 seeds = ", ".join(f"{x * 100:.1f}" for x in v)
-                lines.append(f"| {split} | {m} | {cell(v)} | {seeds} | "
+                lines.append(f"| {split} | {label(m)} | {cell(v)} | {seeds} | "
                              f"{span} |")
         lines += ["", "Ordering by mean:", ""] + [
             f"- {k if k == 'iid' else 'alpha ' + k}: {ordering(cells)}"
@@ -273,7 +273,7 @@ def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
         for m, v in cells.items():
             paper = paper_t2(int(c), m, task)
             base = one_epoch.get(c, {}).get(m, [])
-            lines.append(f"| {c} | {m} | {cell(v)} | {_per_seed(v)} | "
+            lines.append(f"| {c} | {label(m)} | {cell(v)} | {_per_seed(v)} | "
                          f"{cell(base)} | "
                          f"{f'{paper:.2f}' if paper else 'n/a'} |")
     lines += ["", "Ordering by mean:", ""] + [
@@ -298,7 +298,7 @@ def _pairs_md(table: dict[str, Any], plan: Any,
         floor = f"{chance[t] * 100:.2f}" if t in chance else "n/a"
         for m, v in cells.items():
             paper = paper_t2(plan.few, m, t)
-            lines.append(f"| {t} | {m} | {cell(v)} | {_per_seed(v)} | "
+            lines.append(f"| {t} | {label(m)} | {cell(v)} | {_per_seed(v)} | "
                          f"{floor} | {f'{paper:.2f}' if paper else 'n/a'} |")
     lines += ["", "Ordering by mean:", ""] + [
         f"- {t}: {ordering(cells) or 'not run'}"

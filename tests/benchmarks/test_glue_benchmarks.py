@@ -252,6 +252,9 @@ def test_ordering_ranks_by_mean_and_marks_ties() -> None:
 
     assert text == "lora 80.0 > rolora 71.0 = ffa_lora 71.0"
     assert report.ordering({"rolora": [], "lora": []}) == ""
+    # a per-client score is never passed off as a global one
+    assert report.ordering({"fedsa_lora": [0.6], "lora": [0.5]}) == \
+        "fedsa_lora (per client) 60.0 > lora 50.0"
 
 
 def test_incomplete_lr_grid_is_an_error(tmp_path: Path) -> None:
