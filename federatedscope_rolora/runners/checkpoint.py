@@ -41,6 +41,7 @@ from federatedscope_rolora.runners.outputs import (
     temporary_path,
 )
 from federatedscope_rolora.schema import SCHEMA
+from federatedscope_rolora.training.models import LoraSpec
 
 STATE_FILE = "state.safetensors"
 FORMAT = 1
@@ -206,10 +207,23 @@ def config_differences(saved: Mapping[str, Any], cfg: Mapping[str, Any]
         # A key newer than the checkpoint: its run had the default.
         default = SCHEMA[key].default if key in SCHEMA else absent
         before, after = saved.get(key, default), now.get(key, absent)
-        if before != after:
+        if before != after and not _same_lora(key, before, after):
             out.append(f"{key}: {before!r} in the checkpoint, {after!r} "
                        "now")
     return out
+
+
+def _same_lora(key: str, before: Any, after: Any) -> bool:
+    """Whether two values of ``llm.adapter.args`` describe the same
+    adapter: one spelling a setting out at its default (``lora_dropout:
+    0.0``, ``layers_to_transform: 4`` for ``[4]``) is the other."""
+    if key != "llm.adapter.args":
+        return False
+    try:
+        return bool(LoraSpec.from_args(before[0])
+                    == LoraSpec.from_args(after[0]))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return False
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from federatedscope_rolora.runners.checkpoint import (
     Checkpoint,
     capture_rng,
     checkpoint_path,
+    config_differences,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -336,3 +337,18 @@ def test_server_state_round_trips_and_refuses_another_adapter() -> None:
     with pytest.raises(ValueError, match="exceed round 0"):
         target.load_state_dict({**saved, "version": {
             k: 5 for k in saved["version"]}})
+
+
+def test_lora_args_spelt_out_at_their_defaults_are_the_same_adapter(
+        ) -> None:
+    key = "llm.adapter.args"
+    saved = {key: [{"r": 4, "lora_alpha": 8, "layers_to_transform": 1}]}
+    same = [{"adapter_package": "peft", "adapter_method": "lora", "r": 4,
+             "lora_alpha": 8, "lora_dropout": 0.0,
+             "target_modules": ["query", "value"],
+             "layers_to_transform": [1]}]
+    other = [{**same[0], "r": 2}]
+
+    assert config_differences(saved, {**saved, key: same}) == []
+    assert config_differences(saved, {**saved, key: other}) == [
+        f"{key}: {saved[key]!r} in the checkpoint, {other!r} now"]
