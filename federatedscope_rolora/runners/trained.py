@@ -34,11 +34,10 @@ from federatedscope_rolora.training.glue import Split, load_task, task_spec
 from federatedscope_rolora.training.local import evaluate
 from federatedscope_rolora.training.metrics import mean_over_clients
 from federatedscope_rolora.training.models import (
-    ModelError,
     adapter_parameters,
     check_tok_len,
     load_adapter_state,
-    resolve_model_path,
+    load_base,
 )
 from federatedscope_rolora.training.residual import (
     PERSONAL_FILE,
@@ -90,23 +89,9 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
                            "(adapter_config.json): the run has not "
                            "finished; continue it with run --resume")
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    name = cfg.model_name
-    path = resolve_model_path(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        base = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=task_spec(cfg.task).num_labels)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load model {name!r} (resolved to "
-                         f"{path!r}): {err}") from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    base.config.pad_token_id = tokenizer.pad_token_id
+    base, tokenizer = load_base(cfg.model_name,
+                                task_spec(cfg.task).num_labels, cfg["seed"])
     try:
         with warnings.catch_warnings():
             # PEFT calls a transformers API that 5.x deprecates; not ours.
@@ -114,7 +99,8 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
             model = PeftModel.from_pretrained(base, str(adapter_dir))
     except (OSError, ValueError, RuntimeError) as err:
         raise TrainedError(f"cannot load the adapter in "
-                           f"{str(adapter_dir)!r} onto {name!r}: {err}"
+                           f"{str(adapter_dir)!r} onto "
+                           f"{cfg.model_name!r}: {err}"
                            ) from err
     _fold_saved_residual(model, adapter_dir / RESIDUAL_FILE)
     model.eval()

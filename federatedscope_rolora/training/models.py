@@ -72,14 +72,11 @@ def public_model_name(name: str) -> str:
     return _MINILM_HUB_ID if name.lower() in _MINILM_NAMES else name
 
 
-def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
-                ) -> tuple[torch.nn.Module, Any]:
-    """Build (peft_model, tokenizer) deterministically from ``seed``.
-
-    The seed fixes the classifier head's init and LoRA's A init, so every
-    process that builds the same config holds the same adapter.
-    """
-    from peft import LoraConfig, TaskType, get_peft_model
+def load_base(name: str, num_labels: int, seed: int
+              ) -> tuple[torch.nn.Module, Any]:
+    """(base_model, tokenizer): the sequence classifier ``name`` with a
+    fresh head of ``num_labels`` drawn from ``seed``, and a tokenizer
+    with a pad token; ModelError naming the model if it cannot load."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -99,6 +96,19 @@ def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     base.config.pad_token_id = tokenizer.pad_token_id
+    return base, tokenizer
+
+
+def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
+                ) -> tuple[torch.nn.Module, Any]:
+    """Build (peft_model, tokenizer) deterministically from ``seed``.
+
+    The seed fixes the classifier head's init and LoRA's A init, so every
+    process that builds the same config holds the same adapter.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    base, tokenizer = load_base(name, num_labels, seed)
     check_layers(lora.layers_to_transform, base, name)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.lora_alpha,
