@@ -22,7 +22,7 @@ import torch
 
 from federatedscope_rolora.config import Config
 from federatedscope_rolora.core.roles import role_of
-from federatedscope_rolora.runners.outputs import SUMMARY_FILE
+from federatedscope_rolora.runners.outputs import ADAPTER_DIR, SUMMARY_FILE
 from federatedscope_rolora.runners.setup import (
     device_from_config,
     method_from_config,
@@ -43,8 +43,6 @@ from federatedscope_rolora.training.residual import (
     PERSONAL_FILE,
     RESIDUAL_FILE,
 )
-
-ADAPTER_DIR = "adapter"
 
 
 class TrainedError(ValueError):
