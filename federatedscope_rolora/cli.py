@@ -90,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
                              "(rolora, lora, ffa_lora, fedex_lora, "
                              "flexlora, fedsa_lora; default: "
                              "%(default)s)")
+            cmd.add_argument("--seeds", default=None, metavar="S,S,...",
+                             help="run every method at each seed (e.g. "
+                             "0,1,2) and report mean ± sd; default: the "
+                             "config's seed")
+            cmd.add_argument("--resume", action="store_true",
+                             help="continue a stopped comparison in the "
+                             "same outdir: finished runs are read back, "
+                             "stopped ones continue from their checkpoint")
             cmd.add_argument("--no-plots", action="store_true",
                              help="skip the PNG plots")
         cmd.add_argument("opts", nargs=argparse.REMAINDER,
@@ -165,12 +173,14 @@ def _compare(args: argparse.Namespace) -> int:
         compare,
         markdown_table,
         parse_methods,
+        parse_seeds,
     )
 
     cfg = load_config(args.cfg, args.opts)
     methods = parse_methods(args.methods)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     total = cfg["federate.total_round_num"]
-    result = compare(cfg, methods,
+    result = compare(cfg, methods, seeds=seeds, resume=args.resume,
                      on_round=lambda m: Progress(m, total),
                      plots=not args.no_plots)
     print(markdown_table(result))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import statistics
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -10,13 +12,18 @@ from typing import Any
 
 from federatedscope_rolora.config import Config, ConfigError
 from federatedscope_rolora.core.methods import METHODS
+from federatedscope_rolora.runners.checkpoint import resume_point
 from federatedscope_rolora.runners.outputs import (
+    SUMMARY_FILE,
+    holds_run,
     read_metrics,
     write_atomic,
     write_json_atomic,
     write_text_atomic,
 )
 from federatedscope_rolora.runners.simulation import RoundCallback, run
+
+log = logging.getLogger("federatedscope_rolora")
 
 COMPARISON_FILE = "comparison.json"
 TABLE_FILE = "comparison.md"
@@ -37,34 +44,145 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-def method_config(cfg: Config, method: str) -> Config:
-    """``cfg`` for one method, writing to ``<run_dir>/<method>``."""
-    return cfg.replace(federate__method=method,
-                       outdir=str(cfg.run_dir / method), expname="")
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``, validated as the ``seed`` key is."""
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, got "
+                          f"{text!r}") from None
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if not seeds or bad:
+        raise ConfigError(f"--seeds: each seed must be in [0, 2**32), got "
+                          f"{text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seed listed twice in {text!r}")
+    return seeds
+
+
+def method_config(cfg: Config, method: str, seed: int | None = None
+                  ) -> Config:
+    """``cfg`` for one method, writing to ``<run_dir>/<method>``; with
+    ``seed``, that seed's run, in ``<run_dir>/<method>/seed<seed>``."""
+    out = cfg.run_dir / method
+    if seed is None:
+        return cfg.replace(federate__method=method, outdir=str(out),
+                           expname="")
+    return cfg.replace(federate__method=method, seed=seed,
+                       outdir=str(out / f"seed{seed}"), expname="")
 
 
 def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
+            seeds: Sequence[int] | None = None, resume: bool = False,
             on_round: Callable[[str], RoundCallback] | None = None,
             plots: bool = True) -> dict[str, Any]:
-    """Run each method and write comparison.json, comparison.md, plots."""
-    configs = {m: method_config(cfg, m) for m in methods}
+    """Run each method (at each of ``seeds``, default the config's) and
+    write comparison.json, comparison.md, plots. With ``resume``, a run
+    already in the outdir is continued from its checkpoint, or read back
+    if it finished under the same config, so a stopped comparison picks
+    up where it stopped."""
+    seeds = list(seeds) if seeds else [cfg["seed"]]
+    several = len(seeds) > 1
     results: dict[str, Any] = {}
-    for method, method_cfg in configs.items():
+    for method in methods:
         callback = on_round(method) if on_round else None
-        summary = run(method_cfg, on_round=callback)
-        records = read_metrics(method_cfg.run_dir)
-        results[method] = _method_result(summary, records)
+        per_seed = {}
+        for seed in seeds:
+            run_cfg = method_config(cfg, method, seed if several else None)
+            summary = _run_or_continue(run_cfg, resume, callback)
+            per_seed[seed] = _method_result(summary,
+                                            read_metrics(run_cfg.run_dir))
+        results[method] = _over_seeds(per_seed) if several \
+            else per_seed[seeds[0]]
     out = cfg.run_dir
     comparison = {"task": cfg.task, "model": cfg.model_name,
                   "clients": cfg["federate.client_num"],
                   "rounds": cfg["federate.total_round_num"],
-                  "seed": cfg["seed"], "methods": results}
+                  "seed": seeds[0], "seeds": seeds, "methods": results}
     write_json_atomic(out / COMPARISON_FILE, comparison)
     write_text_atomic(out / TABLE_FILE, markdown_table(comparison) + "\n")
     if plots:
         comparison["plots"] = draw_plots(comparison, out)
         write_json_atomic(out / COMPARISON_FILE, comparison)
     return comparison
+
+
+def _run_or_continue(cfg: Config, resume: bool,
+                     callback: RoundCallback | None) -> dict[str, Any]:
+    """Run ``cfg``; with ``resume`` and a run in its outdir, continue it,
+    or return its summary if it finished under this very config."""
+    if not (resume and holds_run(cfg.run_dir)):
+        return run(cfg, on_round=callback)
+    ckpt = resume_point(cfg)  # CheckpointError if the config differs
+    total = cfg["federate.total_round_num"]
+    summary_path = cfg.run_dir / SUMMARY_FILE
+    if ckpt is not None and ckpt.round_idx == total and \
+            summary_path.is_file():
+        summary: dict[str, Any] = json.loads(
+            summary_path.read_text(encoding="utf-8"))
+        if summary.get("rounds") == total:
+            log.info("%s: finished already, read back", cfg.run_dir)
+            return summary
+    return run(cfg, on_round=callback, resume=True)
+
+
+def _over_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One method's results at several seeds: each seed's, and their mean
+    (``final``, ``final_per_client``, the curve, the gap per round,
+    bytes) with the spread of the final score (``final_sd``, the curve's
+    ``metric_min`` / ``metric_max``); wall time summed."""
+    runs = list(per_seed.values())
+    first = runs[0]
+    metric = first["primary_metric"]
+    finals = [r["final"][metric] for r in runs]
+    out: dict[str, Any] = {
+        "primary_metric": metric,
+        "final": {k: _mean([r["final"][k] for r in runs])
+                  for k in first["final"]},
+        "final_sd": {metric: statistics.stdev(finals)},
+        "final_per_seed": {metric: finals},
+        "aggregation_gap": [_mean_known(g) for g in
+                            zip(*(r["aggregation_gap"] for r in runs),
+                                strict=True)],
+        "bytes_up_total": _mean([r["bytes_up_total"] for r in runs]),
+        "bytes_down_total": _mean([r["bytes_down_total"] for r in runs]),
+        "wall_seconds": sum(r["wall_seconds"] for r in runs),
+        "curve": _mean_curve([r["curve"] for r in runs]),
+        "seeds": {str(seed): r for seed, r in per_seed.items()},
+    }
+    if all("final_per_client" in r for r in runs):
+        out["final_per_client"] = {
+            form: {k: _mean([r["final_per_client"][form][k] for r in runs])
+                   for k in first["final_per_client"][form]}
+            for form in ("example_weighted", "client_mean")}
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _mean_known(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return _mean(known) if known else None
+
+
+def _mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The seeds' curves point by point (they evaluate the same rounds):
+    mean metric and bytes, with the lowest and highest metric."""
+    out = []
+    for points in zip(*curves, strict=True):
+        values = [p["metric"] for p in points]
+        point = {"round": points[0]["round"], "metric": _mean(values),
+                 "metric_min": min(values), "metric_max": max(values),
+                 "bytes_up_cumulative": _mean(
+                     [p["bytes_up_cumulative"] for p in points])}
+        personal = [p.get("metric_per_client") for p in points]
+        if all(v is not None for v in personal):
+            point["metric_per_client"] = _mean(
+                [v for v in personal if v is not None])
+        out.append(point)
+    return out
 
 
 def _method_result(summary: dict[str, Any], records: list[dict[str, Any]]
@@ -116,7 +234,10 @@ def markdown_table(comparison: dict[str, Any]) -> str:
     """One row per method. ``global final`` and ``best`` score the global
     adapter on the whole test set; ``per-client final`` scores each
     client's own model on its own test share (example-weighted / plain
-    mean over clients), never mixed with the global number."""
+    mean over clients), never mixed with the global number. Over several
+    seeds: the mean ± sd of the final scores, and each seed's."""
+    if len(comparison.get("seeds", [])) > 1:
+        return _seeds_table(comparison)
     rows = [
         f"Task {comparison['task']}, model {comparison['model']}, "
         f"{comparison['clients']} clients, {comparison['rounds']} rounds, "
@@ -137,6 +258,35 @@ def markdown_table(comparison: dict[str, Any]) -> str:
             f"{_gap_cell(res.get('aggregation_gap'))} | "
             f"{res['bytes_up_total'] / 1e6:.3f} | "
             f"{res['bytes_down_total'] / 1e6:.3f} | "
+            f"{res['bytes_up_total'] / rounds / 1e3:.1f} | "
+            f"{res['wall_seconds']:.1f} |")
+    return "\n".join(rows)
+
+
+def _seeds_table(comparison: dict[str, Any]) -> str:
+    seeds = comparison["seeds"]
+    rows = [
+        f"Task {comparison['task']}, model {comparison['model']}, "
+        f"{comparison['clients']} clients, {comparison['rounds']} rounds, "
+        f"seeds {', '.join(map(str, seeds))}: final scores as mean ± sd "
+        f"over the {len(seeds)} seeds, then each seed's.",
+        "",
+        "| method | global final | per seed | per-client final (weighted "
+        "/ mean) | mean aggregation gap | MB up / run | KB up / round | "
+        "wall s (all seeds) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, res in comparison["methods"].items():
+        metric = res["primary_metric"]
+        rounds = max(1, comparison["rounds"])
+        values = res["final_per_seed"][metric]
+        rows.append(
+            f"| {method} | {metric} {res['final'][metric]:.4f} ± "
+            f"{res['final_sd'][metric]:.4f} | "
+            f"{', '.join(f'{v:.4f}' for v in values)} | "
+            f"{_personal_cell(res, metric)} | "
+            f"{_gap_cell(res.get('aggregation_gap'))} | "
+            f"{res['bytes_up_total'] / 1e6:.3f} | "
             f"{res['bytes_up_total'] / rounds / 1e3:.1f} | "
             f"{res['wall_seconds']:.1f} |")
     return "\n".join(rows)
@@ -170,16 +320,23 @@ def draw_plots(comparison: dict[str, Any], out: Path) -> list[str]:
             marker, line = styles.get(method, ("o", "-"))
             personal = [p.get("metric_per_client") for p in res["curve"]]
             both = bool(personal) and all(v is not None for v in personal)
-            ax.plot(xs, [p["metric"] for p in res["curve"]],
-                    marker=marker, linestyle=line,
-                    label=f"{method} (global)" if both else method)
+            drawn = ax.plot(xs, [p["metric"] for p in res["curve"]],
+                            marker=marker, linestyle=line,
+                            label=f"{method} (global)" if both else method)
+            if all("metric_min" in p for p in res["curve"]):
+                # several seeds: the mean, and the band they span
+                ax.fill_between(xs, [p["metric_min"] for p in res["curve"]],
+                                [p["metric_max"] for p in res["curve"]],
+                                color=drawn[0].get_color(), alpha=0.12)
             if both:
                 ax.plot(xs, personal, marker=marker, linestyle=":",
                         alpha=0.6, label=f"{method} (per client)")
         ax.set_xlabel(x_label)
         ax.set_ylabel(f"test {metric}")
+        seeds = len(comparison.get("seeds", []))
         ax.set_title(f"{comparison['task']}, {comparison['clients']} "
-                     "clients")
+                     "clients" + (f", mean of {seeds} seeds (band: lowest "
+                                  "to highest)" if seeds > 1 else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", ncol=2)
         fig.tight_layout()

@@ -1,0 +1,96 @@
+"""``compare --seeds`` (every method at each seed, mean ± sd) and
+``compare --resume`` (a stopped comparison continues where it stopped),
+on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from federatedscope_rolora.config import Config, ConfigError, build_config
+from federatedscope_rolora.config import _flatten as flatten
+from federatedscope_rolora.runners.compare import compare, parse_seeds
+from federatedscope_rolora.runners.outputs import OutdirError
+from tests.conftest import tiny_config_tree
+
+pytestmark = pytest.mark.slow
+
+
+def tiny(model: Path, glue: Path, out: Path, rounds: int = 2) -> Config:
+    return build_config(flatten(tiny_config_tree(
+        model, glue, out, federate={"total_round_num": rounds})))
+
+
+def summary(run_dir: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads(
+        (run_dir / "summary.json").read_text(encoding="utf-8"))
+    return data
+
+
+def test_each_seed_runs_and_the_table_gives_mean_and_sd(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    cfg = tiny(tiny_model_dir, tiny_glue_root, tmp_path / "cmp")
+
+    result = compare(cfg, ["rolora", "lora"], seeds=[1, 5], plots=False)
+
+    for method in ("rolora", "lora"):
+        finals = [summary(tmp_path / "cmp" / method / f"seed{s}")["final"]
+                  for s in (1, 5)]
+        accs = [f["acc"] for f in finals]  # type: ignore[index]
+        res = result["methods"][method]
+        assert res["final_per_seed"]["acc"] == accs
+        assert res["final"]["acc"] == pytest.approx(statistics.mean(accs))
+        assert res["final_sd"]["acc"] == pytest.approx(statistics.stdev(accs))
+        assert sorted(res["seeds"]) == ["1", "5"]
+    # different seeds, different runs: a seed that was not applied would
+    # repeat one run twice
+    runs = result["methods"]["lora"]["seeds"]
+    assert runs["1"]["curve"] != runs["5"]["curve"]
+    table = (tmp_path / "cmp" / "comparison.md").read_text(encoding="utf-8")
+    assert "seeds 1, 5: final scores as mean ± sd" in table
+    lora = result["methods"]["lora"]
+    assert (f"| lora | acc {lora['final']['acc']:.4f} ± "
+            f"{lora['final_sd']['acc']:.4f} | ") in table
+
+
+def test_resume_reads_finished_runs_back_and_continues_the_rest(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    straight = compare(tiny(tiny_model_dir, tiny_glue_root,
+                            tmp_path / "straight", rounds=3),
+                       ["rolora", "lora"], plots=False)
+    out = tmp_path / "stopped"
+    compare(tiny(tiny_model_dir, tiny_glue_root, out, rounds=2),
+            ["rolora", "lora"], plots=False)
+    finished = (out / "rolora" / "metrics.jsonl").stat().st_mtime_ns
+
+    with pytest.raises(OutdirError, match="already holds a run"):
+        compare(tiny(tiny_model_dir, tiny_glue_root, out, rounds=3),
+                ["rolora", "lora"], plots=False)
+    again = compare(tiny(tiny_model_dir, tiny_glue_root, out, rounds=2),
+                    ["rolora", "lora"], resume=True, plots=False)
+    assert (out / "rolora" / "metrics.jsonl").stat().st_mtime_ns == finished
+    longer = compare(tiny(tiny_model_dir, tiny_glue_root, out, rounds=3),
+                     ["rolora", "lora"], resume=True, plots=False)
+
+    assert again["methods"]["rolora"]["curve"] == \
+        summary_curve(straight, "rolora", up_to=2)
+    for method in ("rolora", "lora"):
+        assert longer["methods"][method]["final"] == \
+            straight["methods"][method]["final"]
+        assert longer["methods"][method]["curve"] == \
+            straight["methods"][method]["curve"]
+
+
+def summary_curve(result: dict[str, object], method: str,
+                  up_to: int) -> list[dict[str, object]]:
+    curve = result["methods"][method]["curve"]  # type: ignore[index]
+    return [p for p in curve if p["round"] <= up_to]
+
+
+@pytest.mark.parametrize("text", ["", "0,x", "0,0", "-1"])
+def test_bad_seed_lists_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_seeds(text)
