@@ -254,8 +254,9 @@ def run_one(spec: RunSpec, glue_root: Path, use_gpu: bool = False,
     checkpoint the next time, bit-identical to a run straight through
     (DESIGN.md, invariant 7), and its row says from which round
     (``resumed_after``). A checkpoint the run cannot continue from (a
-    config key that matters changed, its metrics damaged) is removed and
-    the run starts over. RunBusy if another process holds ``keep``.
+    config key that matters changed, its metrics damaged, or stopped
+    under another ``extra``: another device) is removed and the run
+    starts over. RunBusy if another process holds ``keep``.
 
     With ``store`` (the path of a Store; ``keep`` its in-flight folder),
     the row, with ``extra`` in it, is appended there while ``keep`` is
@@ -281,12 +282,30 @@ def run_one(spec: RunSpec, glue_root: Path, use_gpu: bool = False,
             shutil.rmtree(keep, ignore_errors=True)
             raise RunBusy(f"{spec.key} was finished by another process "
                           f"(stored in {store})")
+        _continue_where_started(spec, keep, extra)
         row = {**_run_in(spec, glue_root, use_gpu, keep / "run"),
                **(extra or {})}
         if store is not None:
             Store(store).add(row)
         shutil.rmtree(keep, ignore_errors=True)
     return row
+
+
+def _continue_where_started(spec: RunSpec, keep: Path,
+                            extra: dict[str, Any] | None) -> None:
+    """Keep the ``extra`` (the device) of the process that starts a run
+    in ``keep``; a run stopped under other ``extra`` starts over, since
+    a run partly on one device and partly on another repeats on neither
+    and its row could name only one. (A folder without the record, from
+    before it was kept, continues.)"""
+    started, now = keep / "extra.json", json.dumps(extra or {},
+                                                   sort_keys=True)
+    if started.exists() and started.read_text(encoding="utf-8") != now:
+        print(f"{spec.key}: starting over (stopped under "
+              f"{started.read_text(encoding='utf-8')}, now {now})",
+              file=sys.stderr)
+        shutil.rmtree(keep / "run", ignore_errors=True)
+    started.write_text(now, encoding="utf-8")
 
 
 def _run_in(spec: RunSpec, glue_root: Path, use_gpu: bool, run_dir: Path
@@ -479,6 +498,24 @@ def ensure(specs: Iterable[RunSpec], store: Store, glue_root: Path,
     store.rows.update(Store(store.path).rows)
     if failure is not None:
         raise failure
+
+
+def majority_share(spec: RunSpec, glue_root: Path) -> float:
+    """Share of the majority label among the test rows a run of ``spec``
+    is scored on: what predicting one class scores. Where the test set
+    is subsampled, the rows are drawn with the run's seed, so this
+    differs by seed."""
+    from collections import Counter
+
+    from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.setup import scored_subset
+    from federatedscope_rolora.training.glue import load_task
+
+    cfg = load_config(None, overrides(spec, glue_root, Path("unused")))
+    _, test = load_task(spec.task, glue_root, seed=spec.seed,
+                        holdout=cfg["rolora.holdout"])
+    labels = scored_subset(cfg, test).labels
+    return max(Counter(labels).values()) / len(labels)
 
 
 def final_metric(row: dict[str, Any]) -> float:

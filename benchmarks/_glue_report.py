@@ -120,14 +120,25 @@ def tables(plan: Any, store: Store, lrs: dict[str, float],
 
 
 def ordering(cells: dict[str, list[float]]) -> str:
-    """'rolora 84.1 > lora 83.0 > ffa_lora 80.2' by mean."""
-    means = {m: round(mean_sd(v)[0] * 100, 1)
-             for m, v in cells.items() if v}
-    ranked = sorted(means, key=lambda m: -means[m])
+    """'rolora 84.1 > lora 83.0 > ffa_lora 80.2' by mean, over the
+    methods with the most seeds. A method with fewer is listed after,
+    unranked: the seeds of a cell share their split and initialisation,
+    so a mean over fewer of them does not compare with one over all
+    (with the missing seed in, the order can turn)."""
+    done = {m: v for m, v in cells.items() if v}
+    most = max(map(len, done.values()), default=0)
+    means = {m: round(mean_sd(v)[0] * 100, 1) for m, v in done.items()}
+    ranked = sorted((m for m in done if len(done[m]) == most),
+                    key=lambda m: -means[m])
     text = [f"{label(ranked[0])} {means[ranked[0]]:.1f}"] if ranked else []
     for prev, m in itertools.pairwise(ranked):
         sign = "=" if means[m] == means[prev] else ">"
         text.append(f"{sign} {label(m)} {means[m]:.1f}")
+    fewer = [f"{label(m)} {means[m]:.1f} ({len(v)} of {most} seeds)"
+             for m, v in done.items() if len(v) < most]
+    if fewer:
+        text[-1] += ";"
+        text.append("not ranked, fewer seeds: " + ", ".join(fewer))
     return " ".join(text)
 
 
@@ -143,8 +154,9 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
         f"all clients, {base.local_epochs} local epoch(s) per round, batch "
         f"{base.batch_size}, AdamW, {base.rounds} rounds, tok_len "
         f"{base.tok_len}; metric on {base.eval_samples or 'all'} test rows "
-        f"(GLUE dev), evaluated every {base.eval_every} rounds and after the "
-        "last. Cells: final metric in %, mean ± sd over seeds (n seeds). "
+        f"(GLUE dev{_big_eval_text(plan)}), evaluated every "
+        f"{base.eval_every} rounds and after the last. Cells: final metric "
+        "in %, mean ± sd over seeds (n seeds). "
         "Chance (the majority label's share of the test rows): " + ", ".join(
             f"{t} {v * 100:.2f}%" for t, v in results.get("chance",
                                                           {}).items()) + ".",
@@ -248,6 +260,13 @@ def _coverage_md(table: dict[str, dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def _big_eval_text(plan: Any) -> str:
+    """Where the large dev sets are subsampled (``plan.spec``), say so."""
+    if plan.base.eval_samples:
+        return ""
+    return f"; QNLI, MNLI, QQP: {plan.big_eval} seeded rows"
+
+
 def _sizes_text(sizes: tuple[tuple[str, Any], ...]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sizes)
 
@@ -265,8 +284,8 @@ def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
              f"{_sizes_text(plan.local_sizes)})", "",
              "The clients question again, with each client doing several "
              "local epochs a round so that every method can leave chance. "
-             "'1 epoch' is the clients benchmark's cell (10 rounds), where "
-             "it ran.", "",
+             "'1 epoch' is the clients benchmark's cell "
+             f"({plan.base.rounds} rounds), where it ran.", "",
              "| clients | method | ours | per seed | 1 epoch (ours) | "
              "paper |", "|---|---|---|---|---|---|"]
     for c, cells in results["local"].items():

@@ -297,18 +297,7 @@ def chance(plan: Plan, task: str, glue_root: Path, seed: int = 0
            ) -> float:
     """Share of the majority label among the test rows a run of ``task``
     at ``seed`` is scored on: what predicting one class scores."""
-    from collections import Counter
-
-    from federatedscope_rolora.config import load_config
-    from federatedscope_rolora.runners.setup import scored_subset
-    from federatedscope_rolora.training.glue import load_task
-
-    cfg = load_config(None, common.overrides(plan.spec(task, seed=seed),
-                                             glue_root, Path("unused")))
-    _, test = load_task(task, glue_root, seed=seed,
-                        holdout=cfg["rolora.holdout"])
-    labels = scored_subset(cfg, test).labels
-    return max(Counter(labels).values()) / len(labels)
+    return common.majority_share(plan.spec(task, seed=seed), glue_root)
 
 
 def run_plan(plan: Plan, benches: list[str], store: Store, glue_root: Path,

@@ -247,14 +247,45 @@ def test_store_round_trip_and_distinct_keys(tmp_path: Path) -> None:
 def test_ordering_ranks_by_mean_and_marks_ties() -> None:
     report = load("_glue_report")
 
-    text = report.ordering({"rolora": [0.70, 0.72], "lora": [0.80],
-                            "ffa_lora": [0.71]})
+    text = report.ordering({"rolora": [0.70, 0.72], "lora": [0.80, 0.80],
+                            "ffa_lora": [0.71, 0.71]})
 
     assert text == "lora 80.0 > rolora 71.0 = ffa_lora 71.0"
     assert report.ordering({"rolora": [], "lora": []}) == ""
     # a per-client score is never passed off as a global one
     assert report.ordering({"fedsa_lora": [0.6], "lora": [0.5]}) == \
         "fedsa_lora (per client) 60.0 > lora 50.0"
+
+
+def test_ordering_ranks_only_methods_with_every_seed() -> None:
+    """SST-2, 20 clients, 5 local epochs, as stored: FedEx-LoRA's third
+    seed had not run. Its mean over seeds 0-1 (78.3) beat LoRA's over
+    0-2 (77.6), while over seeds 0-1 LoRA leads (78.4)."""
+    report = load("_glue_report")
+
+    text = report.ordering({"lora": [0.7878, 0.7798, 0.7603],
+                            "rolora": [0.7718, 0.7844, 0.7534],
+                            "fedex_lora": [0.7913, 0.7741]})
+
+    assert text == ("lora 77.6 > rolora 77.0; not ranked, fewer seeds: "
+                    "fedex_lora 78.3 (2 of 3 seeds)")
+
+
+def test_report_prose_states_the_sizes_the_plan_runs() -> None:
+    """The protocol line and the local table's note name the test rows
+    and rounds of the runs behind the cells, not fixed numbers."""
+    h2h = load("glue_head_to_head")
+    report = load("_glue_report")
+    results = {"command": "x", "local": {"6": {"rolora": []}}}
+    full = h2h.replace(h2h.FULL, tasks=("sst2", "qnli"))
+
+    quick_text = report.markdown(results, h2h.QUICK)
+    full_text = report.markdown(results, full)
+
+    assert "clients benchmark's cell (2 rounds)" in quick_text
+    assert "metric on all test rows (GLUE dev; QNLI, MNLI, QQP: 1000 " \
+        "seeded rows)" in full_text
+    assert "metric on 16 test rows (GLUE dev)," in quick_text
 
 
 def test_incomplete_lr_grid_is_an_error(tmp_path: Path) -> None:
@@ -381,6 +412,39 @@ def test_a_checkpoint_of_another_config_is_not_continued(
 
     assert "resumed_after" not in row
     assert numbers(row) == numbers(tiny["straight"])
+
+
+class Stopped(Exception):
+    """The session that ran a run ended midway."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("device", "continued"), [
+    ("gpu", True), ("cpu", False)])
+def test_a_run_continues_only_on_the_device_it_started_on(
+        tiny: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        device: str, continued: bool) -> None:
+    """A run stopped on one device and continued on another would
+    repeat on neither, and its row would name only the second: it
+    starts over instead."""
+    common, spec = tiny["common"], tiny["spec"]
+    keep = common.inflight_dir(tmp_path / "runs.jsonl", spec)
+
+    def stopped_after_two_rounds(*_: Any) -> None:
+        stop_after_two_rounds(tiny, keep)
+        raise Stopped
+
+    with monkeypatch.context() as patch:
+        patch.setattr(common, "_run_in", stopped_after_two_rounds)
+        with pytest.raises(Stopped):
+            common.run_one(spec, tiny["glue"], keep=keep,
+                           extra={"device": "gpu"})
+    row = common.run_one(spec, tiny["glue"], keep=keep,
+                         extra={"device": device})
+
+    assert ("resumed_after" in row) is continued
+    assert numbers(row) == numbers(tiny["straight"])
+    assert row["device"] == device
 
 
 def test_a_run_held_by_another_process_is_skipped(tmp_path: Path) -> None:

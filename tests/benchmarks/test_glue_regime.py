@@ -251,3 +251,43 @@ def test_the_runs_table_shows_a_run_under_way(tmp_path: Path) -> None:
     assert all(not c["under_way"] for part, c in coverage.items()
                if part != "cells")
     assert "| 1/2 |" in "\n".join(lines)
+
+
+def test_chance_is_per_seed_on_the_rows_the_runs_score(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test rows are drawn with each run's seed (MNLI's 1,000 of
+    them: chance 34.1 % at seed 0, 39.1 % at seed 1), and with the
+    regime's own eval size: the report gives chance for every seed it
+    covers, on those rows, not seed 0's of the head-to-head plan."""
+    from dataclasses import asdict
+
+    from federatedscope_rolora.training.partition import subsample_indices
+
+    regime = load("glue_regime")
+    common = regime.common
+    glue = write_sst2(tmp_path / "glue")
+    monkeypatch.setattr(regime, "QUICK", regime.replace(
+        regime.QUICK, base=regime.QUICK.base.with_(eval_samples=8)))
+    h2h = regime.replace(regime.h2h.QUICK, methods=("rolora",),
+                         base=regime.h2h.QUICK.base.with_(model="tiny"))
+    grid = common.Store(tmp_path / "out" / "glue_quick_runs.jsonl")
+    for spec in regime.h2h.lr_specs(h2h):
+        grid.add({"key": spec.key, "spec": asdict(spec),
+                  "primary_metric": "acc", "final": {"acc": 0.5}})
+
+    assert regime.main(["--quick", "--report-only", "--methods", "rolora",
+                        "--seeds", "0,1", "--model", "tiny", "--glue-root",
+                        str(glue), "--out", str(tmp_path / "out")]) == 0
+
+    dev = (glue / "SST-2" / "dev.tsv").read_text().splitlines()[1:]
+    labels = [int(line.rsplit("\t", 1)[1]) for line in dev]
+    want = {}
+    for seed in ("0", "1"):
+        rows = subsample_indices(len(labels), 8, int(seed) + 1)
+        want[seed] = max(sum(labels[i] == y for i in rows)
+                         for y in (0, 1)) / 8
+    data = json.loads(
+        (tmp_path / "out" / "glue_regime_quick.json").read_text())
+    assert data["chance"] == {"sst2": want}
+    text = (tmp_path / "out" / "glue_regime_quick.md").read_text()
+    assert regime._chance_text(data["chance"]) in text
