@@ -51,9 +51,10 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -62,6 +63,7 @@ import glue_head_to_head as h2h  # noqa: E402
 from _common import METHODS, RunSpec, Store  # noqa: E402
 
 PARTS = ("cells", "steps", "skew", "lr", "long")
+T = TypeVar("T")
 
 # The papers' numbers at rank 2 (2409.02346, Table 2, RoBERTa-Large) and
 # rank 4 (2502.01755), for the report's comparison; % accuracy.
@@ -411,7 +413,8 @@ def _chance_text(chance: dict[str, dict[str, float]]) -> str:
 
 
 def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
-           chance: dict[str, dict[str, float]]) -> tuple[str, dict]:
+           chance: dict[str, dict[str, float]]
+           ) -> tuple[str, dict[str, Any]]:
     """Every part's tables, whatever this invocation ran."""
     runs, coverage = runs_table(plan, store, lrs)
     text = ["# The paper's regime: many clients on QNLI and MNLI", "",
@@ -552,6 +555,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _listed(text: str, cast: Callable[[str], T]) -> tuple[T, ...]:
+    """'0,1' -> (0, 1); ValueError from ``cast`` on a bad value."""
+    return tuple(cast(v) for v in text.split(",") if v)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -575,16 +583,16 @@ def main(argv: list[str] | None = None) -> int:
     plan = replace(plan, base=plan.base.with_(model=args.model),
                    methods=methods)
     try:
-        for field, text, cast in (("seeds", args.seeds, int),
-                                  ("clients", args.clients, int),
-                                  ("tasks", args.tasks, str)):
-            if text:
-                plan = replace(plan, **{field: tuple(
-                    cast(v) for v in text.split(",") if v)})
+        if args.seeds:
+            plan = replace(plan, seeds=_listed(args.seeds, int))
+        if args.clients:
+            plan = replace(plan, clients=_listed(args.clients, int))
     except ValueError as err:
         print(f"--seeds and --clients take integers: {err}",
               file=sys.stderr)
         return 2
+    if args.tasks:
+        plan = replace(plan, tasks=_listed(args.tasks, str))
     from federatedscope_rolora.training.glue import TASKS
     unknown = sorted(set(plan.tasks) - set(TASKS))
     if unknown:

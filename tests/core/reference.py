@@ -38,4 +38,5 @@ def dense_flexlora(bs: Sequence[torch.Tensor], as_: Sequence[torch.Tensor],
     """FlexLoRA's rank-r product B·A by the SVD of the dense mean."""
     u, s, vh = torch.linalg.svd(mean_product(bs, as_, weights, 1.0),
                                 full_matrices=False)
-    return (u[:, :rank] * s[:rank]) @ vh[:rank]
+    product: torch.Tensor = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    return product
