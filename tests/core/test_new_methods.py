@@ -21,7 +21,7 @@ from federatedscope_rolora.core.server import (
     build_update,
 )
 from federatedscope_rolora.core.validation import InvalidUpdate
-from tests.core.reference import mean_product
+from tests.core.reference import dense_flexlora, dense_gap, mean_product
 
 PREFIX = "base_model.model.bert.encoder.layer.0.attention.self"
 A_Q = f"{PREFIX}.query.lora_A.default.weight"
@@ -394,6 +394,84 @@ def test_gap_of_fedsa_is_undefined_the_server_holds_no_b() -> None:
     _round(server, clients, 1)
 
     assert server.last_gap.aggregation_gap is None
+
+
+ROUNDS = ([0, 2, 4], [1, 3], [0, 1, 4], [2, 3, 4])  # sampled clients
+
+
+def _reference_weights(clients: list[Client], weighting: str
+                       ) -> list[float]:
+    if weighting == "uniform":
+        return [1.0 / len(clients)] * len(clients)
+    return _weights(clients)
+
+
+@pytest.mark.parametrize("weighting", ["examples", "uniform"])
+@pytest.mark.parametrize("method", METHODS)
+def test_merges_weigh_only_the_accepted_clients_of_a_sampled_round(
+        method: str, weighting: str) -> None:
+    """Sampled rounds, one update refused in round 3, the server
+    restored from its checkpoint before it: every merge, FedEx-LoRA's
+    residual and the gap are those of the accepted clients alone, their
+    weights renormalised, against a float64 reference; clients that
+    skipped rounds come back holding the server's residual total."""
+    def make() -> AdapterServer:
+        return AdapterServer(make_method(method), initial_adapter(),
+                             weighting, scaling=SCALING)
+
+    server, clients = make(), _clients(5)
+    for round_idx, chosen in enumerate(ROUNDS, start=1):
+        if round_idx == 3:
+            restored = make()
+            restored.load_state_dict(server.state_dict())
+            server = restored
+        book = server.residual
+        before = dict(book.total) if book is not None else {}
+        for i in chosen:
+            clients[i].sync(server, round_idx)
+            if book is not None:
+                _assert_same(clients[i].residual, book.total)
+        updates = [clients[i].train(server, round_idx) for i in chosen]
+        if round_idx == 3:
+            next(iter(updates[0].tensors.values()))[0, 0] = float("nan")
+            with pytest.raises(InvalidUpdate):
+                server.receive(updates.pop(0))
+        for update in updates:
+            server.receive(update)
+        accepted = [clients[i] for i in server.received()]
+        weights = _reference_weights(accepted, weighting)
+        server.aggregate(round_idx)
+
+        for key in updates[0].tensors if method != "flexlora" else ():
+            want = torch.stack([w * c.state[key].double() for c, w in
+                                zip(accepted, weights, strict=True)]).sum(0)
+            assert torch.allclose(server.state[key].double(), want,
+                                  atol=1e-6), key
+        terms = []
+        for key, module in lora_modules(server.state).items():
+            bs = [c.state[module.b_key] for c in accepted]
+            as_ = [c.state[module.a_key] for c in accepted]
+            kept = SCALING * server.state[module.b_key].double() @ \
+                server.state[module.a_key].double()
+            if book is not None:
+                kept += (book.total[key] - before[key]).double()
+            mean = mean_product(bs, as_, weights, SCALING)
+            if method == "flexlora":
+                assert torch.allclose(
+                    kept, SCALING * dense_flexlora(bs, as_, weights, R),
+                    atol=1e-5)
+            elif method == "fedex_lora":
+                assert torch.allclose(kept, mean, atol=1e-5)
+            terms.append(dense_gap(bs, as_, weights, SCALING, kept))
+        stats = server.last_gap
+        if method == "fedsa_lora":
+            assert stats.aggregation_gap is None
+            continue
+        scale = sum(t[0] for t in terms)
+        assert stats.aggregation_gap == pytest.approx(
+            (sum(t[1] for t in terms) / scale) ** 0.5, rel=1e-4, abs=1e-6)
+        assert stats.client_drift == pytest.approx(
+            (sum(t[2] for t in terms) / scale) ** 0.5, rel=1e-6)
 
 
 def _assert_same(got: Mapping[str, torch.Tensor],
