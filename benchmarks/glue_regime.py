@@ -452,8 +452,42 @@ def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
     results = {"benchmark": "glue_regime", "command": command,
                "plan": asdict(plan), "best_lr": lrs,
                "coverage": coverage, "long_equals_cell": same_as_cell,
+               "runs": run_records(plan, store, lrs, chance),
                "versions": {"python": platform.python_version()}}
     return "\n".join(text), results
+
+
+def run_records(plan: Plan, store: Store, lrs: dict[str, float],
+                chance: dict[str, dict[str, float]]
+                ) -> list[dict[str, Any]]:
+    """Every stored run the report's tables read, once, with the parts
+    it serves: its spec, the score a table shows (``score``; per client
+    for FedSA-LoRA, ``score_is_per_client``), the chance of its seed's
+    test rows, the accuracy curve, the mean aggregation gap and client
+    drift, and where it ran; the numbers behind every table, for
+    machines."""
+    parts: dict[RunSpec, list[str]] = {}
+    for part, make in MAKERS:
+        for spec in make(plan, lrs):
+            parts.setdefault(spec, []).append(part)
+    out = []
+    for spec, names in parts.items():
+        row = store.get(spec)
+        if row is None:
+            continue
+        out.append({
+            "parts": names, "key": spec.key, "spec": asdict(spec),
+            "score": common.score(row),
+            "score_is_per_client": spec.method in common.PERSONAL and
+            row.get("final_per_client") is not None,
+            "chance": chance.get(spec.task, {}).get(str(spec.seed)),
+            "curve": row.get("curve"),
+            "aggregation_gap_mean": _gap(row, "aggregation_gap"),
+            "client_drift_mean": _gap(row, "client_drift"),
+            "device": row.get("device"),
+            "resumed_after": row.get("resumed_after"),
+        })
+    return out
 
 
 def plot_gaps(plan: Plan, store: Store, lrs: dict[str, float],

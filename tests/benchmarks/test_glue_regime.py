@@ -56,6 +56,27 @@ def test_every_planned_run_is_done_once_with_its_device(
     assert all(r["device"].startswith("cpu") for r in quick["rows"])
 
 
+def test_the_json_holds_every_run_behind_the_tables(
+        quick: dict[str, Any]) -> None:
+    """One record per stored run, with the score its table shows (the
+    per-client one for FedSA-LoRA), its seed's chance and its gap."""
+    records = {r["key"]: r for r in quick["data"]["runs"]}
+
+    assert sorted(records) == sorted(r["key"] for r in quick["rows"])
+    for row in quick["rows"]:
+        record = records[row["key"]]
+        personal = row["spec"]["method"] == "fedsa_lora"
+        want = row["final_per_client"]["example_weighted"]["acc"] \
+            if personal else row["final"]["acc"]
+        assert record["score"] == want
+        assert record["score_is_per_client"] is personal
+        assert record["chance"] == quick["data"]["chance"][
+            row["spec"]["task"]][str(row["spec"]["seed"])]
+        assert record["device"] == row["device"]
+    assert {p for r in records.values() for p in r["parts"]} == {
+        "cells", "steps", "skew", "lr", "long"}
+
+
 def test_runs_use_the_top_layer_the_cache_and_the_local_unit(
         quick: dict[str, Any]) -> None:
     specs = [r["spec"] for r in quick["rows"]]
