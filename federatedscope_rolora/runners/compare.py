@@ -83,6 +83,8 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
     up where it stopped."""
     seeds = list(seeds) if seeds else [cfg["seed"]]
     several = len(seeds) > 1
+    if not several:  # one seed: the usual layout, under that seed
+        cfg = cfg.replace(seed=seeds[0])
     results: dict[str, Any] = {}
     for method in methods:
         callback = on_round(method) if on_round else None
@@ -118,9 +120,11 @@ def _run_or_continue(cfg: Config, resume: bool,
     summary_path = cfg.run_dir / SUMMARY_FILE
     if ckpt is not None and ckpt.round_idx == total and \
             summary_path.is_file():
-        summary: dict[str, Any] = json.loads(
-            summary_path.read_text(encoding="utf-8"))
-        if summary.get("rounds") == total:
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except ValueError:  # damaged: the resumed run writes it again
+            summary = {}
+        if isinstance(summary, dict) and summary.get("rounds") == total:
             log.info("%s: finished already, read back", cfg.run_dir)
             return summary
     return run(cfg, on_round=callback, resume=True)

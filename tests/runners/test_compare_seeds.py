@@ -90,6 +90,32 @@ def summary_curve(result: dict[str, object], method: str,
     return [p for p in curve if p["round"] <= up_to]
 
 
+def test_one_seed_keeps_the_usual_layout_under_that_seed(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    cfg = tiny(tiny_model_dir, tiny_glue_root, tmp_path / "cmp")
+
+    result = compare(cfg, ["lora"], seeds=[5], plots=False)
+
+    saved = (tmp_path / "cmp" / "lora" / "config.yaml").read_text(
+        encoding="utf-8")
+    assert "seed: 5" in saved.splitlines()
+    assert result["seeds"] == [5]
+    assert "final_sd" not in result["methods"]["lora"]
+
+
+def test_resume_runs_again_over_a_damaged_summary(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    cfg = tiny(tiny_model_dir, tiny_glue_root, tmp_path / "cmp")
+    first = compare(cfg, ["lora"], plots=False)
+    (tmp_path / "cmp" / "lora" / "summary.json").write_text("{not json")
+
+    again = compare(cfg, ["lora"], resume=True, plots=False)
+
+    assert again["methods"]["lora"]["final"] == \
+        first["methods"]["lora"]["final"]
+    assert summary(tmp_path / "cmp" / "lora")["rounds"] == 2
+
+
 @pytest.mark.parametrize("text", ["", "0,x", "0,0", "-1"])
 def test_bad_seed_lists_are_refused(text: str) -> None:
     with pytest.raises(ConfigError):
