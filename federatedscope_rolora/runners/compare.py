@@ -258,13 +258,22 @@ def markdown_table(comparison: dict[str, Any]) -> str:
         rows.append(
             f"| {method} | {metric} {res['final'][metric]:.4f} | "
             f"{res['best'][metric]:.4f} ({res['best']['round']}) | "
-            f"{_personal_cell(res, metric)} | "
-            f"{_gap_cell(res.get('aggregation_gap'))} | "
-            f"{res['bytes_up_total'] / 1e6:.3f} | "
-            f"{res['bytes_down_total'] / 1e6:.3f} | "
-            f"{res['bytes_up_total'] / rounds / 1e3:.1f} | "
-            f"{res['wall_seconds']:.1f} |")
+            f"{_other_cells(res, metric, rounds, down=True)} |")
     return "\n".join(rows)
+
+
+def _other_cells(res: dict[str, Any], metric: str, rounds: int,
+                 down: bool) -> str:
+    """Per-client final, mean gap, MB up (and down), KB up a round, wall
+    seconds: the columns after the global score."""
+    cells = [_personal_cell(res, metric),
+             _gap_cell(res.get("aggregation_gap")),
+             f"{res['bytes_up_total'] / 1e6:.3f}"]
+    if down:
+        cells.append(f"{res['bytes_down_total'] / 1e6:.3f}")
+    cells += [f"{res['bytes_up_total'] / rounds / 1e3:.1f}",
+              f"{res['wall_seconds']:.1f}"]
+    return " | ".join(cells)
 
 
 def _seeds_table(comparison: dict[str, Any]) -> str:
@@ -288,11 +297,7 @@ def _seeds_table(comparison: dict[str, Any]) -> str:
             f"| {method} | {metric} {res['final'][metric]:.4f} ± "
             f"{res['final_sd'][metric]:.4f} | "
             f"{', '.join(f'{v:.4f}' for v in values)} | "
-            f"{_personal_cell(res, metric)} | "
-            f"{_gap_cell(res.get('aggregation_gap'))} | "
-            f"{res['bytes_up_total'] / 1e6:.3f} | "
-            f"{res['bytes_up_total'] / rounds / 1e3:.1f} | "
-            f"{res['wall_seconds']:.1f} |")
+            f"{_other_cells(res, metric, rounds, down=False)} |")
     return "\n".join(rows)
 
 
