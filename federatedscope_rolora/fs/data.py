@@ -28,7 +28,10 @@ from federatedscope_rolora.fs.prefix import remember_inputs
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import Split, load_task, task_spec
 from federatedscope_rolora.training.models import resolve_model_path
-from federatedscope_rolora.training.partition import subsample_indices
+from federatedscope_rolora.training.partition import (
+    check_clients,
+    subsample_indices,
+)
 
 # Rows of an example tensor: token ids, attention mask[, token types].
 IDS, MASK, TYPES = 0, 1, 2
@@ -118,13 +121,15 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
     remember_run_config(config)
     train, test = glue_rows(config)
     clients = int(config.federate.client_num)
-    if clients > len(train):
-        # Refused as the embedded runner refuses it (runners/setup.py);
+    try:
+        # the embedded runner's check (training/partition.py):
         # FederatedScope's splitters would leave clients without data
-        # and fail later, deep in its model builder.
+        # and fail later, deep in its model builder
+        check_clients(len(train), clients)
+    except ValueError as err:
         raise ConfigError(f"cannot split {len(train)} train examples over "
-                          f"federate.client_num={clients} clients: every "
-                          "client needs at least one")
+                          f"federate.client_num={clients} clients: {err}"
+                          ) from None
     remember_inputs(schema_view(config), [train.encoded, test.encoded],
                     train.pad_token_id)
     # The splitters draw from numpy's global generator. FederatedScope

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from statistics import fmean, stdev
 from typing import Any
 
 from federatedscope_rolora.config import Config, ConfigError
 from federatedscope_rolora.core.methods import METHODS
 from federatedscope_rolora.runners.checkpoint import resume_point
 from federatedscope_rolora.runners.outputs import (
-    SUMMARY_FILE,
     holds_run,
     read_metrics,
+    read_summary,
     write_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -117,14 +117,10 @@ def _run_or_continue(cfg: Config, resume: bool,
         return run(cfg, on_round=callback)
     ckpt = resume_point(cfg)  # CheckpointError if the config differs
     total = cfg["federate.total_round_num"]
-    summary_path = cfg.run_dir / SUMMARY_FILE
-    if ckpt is not None and ckpt.round_idx == total and \
-            summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except ValueError:  # damaged: the resumed run writes it again
-            summary = {}
-        if isinstance(summary, dict) and summary.get("rounds") == total:
+    if ckpt is not None and ckpt.round_idx == total:
+        # missing or damaged: the resumed run writes it again
+        summary = read_summary(cfg.run_dir)
+        if summary is not None and summary.get("rounds") == total:
             log.info("%s: finished already, read back", cfg.run_dir)
             return summary
     return run(cfg, on_round=callback, resume=True)
@@ -141,34 +137,30 @@ def _over_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     finals = [r["final"][metric] for r in runs]
     out: dict[str, Any] = {
         "primary_metric": metric,
-        "final": {k: _mean([r["final"][k] for r in runs])
+        "final": {k: fmean([r["final"][k] for r in runs])
                   for k in first["final"]},
-        "final_sd": {metric: statistics.stdev(finals)},
+        "final_sd": {metric: stdev(finals)},
         "final_per_seed": {metric: finals},
         "aggregation_gap": [_mean_known(g) for g in
                             zip(*(r["aggregation_gap"] for r in runs),
                                 strict=True)],
-        "bytes_up_total": _mean([r["bytes_up_total"] for r in runs]),
-        "bytes_down_total": _mean([r["bytes_down_total"] for r in runs]),
+        "bytes_up_total": fmean([r["bytes_up_total"] for r in runs]),
+        "bytes_down_total": fmean([r["bytes_down_total"] for r in runs]),
         "wall_seconds": sum(r["wall_seconds"] for r in runs),
         "curve": _mean_curve([r["curve"] for r in runs]),
         "seeds": {str(seed): r for seed, r in per_seed.items()},
     }
     if all("final_per_client" in r for r in runs):
         out["final_per_client"] = {
-            form: {k: _mean([r["final_per_client"][form][k] for r in runs])
+            form: {k: fmean([r["final_per_client"][form][k] for r in runs])
                    for k in first["final_per_client"][form]}
             for form in ("example_weighted", "client_mean")}
     return out
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
 def _mean_known(values: Sequence[float | None]) -> float | None:
     known = [v for v in values if v is not None]
-    return _mean(known) if known else None
+    return fmean(known) if known else None
 
 
 def _mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -177,13 +169,13 @@ def _mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     out = []
     for points in zip(*curves, strict=True):
         values = [p["metric"] for p in points]
-        point = {"round": points[0]["round"], "metric": _mean(values),
+        point = {"round": points[0]["round"], "metric": fmean(values),
                  "metric_min": min(values), "metric_max": max(values),
-                 "bytes_up_cumulative": _mean(
+                 "bytes_up_cumulative": fmean(
                      [p["bytes_up_cumulative"] for p in points])}
         personal = [p.get("metric_per_client") for p in points]
         if all(v is not None for v in personal):
-            point["metric_per_client"] = _mean(
+            point["metric_per_client"] = fmean(
                 [v for v in personal if v is not None])
         out.append(point)
     return out

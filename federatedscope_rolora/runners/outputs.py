@@ -270,6 +270,17 @@ def _is_record(record: Any, round_idx: int) -> bool:
     return isinstance(record.get("eval", {}), dict)
 
 
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json``; None if it is missing or damaged (not
+    a JSON object)."""
+    try:
+        data = json.loads((run_dir / SUMMARY_FILE).read_text(
+            encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The per-round records of a run, in order."""
     path = run_dir / METRICS_FILE

@@ -12,7 +12,6 @@ number before taking the adapter elsewhere. Reads only; writes nothing.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from federatedscope_rolora.config import Config
 from federatedscope_rolora.core.roles import role_of
-from federatedscope_rolora.runners.outputs import ADAPTER_DIR, SUMMARY_FILE
+from federatedscope_rolora.runners.outputs import ADAPTER_DIR, read_summary
 from federatedscope_rolora.runners.setup import (
     device_from_config,
     method_from_config,
@@ -167,7 +166,7 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
                         pad_token_id=int(trained.tokenizer.pad_token_id),
                         device=device)
 
-    recorded = _summary(Path(run_dir))
+    recorded = read_summary(Path(run_dir)) or {}
     if not per_client and client is None:
         return {"eval": score(test), "rows": len(test),
                 "recorded": recorded.get("final")}
@@ -194,13 +193,3 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
     return {"eval_per_client": mean_over_clients(scores),
             "recorded": recorded.get("final_per_client")}
 
-
-def _summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / SUMMARY_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}

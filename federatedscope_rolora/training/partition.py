@@ -22,7 +22,9 @@ _MAX_DIRICHLET_TRIES = 1000
 SPLITTERS = ("iid", "lda")
 
 
-def _check_clients(num_examples: int, num_clients: int) -> None:
+def check_clients(num_examples: int, num_clients: int) -> None:
+    """ValueError unless every one of ``num_clients`` clients can get at
+    least one of ``num_examples`` examples."""
     if num_clients < 1:
         raise ValueError(f"num_clients must be at least 1, got {num_clients}")
     if num_clients > num_examples:
@@ -52,7 +54,7 @@ def partition_iid(
     num_examples: int, num_clients: int, seed: int
 ) -> list[list[int]]:
     """Shuffle, then deal shares whose sizes differ by at most one."""
-    _check_clients(num_examples, num_clients)
+    check_clients(num_examples, num_clients)
     order = np.random.default_rng(seed).permutation(num_examples)
     return [
         sorted(part.tolist()) for part in np.array_split(order, num_clients)
@@ -108,7 +110,7 @@ def dirichlet_with_shares(
 ) -> tuple[list[list[int]], dict[int, np.ndarray]]:
     """``partition_dirichlet`` and the Dirichlet proportions of the
     accepted draw, by label value."""
-    _check_clients(len(labels), num_clients)
+    check_clients(len(labels), num_clients)
     if not alpha > 0:
         raise ValueError(f"lda alpha must be > 0, got {alpha}")
     if min_size < 0:
