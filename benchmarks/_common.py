@@ -278,15 +278,16 @@ def run_one(spec: RunSpec, glue_root: Path, use_gpu: bool = False,
         except BlockingIOError:
             raise RunBusy(f"{spec.key} is running in another process "
                           f"({keep})") from None
-        if store is not None and spec in Store(store):
+        stored = Store(store) if store is not None else None
+        if stored is not None and spec in stored:
             shutil.rmtree(keep, ignore_errors=True)
             raise RunBusy(f"{spec.key} was finished by another process "
                           f"(stored in {store})")
         _continue_where_started(spec, keep, extra)
         row = {**_run_in(spec, glue_root, use_gpu, keep / "run"),
                **(extra or {})}
-        if store is not None:
-            Store(store).add(row)
+        if stored is not None:
+            stored.add(row)  # appends; no other process holds this run
         shutil.rmtree(keep, ignore_errors=True)
     return row
 
