@@ -29,8 +29,9 @@ def _offset(i: int, count: int) -> float:
     return i - (count - 1) / 2
 
 
-def _pct(values: list[float]) -> tuple[float, float]:
-    mean, sd = mean_sd([v * 100 for v in values])
+def _pct(values: dict[str, float]) -> tuple[float, float]:
+    """Mean and sd in percent of a cell's scores by seed."""
+    mean, sd = mean_sd([v * 100 for v in values.values()])
     return mean, sd
 
 
@@ -86,7 +87,7 @@ def local(results: dict[str, Any], plan: Any, path: Path) -> None:
     _save(fig, path)
 
 
-def _bars(ax: Any, table: dict[str, dict[str, list[float]]],
+def _bars(ax: Any, table: dict[str, dict[str, dict[str, float]]],
           labels: list[str]) -> None:
     """One group of bars (mean, sd) per row of ``table``."""
     xs = list(range(len(table)))
@@ -138,7 +139,7 @@ def rank(results: dict[str, Any], plan: Any, path: Path) -> None:
 def lr_grid(results: dict[str, Any], plan: Any, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     for m, row in results["lr_grid"].items():
-        pts = [(float(lr), v[0] * 100) for lr, v in row.items() if v]
+        pts = [(float(lr), v["0"] * 100) for lr, v in row.items() if v]
         ax.plot([p[0] for p in pts], [p[1] for p in pts],
                 marker=MARKERS[m], color=COLORS[m], label=LABELS[m])
     ax.set_xscale("log")

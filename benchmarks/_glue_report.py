@@ -63,9 +63,23 @@ def label(method: str) -> str:
     return f"{method} (per client)" if method in PERSONAL else method
 
 
-def _values(store: Store, specs: list[Any]) -> list[float]:
+# One cell of a table: each stored run's score, keyed by its seed (a
+# string, as JSON keeps it). A seed that has not run is absent, so a
+# cell says which seeds its mean is over.
+Seeds = dict[str, float]
+
+
+def _values(store: Store, specs: list[Any]) -> Seeds:
     rows = [store.get(s) for s in specs]
-    return [score(r) for r in rows if r is not None]
+    return {str(r["spec"]["seed"]): score(r) for r in rows if r is not None}
+
+
+def _cell(values: Seeds) -> str:
+    return cell(list(values.values()))
+
+
+def _seed_list(seeds: Any) -> str:
+    return ", ".join(f"s{s}" for s in sorted(seeds, key=int))
 
 
 def _sizes(store: Store, specs: list[Any]) -> dict[str, list[int]]:
@@ -119,26 +133,30 @@ def tables(plan: Any, store: Store, lrs: dict[str, float],
     return out
 
 
-def ordering(cells: dict[str, list[float]]) -> str:
+def ordering(cells: dict[str, Seeds]) -> str:
     """'rolora 84.1 > lora 83.0 > ffa_lora 80.2' by mean, over the
-    methods with the most seeds. A method with fewer is listed after,
-    unranked: the seeds of a cell share their split and initialisation,
-    so a mean over fewer of them does not compare with one over all
-    (with the missing seed in, the order can turn)."""
+    methods that have every seed any method of the cell has. A method
+    missing one is listed after, unranked: the seeds of a cell share
+    their split and initialisation, so means over different seeds do
+    not compare (with the missing seed in, the order can turn), even
+    when they are as many (seeds 0-1 against 0 and 2)."""
     done = {m: v for m, v in cells.items() if v}
-    most = max(map(len, done.values()), default=0)
-    means = {m: round(mean_sd(v)[0] * 100, 1) for m, v in done.items()}
-    ranked = sorted((m for m in done if len(done[m]) == most),
+    every = set().union(*done.values()) if done else set()
+    means = {m: round(mean_sd(list(v.values()))[0] * 100, 1)
+             for m, v in done.items()}
+    ranked = sorted((m for m in done if set(done[m]) == every),
                     key=lambda m: -means[m])
     text = [f"{label(ranked[0])} {means[ranked[0]]:.1f}"] if ranked else []
     for prev, m in itertools.pairwise(ranked):
         sign = "=" if means[m] == means[prev] else ">"
         text.append(f"{sign} {label(m)} {means[m]:.1f}")
-    fewer = [f"{label(m)} {means[m]:.1f} ({len(v)} of {most} seeds)"
-             for m, v in done.items() if len(v) < most]
+    fewer = [f"{label(m)} {means[m]:.1f} ({_seed_list(v)} of "
+             f"{_seed_list(every)})"
+             for m, v in done.items() if set(v) != every]
     if fewer:
-        text[-1] += ";"
-        text.append("not ranked, fewer seeds: " + ", ".join(fewer))
+        if text:
+            text[-1] += ";"
+        text.append("not ranked, missing seeds: " + ", ".join(fewer))
     return " ".join(text)
 
 
@@ -157,9 +175,10 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
         f"(GLUE dev{_big_eval_text(plan)}), evaluated every "
         f"{base.eval_every} rounds and after the last. Cells: final metric "
         "in %, mean ± sd over seeds (n seeds). "
-        "Chance (the majority label's share of the test rows): " + ", ".join(
-            f"{t} {v * 100:.2f}%" for t, v in results.get("chance",
-                                                          {}).items()) + ".",
+        "Chance (the majority label's share of the test rows a seed "
+        "scores on): " + ", ".join(
+            f"{t} {_chance_text(v)}" for t, v in results.get(
+                "chance", {}).items()) + ".",
         "",
     ]
     if results.get("coverage"):
@@ -177,7 +196,7 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
                   "|---" * (len(plan.lr_grid) + 1) + "|"]
         for m, row in results["lr_grid"].items():
             lines.append(f"| {m} | " + " | ".join(
-                cell(v) for v in row.values()) + " |")
+                _cell(v) for v in row.values()) + " |")
         lines.append("")
     if "clients" in results:
         lines += _clients_md(results["clients"])
@@ -194,7 +213,7 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
         for r, cells in results["rank"].items():
             for m, v in cells.items():
                 paper = PAPER_T1.get(m, {}).get(int(r))
-                lines.append(f"| {r} | {label(m)} | {cell(v)} | "
+                lines.append(f"| {r} | {label(m)} | {_cell(v)} | "
                              f"{f'{paper:.2f}' if paper else 'n/a'} |")
         lines.append("")
     if "skew" in results:
@@ -210,9 +229,8 @@ def markdown(results: dict[str, Any], plan: Any) -> str:
             span = "; ".join(f"s{k}: {lo}-{hi}" for k, (lo, hi) in
                              sizes.get(key, {}).items())
             for m, v in cells.items():
-                seeds = ", ".join(f"{x * 100:.1f}" for x in v)
-                lines.append(f"| {split} | {label(m)} | {cell(v)} | {seeds} | "
-                             f"{span} |")
+                lines.append(f"| {split} | {label(m)} | {_cell(v)} | "
+                             f"{_per_seed(v)} | {span} |")
         lines += ["", "Ordering by mean:", ""] + [
             f"- {k if k == 'iid' else 'alpha ' + k}: {ordering(cells)}"
             for k, cells in results["skew"].items()]
@@ -231,7 +249,7 @@ def _clients_md(table: dict[str, Any]) -> list[str]:
             cells = []
             for t in tasks:
                 paper = paper_t2(int(c), m, t)
-                cells += [cell(table[t][c][m]),
+                cells += [_cell(table[t][c][m]),
                           f"{paper:.2f}" if paper else "n/a"]
             lines.append(f"| {c} | {label(m)} | " + " | ".join(cells) +
                          " |")
@@ -271,8 +289,20 @@ def _sizes_text(sizes: tuple[tuple[str, Any], ...]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sizes)
 
 
-def _per_seed(values: list[float]) -> str:
-    return ", ".join(f"{v * 100:.1f}" for v in values) or "not run"
+def _chance_text(by_seed: Seeds, unit: str = "%") -> str:
+    """'50.92%' where every seed scores on the same rows, else
+    's0 51.50%, s1 54.10%': each seed draws its own subsample."""
+    shares = set(by_seed.values())
+    if len(shares) == 1:
+        return f"{shares.pop() * 100:.2f}{unit}"
+    return ", ".join(f"s{s} {by_seed[s] * 100:.2f}{unit}"
+                     for s in sorted(by_seed, key=int))
+
+
+def _per_seed(values: Seeds) -> str:
+    """'s0 70.0, s1 72.6': each seed's score, named."""
+    return ", ".join(f"s{s} {values[s] * 100:.1f}"
+                     for s in sorted(values, key=int)) or "not run"
 
 
 def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
@@ -291,9 +321,9 @@ def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
     for c, cells in results["local"].items():
         for m, v in cells.items():
             paper = paper_t2(int(c), m, task)
-            base = one_epoch.get(c, {}).get(m, [])
-            lines.append(f"| {c} | {label(m)} | {cell(v)} | {_per_seed(v)} | "
-                         f"{cell(base)} | "
+            base = one_epoch.get(c, {}).get(m, {})
+            lines.append(f"| {c} | {label(m)} | {_cell(v)} | {_per_seed(v)} | "
+                         f"{_cell(base)} | "
                          f"{f'{paper:.2f}' if paper else 'n/a'} |")
     lines += ["", "Ordering by mean:", ""] + [
         f"- {c} clients: {ordering(cells) or 'not run'}"
@@ -302,7 +332,7 @@ def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
 
 
 def _pairs_md(table: dict[str, Any], plan: Any,
-              chance: dict[str, float]) -> list[str]:
+              chance: dict[str, Seeds]) -> list[str]:
     lines = [f"## Sentence-pair tasks, {plan.few} clients "
              f"({_sizes_text(plan.pair_sizes)})", "",
              "Each method at the learning rate the grid chose on "
@@ -314,10 +344,10 @@ def _pairs_md(table: dict[str, Any], plan: Any,
              "| task | method | ours | per seed | chance | paper (Table 2) |",
              "|---|---|---|---|---|---|"]
     for t, cells in table.items():
-        floor = f"{chance[t] * 100:.2f}" if t in chance else "n/a"
+        floor = _chance_text(chance[t], "") if t in chance else "n/a"
         for m, v in cells.items():
             paper = paper_t2(plan.few, m, t)
-            lines.append(f"| {t} | {label(m)} | {cell(v)} | {_per_seed(v)} | "
+            lines.append(f"| {t} | {label(m)} | {_cell(v)} | {_per_seed(v)} | "
                          f"{floor} | {f'{paper:.2f}' if paper else 'n/a'} |")
     lines += ["", "Ordering by mean:", ""] + [
         f"- {t}: {ordering(cells) or 'not run'}"
@@ -359,6 +389,8 @@ def _has_numbers(table: Any) -> bool:
     leaves cells empty; a table with no run has nothing to draw)."""
     if isinstance(table, dict):
         return any(_has_numbers(v) for v in table.values())
+    if isinstance(table, float):
+        return True
     return bool(table)
 
 

@@ -300,6 +300,22 @@ def chance(plan: Plan, task: str, glue_root: Path, seed: int = 0
     return common.majority_share(plan.spec(task, seed=seed), glue_root)
 
 
+def chances(plan: Plan, benches: list[str], lrs: dict[str, float],
+            glue_root: Path) -> dict[str, dict[str, float]]:
+    """Chance of each task at each seed its tables' runs score on (a
+    subsampled dev set draws its own rows per seed), keyed task, then
+    seed as a string."""
+    cells = {(plan.lr_task, 0)}
+    if lrs:
+        cells |= {(s.task, s.seed) for name, make in SPEC_MAKERS
+                  if name in benches for s in make(plan, lrs)}
+    out: dict[str, dict[str, float]] = {}
+    for task, seed in sorted(cells):
+        out.setdefault(task, {})[str(seed)] = chance(plan, task, glue_root,
+                                                     seed)
+    return out
+
+
 def run_plan(plan: Plan, benches: list[str], store: Store, glue_root: Path,
              status: Path | None, jobs: int = 1) -> None:
     """Run what the chosen benchmarks lack, cheapest and most needed
@@ -416,9 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "coverage": coverage(plan, benches, store, lrs),
     }
     results.update(report.tables(plan, store, lrs, benches))
-    tasks = {plan.lr_task, *plan.tasks, *plan.pair_tasks, plan.local_task}
-    results["chance"] = {t: chance(plan, t, args.glue_root)
-                         for t in sorted(tasks)}
+    results["chance"] = chances(plan, benches, lrs, args.glue_root)
     text = report.markdown(results, plan)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -88,11 +88,11 @@ def test_rolora_alternates_the_factor_it_sends(quick: Run) -> None:
 @pytest.mark.slow
 def test_every_table_has_every_method_and_seed(quick: Run) -> None:
     data = quick["data"]
-    seeds = len(data["plan"]["seeds"])
+    seeds = data["plan"]["seeds"]
 
     for cells in data["clients"]["sst2"].values():
-        assert {m: len(v) for m, v in cells.items()} == \
-            dict.fromkeys(METHODS, seeds)
+        assert {m: sorted(v) for m, v in cells.items()} == \
+            dict.fromkeys(METHODS, [str(s) for s in seeds])
     for table, methods in (("rank", METHODS), ("skew", BASE_METHODS),
                            ("local", METHODS),
                            ("pairs", BASE_METHODS)):
@@ -169,7 +169,7 @@ def test_chance_is_the_majority_share_of_the_test_rows(quick: Run) -> None:
     rows = subsample_indices(len(labels), 16, 1)  # quick: 16 rows, seed 0
     share = max(sum(labels[i] == y for i in rows) for y in (0, 1)) / 16
 
-    assert quick["data"]["chance"]["sst2"] == share
+    assert quick["data"]["chance"]["sst2"] == {"0": share}
     assert f"sst2 {share * 100:.2f}%" in quick["stdout"]
 
 
@@ -247,14 +247,15 @@ def test_store_round_trip_and_distinct_keys(tmp_path: Path) -> None:
 def test_ordering_ranks_by_mean_and_marks_ties() -> None:
     report = load("_glue_report")
 
-    text = report.ordering({"rolora": [0.70, 0.72], "lora": [0.80, 0.80],
-                            "ffa_lora": [0.71, 0.71]})
+    text = report.ordering({"rolora": {"0": 0.70, "1": 0.72},
+                            "lora": {"0": 0.80, "1": 0.80},
+                            "ffa_lora": {"0": 0.71, "1": 0.71}})
 
     assert text == "lora 80.0 > rolora 71.0 = ffa_lora 71.0"
-    assert report.ordering({"rolora": [], "lora": []}) == ""
+    assert report.ordering({"rolora": {}, "lora": {}}) == ""
     # a per-client score is never passed off as a global one
-    assert report.ordering({"fedsa_lora": [0.6], "lora": [0.5]}) == \
-        "fedsa_lora (per client) 60.0 > lora 50.0"
+    assert report.ordering({"fedsa_lora": {"0": 0.6}, "lora": {"0": 0.5}}) \
+        == "fedsa_lora (per client) 60.0 > lora 50.0"
 
 
 def test_ordering_ranks_only_methods_with_every_seed() -> None:
@@ -263,12 +264,37 @@ def test_ordering_ranks_only_methods_with_every_seed() -> None:
     0-2 (77.6), while over seeds 0-1 LoRA leads (78.4)."""
     report = load("_glue_report")
 
-    text = report.ordering({"lora": [0.7878, 0.7798, 0.7603],
-                            "rolora": [0.7718, 0.7844, 0.7534],
-                            "fedex_lora": [0.7913, 0.7741]})
+    text = report.ordering({"lora": {"0": 0.7878, "1": 0.7798,
+                                     "2": 0.7603},
+                            "rolora": {"0": 0.7718, "1": 0.7844,
+                                       "2": 0.7534},
+                            "fedex_lora": {"0": 0.7913, "1": 0.7741}})
 
-    assert text == ("lora 77.6 > rolora 77.0; not ranked, fewer seeds: "
-                    "fedex_lora 78.3 (2 of 3 seeds)")
+    assert text == ("lora 77.6 > rolora 77.0; not ranked, missing seeds: "
+                    "fedex_lora 78.3 (s0, s1 of s0, s1, s2)")
+
+
+def test_ordering_never_ranks_means_over_different_seeds() -> None:
+    """As many seeds is not the same seeds: a mean over seeds 0 and 1
+    does not rank against one over 0 and 2 (counting seeds let it)."""
+    report = load("_glue_report")
+
+    text = report.ordering({"lora": {"0": 0.60, "2": 0.90},
+                            "rolora": {"0": 0.70, "1": 0.72}})
+
+    assert ">" not in text
+    assert text == ("not ranked, missing seeds: lora 75.0 (s0, s2 of s0, "
+                    "s1, s2), rolora 71.0 (s0, s1 of s0, s1, s2)")
+
+
+def test_per_seed_cells_name_their_seeds() -> None:
+    report = load("_glue_report")
+
+    assert report._per_seed({"2": 0.735, "0": 0.7}) == "s0 70.0, s2 73.5"
+    assert report._per_seed({}) == "not run"
+    assert report._chance_text({"0": 0.5092, "1": 0.5092}) == "50.92%"
+    assert report._chance_text({"0": 0.515, "1": 0.541}) == \
+        "s0 51.50%, s1 54.10%"
 
 
 def test_report_prose_states_the_sizes_the_plan_runs() -> None:
@@ -276,7 +302,7 @@ def test_report_prose_states_the_sizes_the_plan_runs() -> None:
     and rounds of the runs behind the cells, not fixed numbers."""
     h2h = load("glue_head_to_head")
     report = load("_glue_report")
-    results = {"command": "x", "local": {"6": {"rolora": []}}}
+    results = {"command": "x", "local": {"6": {"rolora": {}}}}
     full = h2h.replace(h2h.FULL, tasks=("sst2", "qnli"))
 
     quick_text = report.markdown(results, h2h.QUICK)
