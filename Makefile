@@ -65,6 +65,8 @@ quickstart: $(STAMP)
 	$(BIN)/federatedscope-rolora compare \
 	    --cfg yaml_configs/quickstart_sst2.yaml data.root $(GLUE_ROOT)
 	$(BIN)/federatedscope-rolora eval runs/quickstart/rolora
+	$(BIN)/federatedscope-rolora export runs/quickstart/rolora \
+	    runs/quickstart/rolora-model
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from federatedscope_rolora.config import ConfigError, load_config
+from federatedscope_rolora.config import Config, ConfigError, load_config
 from federatedscope_rolora.schema import SCHEMA
 
 EXIT_BAD_INPUT = 2
@@ -127,6 +127,31 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                      help="config overrides, e.g. data.root on another "
                      "machine")
+    text = ("write a finished run's model as one plain transformers "
+            "checkpoint (the adapter, FedEx-LoRA's residual and, for "
+            "FedSA-LoRA, one client's B merged into the weights) that "
+            "AutoModelForSequenceClassification.from_pretrained loads "
+            "without this package or PEFT; the written copy is loaded back "
+            "and checked against the run's model on its test rows")
+    cmd = sub.add_parser("export", help="write a run's model as a plain "
+                         "transformers checkpoint", description=text)
+    cmd.add_argument("run_dir", metavar="RUN_DIR",
+                     help="a run's outdir (holding adapter/)")
+    cmd.add_argument("out_dir", metavar="OUT_DIR",
+                     help="a new (or empty) directory to write")
+    cmd.add_argument("--cfg", metavar="FILE", default=None,
+                     help="the config the run ran with (default: "
+                     "RUN_DIR/config.yaml)")
+    cmd.add_argument("--client", type=int, metavar="ID",
+                     help="that client's model (needed for fedsa_lora, "
+                     "which keeps one B per client)")
+    cmd.add_argument("--check-rows", type=int, default=16, metavar="N",
+                     help="test rows the written copy is checked on "
+                     "(default %(default)s; 0 skips the check, which needs "
+                     "the run's data)")
+    cmd.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                     help="config overrides, e.g. data.root on another "
+                     "machine")
     sub.add_parser(
         "fs-main", add_help=False,
         help="run FederatedScope's main with the plugin registered, for "
@@ -191,16 +216,10 @@ def _compare(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from federatedscope_rolora.runners.outputs import CONFIG_FILE
     from federatedscope_rolora.runners.trained import score_run
 
-    flags = [o for o in args.opts[::2] if o.startswith("-")]
-    if flags:
-        raise ConfigError(f"{flags[0]}: options go before RUN_DIR "
-                          "(federatedscope-rolora eval [OPTIONS] RUN_DIR "
-                          "[KEY VALUE ...])")
     run_dir = Path(args.run_dir)
-    cfg = load_config(args.cfg or run_dir / CONFIG_FILE, args.opts)
+    cfg = _trained_config(args, "RUN_DIR")
     result = score_run(run_dir, cfg, per_client=args.per_client,
                        client=args.client)
     if args.json:
@@ -229,6 +248,38 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         print(f"{head}, global adapter on {result['rows']} test rows: "
               f"{scores}")
+    return 0
+
+
+def _trained_config(args: argparse.Namespace, places: str) -> Config:
+    """The config of the finished run ``args.run_dir`` (``--cfg``, else
+    its own config.yaml) with the trailing overrides; ``places``: the
+    command's positional arguments, for the usage line."""
+    from federatedscope_rolora.runners.outputs import CONFIG_FILE
+
+    flags = [o for o in args.opts[::2] if o.startswith("-")]
+    if flags:
+        raise ConfigError(f"{flags[0]}: options go before RUN_DIR "
+                          f"(federatedscope-rolora {args.command} [OPTIONS] "
+                          f"{places} [KEY VALUE ...])")
+    return load_config(args.cfg or Path(args.run_dir) / CONFIG_FILE,
+                       args.opts)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from federatedscope_rolora.runners.trained import export_model
+
+    cfg = _trained_config(args, "RUN_DIR OUT_DIR")
+    record = export_model(Path(args.run_dir), cfg, Path(args.out_dir),
+                          client=args.client, check_rows=args.check_rows)
+    who = f", client {args.client}'s model" if args.client else ""
+    check = record.get("check")
+    checked = (f"; loaded back by transformers alone, its logits on "
+               f"{check['rows']} test rows match the run's model to "
+               f"{check['max_abs_logit_diff']:.1e}" if check else
+               "; not checked (--check-rows 0)")
+    print(f"{record['method']} on {record['task']}{who}: merged "
+          f"checkpoint written to {args.out_dir}{checked}")
     return 0
 
 
@@ -280,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "export":
+            return _export(args)
     except bad_input as err:
         _error_line(err)
         return EXIT_BAD_INPUT

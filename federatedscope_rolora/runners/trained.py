@@ -7,11 +7,18 @@ writes ``personal_client<ID>.safetensors``). ``load_trained`` builds the
 model a run scored, from the base model and those files, through PEFT's own
 ``PeftModel.from_pretrained``; ``score_run`` scores it on the test rows the
 run was scored on, so a user can check that the files reproduce the run's
-number before taking the adapter elsewhere. Reads only; writes nothing.
+number before taking the adapter elsewhere; these two read and write
+nothing. ``export_model`` then writes that model as one plain transformers
+checkpoint (LoRA, FedEx-LoRA's residual and, for FedSA-LoRA, one client's B
+merged into the weights), which ``AutoModelForSequenceClassification``
+loads without this package or PEFT, after checking the written copy
+against the model it came from.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +28,22 @@ import torch
 
 from federatedscope_rolora.config import Config
 from federatedscope_rolora.core.roles import role_of
-from federatedscope_rolora.runners.outputs import ADAPTER_DIR, read_summary
+from federatedscope_rolora.runners.outputs import (
+    ADAPTER_DIR,
+    read_summary,
+    write_json_atomic,
+)
 from federatedscope_rolora.runners.setup import (
     device_from_config,
     method_from_config,
     scored_subset,
     split_test_per_client,
 )
-from federatedscope_rolora.training.encoding import EncodedDataset, encode
+from federatedscope_rolora.training.encoding import (
+    EncodedDataset,
+    collate,
+    encode,
+)
 from federatedscope_rolora.training.glue import Split, load_task, task_spec
 from federatedscope_rolora.training.local import evaluate
 from federatedscope_rolora.training.metrics import mean_over_clients
@@ -151,9 +166,7 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
     for FedSA-LoRA, whose clients keep their own B. Beside the score,
     what ``summary.json`` recorded for it."""
     trained = load_trained(run_dir, cfg)
-    train, test = load_task(cfg.task, cfg["data.root"] or None,
-                            seed=cfg["seed"], holdout=cfg["rolora.holdout"])
-    test = scored_subset(cfg, test)
+    train, test = _scored_rows(cfg)
     max_len = cfg["llm.tok_len"]
     check_tok_len(max_len, trained.model, trained.tokenizer, cfg.model_name)
     device = device_from_config(cfg)
@@ -193,3 +206,108 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
     return {"eval_per_client": mean_over_clients(scores),
             "recorded": recorded.get("final_per_client")}
 
+
+
+def _scored_rows(cfg: Config) -> tuple[Split, Split]:
+    """(train split, the test rows the run was scored on)."""
+    train, test = load_task(cfg.task, cfg["data.root"] or None,
+                            seed=cfg["seed"], holdout=cfg["rolora.holdout"])
+    return train, scored_subset(cfg, test)
+
+
+EXPORT_RECORD = "rolora_export.json"
+# Merging s·B·A into W changes float32 rounding only: the logits of the
+# written model and of the adapter model agree far inside this.
+EXPORT_TOLERANCE = 1e-4
+
+
+def _logits(model: torch.nn.Module, rows: Split, tokenizer: Any,
+            max_len: int) -> torch.Tensor:
+    data = encode(rows, tokenizer, max_len)
+    inputs = collate(data, range(len(data)), int(tokenizer.pad_token_id))
+    inputs.pop("labels")
+    with torch.no_grad():
+        logits: torch.Tensor = model(**inputs).logits
+    return logits.float()
+
+
+def export_model(run_dir: Path, cfg: Config, out_dir: Path,
+                 client: int | None = None, check_rows: int = 16
+                 ) -> dict[str, Any]:
+    """Write the run's model to ``out_dir`` as one transformers
+    checkpoint (weights, a config naming the task's labels, tokenizer)
+    with the adapter merged in, and ``rolora_export.json`` saying what it
+    is. ``client``: that client's model, required for FedSA-LoRA, whose
+    global adapter holds no trained B. With ``check_rows``, the written
+    copy is loaded back by transformers alone, its own tokenizer encodes
+    the first that many of the run's test rows, and its logits there must
+    match the adapter model's to 1e-4. ``out_dir`` must not exist or be
+    empty: nothing is overwritten, and a failed export leaves nothing
+    there."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise TrainedError(f"{str(out_dir)!r} exists and is not an empty "
+                           "directory; export writes a new one and "
+                           "overwrites nothing")
+    trained = load_trained(run_dir, cfg)
+    method = cfg["federate.method"]
+    if trained.shared and client is None:
+        raise TrainedError(
+            f"{method} keeps one B per client and its global adapter "
+            "holds none of them; export one client's model with --client "
+            f"ID (1..{cfg['federate.client_num']})")
+    if client is not None:
+        trained.use_client(client)
+    max_len = cfg["llm.tok_len"]
+    rows = None
+    if check_rows > 0:
+        test = _scored_rows(cfg)[1]
+        rows = Split(test.texts[:check_rows], test.labels[:check_rows],
+                     test.source)
+        before = _logits(trained.model, rows, trained.tokenizer, max_len)
+    merged = trained.model.merge_and_unload()  # type: ignore[operator]
+    labels = task_spec(cfg.task).label_names
+    merged.config.id2label = dict(enumerate(labels))
+    merged.config.label2id = {name: i for i, name in enumerate(labels)}
+    record: dict[str, Any] = {
+        "run_dir": str(Path(run_dir).resolve()), "method": method,
+        "task": cfg.task, "base_model": cfg.model_name, "client": client,
+        "labels": list(labels),
+        "recorded_final": (read_summary(Path(run_dir)) or {}).get("final"),
+    }
+    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        merged.save_pretrained(str(partial))
+        trained.tokenizer.save_pretrained(str(partial))
+        if rows is not None:
+            diff = _written_diff(partial, rows, before, max_len)
+            if not diff <= EXPORT_TOLERANCE:
+                raise TrainedError(
+                    "the written checkpoint's logits differ from the "
+                    f"run's model by {diff:.3g} (> {EXPORT_TOLERANCE:g}) "
+                    f"on {len(rows.labels)} test rows; nothing was "
+                    "exported")
+            record["check"] = {"rows": len(rows.labels),
+                               "max_abs_logit_diff": diff}
+        write_json_atomic(partial / EXPORT_RECORD, record)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        partial.rename(out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return record
+
+
+def _written_diff(path: Path, rows: Split, before: torch.Tensor,
+                  max_len: int) -> float:
+    """Largest logit difference between the checkpoint at ``path``,
+    loaded and tokenising with transformers alone, and ``before``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    after = _logits(model.eval(), rows, tokenizer, max_len)
+    if after.shape != before.shape:
+        return float("inf")
+    return float((after - before).abs().max())

@@ -144,6 +144,22 @@ def test_eval_rebuilds_the_plugins_model_and_score(
         score_run(run.run_dir, cfg, per_client=True)
 
 
+def test_export_writes_the_plugins_model_as_a_plain_checkpoint(
+        rolora: tuple[FsRun, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """``federatedscope-rolora export`` on a plugin run: transformers
+    alone loads the merged model, and it matches the run's."""
+    from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.trained import export_model
+
+    run, _ = rolora
+    cfg = load_config(run.run_dir.parent.parent / "rolora.yaml")
+
+    record = export_model(run.run_dir, cfg, tmp_path / "out")
+
+    assert record["check"]["max_abs_logit_diff"] < 1e-4
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("method, shared, trained, fallback", [
     ("lora", False, {"lora_A", "lora_B"}, True),
     ("ffa_lora", True, {"lora_B"}, False),

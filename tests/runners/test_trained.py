@@ -18,7 +18,9 @@ from federatedscope_rolora.config import build_config
 from federatedscope_rolora.core.names import METHODS
 from federatedscope_rolora.runners.simulation import run
 from federatedscope_rolora.runners.trained import (
+    EXPORT_RECORD,
     TrainedError,
+    export_model,
     load_trained,
     score_run,
 )
@@ -135,3 +137,118 @@ def test_cli_eval_prints_the_score_beside_the_runs(
     assert json.loads(as_json.stdout)["eval"]["acc"] == acc
     assert misplaced.returncode == 2
     assert "--json: options go before RUN_DIR" in misplaced.stderr
+
+
+def exported_scores(out: Path, cfg: Any) -> dict[str, float]:
+    """The exported checkpoint, loaded and tokenising with transformers
+    alone, scored on the run's test rows."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from federatedscope_rolora.runners.trained import _scored_rows
+    from federatedscope_rolora.training.encoding import encode
+    from federatedscope_rolora.training.local import evaluate
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(out))
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    data = encode(_scored_rows(cfg)[1], tokenizer, cfg["llm.tok_len"])
+    return evaluate(model, data, ("acc",), batch_size=32,
+                    pad_token_id=int(tokenizer.pad_token_id),
+                    device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("method", "head"), [
+    *((m, "frozen") for m in METHODS if m != "fedsa_lora"),
+    ("lora", "trained")])
+def test_the_export_is_the_runs_model_without_peft(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        method: str, head: str) -> None:
+    """transformers alone loads the merged checkpoint, and it scores what
+    the run recorded: LoRA, FedEx-LoRA's residual and a trained head are
+    all in the weights."""
+    tree = tiny_config_tree(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                            federate={"method": method,
+                                      "total_round_num": 3},
+                            rolora={"head": head, "threads": 1})
+    cfg = build_config(flatten(tree))
+    summary = run(cfg)
+
+    record = export_model(tmp_path / "run", cfg, tmp_path / "out")
+    scores = exported_scores(tmp_path / "out", cfg)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+
+    assert scores["acc"] == summary["final"]["acc"]
+    assert scores["loss"] == pytest.approx(summary["final"]["loss"],
+                                           rel=1e-4)
+    from safetensors.torch import load_file
+    weights = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert not any("lora_" in key for key in weights)
+    assert not (tmp_path / "out" / "adapter_config.json").exists()
+    assert config["id2label"] == {"0": "0", "1": "1"}  # SST-2's names
+    assert record["check"]["rows"] == 16
+    assert record["check"]["max_abs_logit_diff"] < 1e-4
+    assert json.loads((tmp_path / "out" / EXPORT_RECORD).read_text()) == \
+        record
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
+
+
+def test_fedsa_lora_exports_one_clients_model(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    cfg, _ = finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                          "fedsa_lora")
+    with pytest.raises(TrainedError, match="--client ID"):
+        export_model(tmp_path / "run", cfg, tmp_path / "global")
+
+    export_model(tmp_path / "run", cfg, tmp_path / "c2", client=2)
+    trained = load_trained(tmp_path / "run", cfg)
+    trained.use_client(2)
+    from transformers import AutoModelForSequenceClassification
+    exported = AutoModelForSequenceClassification.from_pretrained(
+        str(tmp_path / "c2")).eval()
+
+    assert torch.allclose(logits(exported), logits(trained.model),
+                          atol=1e-5)
+    trained.use_client(1)
+    assert not torch.allclose(logits(exported), logits(trained.model),
+                              atol=1e-5)
+    assert not (tmp_path / "global").exists()
+
+
+def test_export_overwrites_nothing_and_leaves_nothing_when_refused(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from federatedscope_rolora.runners import trained as module
+
+    cfg, _ = finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                          "rolora")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+
+    with pytest.raises(TrainedError, match="not an empty directory"):
+        export_model(tmp_path / "run", cfg, tmp_path / "taken")
+    # a written copy that does not match the run's model is not exported
+    monkeypatch.setattr(module, "EXPORT_TOLERANCE", -1.0)
+    with pytest.raises(TrainedError, match="nothing was exported"):
+        export_model(tmp_path / "run", cfg, tmp_path / "bad")
+
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "taken"]
+
+
+def test_cli_export(tiny_model_dir: Path, tiny_glue_root: Path,
+                    tmp_path: Path) -> None:
+    finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run", "lora")
+    (tmp_path / "empty").mkdir()
+
+    done = cli("export", tmp_path / "run", tmp_path / "empty")
+    again = cli("export", tmp_path / "run", tmp_path / "empty")
+    misplaced = cli("export", tmp_path / "run", tmp_path / "x", "--client",
+                    "1")
+
+    assert done.returncode == 0, done.stderr
+    assert "lora on sst2: merged checkpoint written to" in done.stdout
+    assert "match the run's model to" in done.stdout
+    assert (tmp_path / "empty" / "config.json").is_file()
+    assert again.returncode == 2
+    assert "exists and is not an empty directory" in again.stderr
+    assert misplaced.returncode == 2
+    assert "--client: options go before RUN_DIR" in misplaced.stderr
