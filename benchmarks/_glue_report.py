@@ -361,7 +361,7 @@ def _comm_md(rows: list[dict[str, Any]]) -> list[str]:
              "count from the model's shapes (float32; A = r x hidden and "
              "B = hidden x r per adapted module). FedEx-LoRA's residual "
              "(down, from round 2) is last round's increment in its "
-             "smaller exact form: (n+1)·r·2·hidden values per module from "
+             "smaller exact form: (n-1)·r·2·hidden values per module from "
              "n clients, or hidden² once that is smaller, so it grows with "
              "the client count.", "",
              "| clients | method | rank | head | round | up (by role) | "

@@ -12,7 +12,7 @@ Questions (arXiv 2409.02346, Tables 1-2; extended version 2502.01755):
 * ``comm``: bytes per round by method and role at 3 and 50 clients,
   asserted equal to the count from the model's shapes; RoLoRA and
   FFA-LoRA send half of LoRA; FedEx-LoRA's residual grows with the
-  clients, (n+1)·r·(d+k) values per module, until dense d·k is smaller.
+  clients, (n-1)·r·(d+k) values per module, until dense d·k is smaller.
 * ``lr``: the learning-rate grid, per method, on one task at 3 clients,
   one seed; each method's best rate is used everywhere else.
 * ``local``: the ``clients`` question again at 20 and 50 clients, with
@@ -236,7 +236,7 @@ def analytic_round(spec: RunSpec, shapes: dict[str, int], labels: int,
     what the server merged last round; FedEx-LoRA adds its residual, none
     in round 1 (zero, sent as factors of rank 0) and then last round's
     increment from n clients in its smaller exact form,
-    min(h·h, (n+1)·r·2h) values per module.
+    min(h·h, (n-1)·r·2h) values per module.
     """
     hidden = shapes["hidden"]
     modules = 2 * shapes["layers"]
@@ -257,7 +257,7 @@ def analytic_round(spec: RunSpec, shapes: dict[str, int], labels: int,
     down = {r: sizes[r] for r in (first if round_idx == 1
                                   else sent(round_idx - 1))}
     if spec.method == "fedex_lora":
-        stacked = (spec.clients + 1) * spec.rank * 2 * hidden
+        stacked = (spec.clients - 1) * spec.rank * 2 * hidden
         down["residual"] = 0 if round_idx == 1 else \
             modules * min(hidden * hidden, stacked) * 4
     return {"up": {r: sizes[r] for r in sent(round_idx)}, "down": down}

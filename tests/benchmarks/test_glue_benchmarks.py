@@ -105,7 +105,7 @@ def test_every_table_has_every_method_and_seed(quick: Run) -> None:
 @pytest.mark.slow
 def test_fedex_residual_grows_with_the_clients(quick: Run) -> None:
     """The comm benchmark at 3 and 6 clients (quick): FedEx-LoRA's round-2
-    residual per client is (n+1)·r·2·hidden values per module while that
+    residual per client is (n-1)·r·2·hidden values per module while that
     is below hidden², so twice the clients send more; no other method
     sends one, and FedSA-LoRA uploads A alone."""
     rows = [r for r in quick["data"]["comm"] if r["head"] == "frozen"]
@@ -326,7 +326,7 @@ def test_incomplete_lr_grid_is_an_error(tmp_path: Path) -> None:
     (3, 2, True), (50, 2, True), (50, 8, False)])
 def test_analytic_residual_is_its_smaller_exact_form(
         clients: int, rank: int, stacked: bool) -> None:
-    """(n+1)·r·(d+k) values per module while below d·k (384² here)."""
+    """(n-1)·r·(d+k) values per module while below d·k (384² here)."""
     bench = load("glue_head_to_head")
     common = load("_common")
     spec = common.RunSpec(task="sst2", method="fedex_lora",
@@ -336,7 +336,7 @@ def test_analytic_residual_is_its_smaller_exact_form(
     first = bench.analytic_round(spec, shapes, 2, 1)
     second = bench.analytic_round(spec, shapes, 2, 2)
 
-    per_module = (clients + 1) * rank * 768 if stacked else 384 * 384
+    per_module = (clients - 1) * rank * 768 if stacked else 384 * 384
     assert first["down"]["residual"] == 0
     assert second["down"]["residual"] == 12 * per_module * 4
     factor = 12 * rank * 384 * 4

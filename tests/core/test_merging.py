@@ -58,21 +58,57 @@ def test_fedex_residual_makes_the_mean_exact() -> None:
 
     want = mean_product(bs, as_, weights, 2.0)
     got = 2.0 * b_mean.double() @ a_mean.double() + u @ v
-    assert u.shape == (6, 4 * 2) and v.shape == (4 * 2, 5)
-    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    # (n-1)·r columns: the clients' departures, one client as pivot
+    assert u.shape == (6, 2 * 2) and v.shape == (2 * 2, 5)
+    # exact but for the float32 rounding of the kept means
+    assert float((got - want).norm() / want.norm()) < 1e-7
+
+
+def test_fedex_residual_is_exact_in_float64_means() -> None:
+    """With means held in float64 there is no rounding to hide behind:
+    the (n-1)·r factors give the mean of the products to 1e-12."""
+    bs, as_ = [[t.double() for t in f] for f in _factors(4, 7, 5, 3)]
+    weights = [0.1, 0.2, 0.3, 0.4]
+    b_mean = sum(w * b for w, b in zip(weights, bs, strict=True))
+    a_mean = sum(w * a for w, a in zip(weights, as_, strict=True))
+    assert isinstance(b_mean, torch.Tensor)
+    assert isinstance(a_mean, torch.Tensor)
+
+    u, v = fedex_residual_factors(bs, as_, weights, b_mean, a_mean, 0.5)
+
+    want = mean_product(bs, as_, weights, 0.5)
+    assert u.shape == (7, 3 * 3)
+    assert torch.allclose(0.5 * b_mean @ a_mean + u @ v, want, rtol=0,
+                          atol=1e-12)
+
+
+def test_fedex_residual_of_one_client_is_zero() -> None:
+    bs, as_ = _factors(1, 6, 5, 2)
+
+    u, v = fedex_residual_factors(bs, as_, [1.0], bs[0], as_[0], 2.0)
+
+    assert u.shape == (6, 0) and v.shape == (0, 5)
+    assert smallest_exact_form(u, v, torch.float32)["add_u"].numel() == 0
+
+
+def test_fedex_residual_needs_weights_that_sum_to_one() -> None:
+    bs, as_ = _factors(2, 6, 5, 2)
+
+    with pytest.raises(ValueError, match="sum to 1.5, not 1"):
+        fedex_residual_factors(bs, as_, [0.5, 1.0], bs[0], as_[0], 2.0)
 
 
 @pytest.mark.parametrize(("d", "k", "n", "factored"),
                          [(4, 4, 3, False), (64, 64, 3, True)])
 def test_residual_travels_in_its_smaller_exact_form(
         d: int, k: int, n: int, factored: bool) -> None:
-    u = torch.randn(d, (n + 1) * 2, dtype=torch.float64)
-    v = torch.randn((n + 1) * 2, k, dtype=torch.float64)
+    u = torch.randn(d, (n - 1) * 2, dtype=torch.float64)
+    v = torch.randn((n - 1) * 2, k, dtype=torch.float64)
 
     form = smallest_exact_form(u, v, torch.float32)
 
     numel = sum(t.numel() for t in form.values())
-    assert numel == min(d * k, (n + 1) * 2 * (d + k))
+    assert numel == min(d * k, (n - 1) * 2 * (d + k))
     assert set(form) == ({"add_u", "add_v"} if factored else {"add"})
     assert torch.allclose(reconstruct(form).double(), u @ v, rtol=1e-5,
                           atol=1e-5)

@@ -146,10 +146,10 @@ def test_compare_all_runs_six_methods_with_exact_bytes(
     # FedSA-LoRA's round 2 sends A only: each client keeps its B
     assert rounds["fedsa_lora"][1]["bytes"]["down"] == {"lora_A": a3}
     # FedEx-LoRA's residual: none in round 1, then one increment per
-    # client in its smaller exact form (n + 1 = 4 stacked factors)
+    # client in its smaller exact form (n - 1 = 2 stacked factors)
     assert rounds["fedex_lora"][0]["bytes"]["down"].get("residual", 0) == 0
     assert rounds["fedex_lora"][1]["bytes"]["down"]["residual"] == \
-        3 * residual_bytes(tiny_model_dir, stacked=4)
+        3 * residual_bytes(tiny_model_dir, stacked=2)
     table = (out / "comparison.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in
             table.splitlines() if line.startswith("| ")}
