@@ -46,13 +46,19 @@ def test_lora_modules_refuses_an_a_without_its_b() -> None:
         lora_modules([f"{PREFIX}.query.lora_A.default.weight"])
 
 
+def _means(bs: list[torch.Tensor], as_: list[torch.Tensor],
+           weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted means of the B and of the A factors."""
+    return (torch.stack([w * b for w, b in zip(weights, bs, strict=True)])
+            .sum(0),
+            torch.stack([w * a for w, a in zip(weights, as_, strict=True)])
+            .sum(0))
+
+
 def test_fedex_residual_makes_the_mean_exact() -> None:
     bs, as_ = _factors(3, 6, 5, 2)
     weights = [0.2, 0.3, 0.5]
-    b_mean = sum(w * b for w, b in zip(weights, bs, strict=True))
-    a_mean = sum(w * a for w, a in zip(weights, as_, strict=True))
-    assert isinstance(b_mean, torch.Tensor)
-    assert isinstance(a_mean, torch.Tensor)
+    b_mean, a_mean = _means(bs, as_, weights)
 
     u, v = fedex_residual_factors(bs, as_, weights, b_mean, a_mean, 2.0)
 
@@ -69,10 +75,7 @@ def test_fedex_residual_is_exact_in_float64_means() -> None:
     the (n-1)·r factors give the mean of the products to 1e-12."""
     bs, as_ = [[t.double() for t in f] for f in _factors(4, 7, 5, 3)]
     weights = [0.1, 0.2, 0.3, 0.4]
-    b_mean = sum(w * b for w, b in zip(weights, bs, strict=True))
-    a_mean = sum(w * a for w, a in zip(weights, as_, strict=True))
-    assert isinstance(b_mean, torch.Tensor)
-    assert isinstance(a_mean, torch.Tensor)
+    b_mean, a_mean = _means(bs, as_, weights)
 
     u, v = fedex_residual_factors(bs, as_, weights, b_mean, a_mean, 0.5)
 
