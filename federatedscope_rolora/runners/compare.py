@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from statistics import fmean, stdev
@@ -14,6 +14,7 @@ from federatedscope_rolora.config import Config, ConfigError
 from federatedscope_rolora.core.methods import METHODS
 from federatedscope_rolora.runners.checkpoint import resume_point
 from federatedscope_rolora.runners.outputs import (
+    RunWriter,
     holds_run,
     read_metrics,
     read_summary,
@@ -85,12 +86,16 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
     several = len(seeds) > 1
     if not several:  # one seed: the usual layout, under that seed
         cfg = cfg.replace(seed=seeds[0])
+    runs = {(method, seed): method_config(cfg, method,
+                                          seed if several else None)
+            for method in methods for seed in seeds}
+    _check_outdirs(runs.values(), resume)
     results: dict[str, Any] = {}
     for method in methods:
         callback = on_round(method) if on_round else None
         per_seed = {}
         for seed in seeds:
-            run_cfg = method_config(cfg, method, seed if several else None)
+            run_cfg = runs[method, seed]
             summary = _run_or_continue(run_cfg, resume, callback)
             per_seed[seed] = _method_result(summary,
                                             read_metrics(run_cfg.run_dir))
@@ -107,6 +112,21 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
         comparison["plots"] = draw_plots(comparison, out)
         write_json_atomic(out / COMPARISON_FILE, comparison)
     return comparison
+
+
+def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:
+    """Before any run starts: OutdirError if a run's outdir holds a run
+    already (without ``resume``), CheckpointError if one cannot be
+    continued under its config (with ``resume``); else a run listed
+    before it would run in full, under a config the comparison then
+    refuses to go on with."""
+    for run_cfg in configs:
+        if not holds_run(run_cfg.run_dir):
+            continue
+        if resume:
+            resume_point(run_cfg)
+        else:
+            RunWriter.create(run_cfg)  # raises OutdirError
 
 
 def _run_or_continue(cfg: Config, resume: bool,
@@ -164,10 +184,15 @@ def _mean_known(values: Sequence[float | None]) -> float | None:
 
 
 def _mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The seeds' curves point by point (they evaluate the same rounds):
-    mean metric and bytes, with the lowest and highest metric."""
+    """The seeds' curves point by point at the rounds every seed
+    evaluated: mean metric and bytes, with the lowest and highest
+    metric. Seeds may evaluate different rounds when a comparison is
+    resumed with more rounds or another ``eval.freq`` (a round that was
+    the last is evaluated); each seed's own curve stays in ``seeds``."""
+    shared = set.intersection(*({p["round"] for p in c} for c in curves))
     out = []
-    for points in zip(*curves, strict=True):
+    for points in zip(*([p for p in c if p["round"] in shared]
+                        for c in curves), strict=True):
         values = [p["metric"] for p in points]
         point = {"round": points[0]["round"], "metric": fmean(values),
                  "metric_min": min(values), "metric_max": max(values),

@@ -20,7 +20,10 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ from federatedscope_rolora.config import Config
 from federatedscope_rolora.core.roles import role_of
 from federatedscope_rolora.runners.outputs import (
     ADAPTER_DIR,
+    METRICS_FILE,
+    SUMMARY_FILE,
     read_summary,
     write_json_atomic,
 )
@@ -100,6 +105,7 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
         raise TrainedError(f"{str(adapter_dir)!r} holds no adapter "
                            "(adapter_config.json): the run has not "
                            "finished; continue it with run --resume")
+    _check_finished(Path(run_dir))
     from peft import PeftModel
 
     base, tokenizer = load_base(cfg.model_name,
@@ -122,6 +128,26 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
               if role_of(k) in kept}
     return Trained(model, tokenizer, cfg, _read_personal(adapter_dir),
                    shared)
+
+
+def _check_finished(run_dir: Path) -> None:
+    """TrainedError if the run was continued past the rounds its adapter
+    holds (``run --resume`` with more rounds, stopped before the end):
+    ``adapter/`` and ``summary.json`` are then an earlier finish's, not
+    the model of the run its config and metrics describe."""
+    summary = read_summary(run_dir) or {}
+    done = summary.get("rounds")
+    metrics = run_dir / METRICS_FILE
+    if not isinstance(done, int) or not metrics.is_file():
+        return
+    with open(metrics, encoding="utf-8") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    if lines > done:
+        raise TrainedError(
+            f"{str(run_dir)!r} has not finished: its adapter and "
+            f"{SUMMARY_FILE} are of round {done}, but {METRICS_FILE} goes "
+            f"on to round {lines} (the run was continued and stopped); "
+            "finish it with run --resume")
 
 
 def _fold_saved_residual(model: torch.nn.Module, path: Path) -> None:
@@ -200,7 +226,13 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
                 [test.texts[j] for j in rows],
                 [test.labels[j] for j in rows], test.source)), len(rows))
     if client is not None:
-        metrics, rows_scored = scores.get(client, ({}, 0))
+        if client not in scores:
+            raise TrainedError(
+                f"client {client} has no test rows to be scored on: "
+                f"data.splitter {cfg['data.splitter']!r} dealt it none of "
+                f"the {len(test)} scored rows (--per-client scores the "
+                "clients that have some)")
+        metrics, rows_scored = scores[client]
         return {"eval": metrics, "rows": rows_scored, "client": client,
                 "recorded": None}
     return {"eval_per_client": mean_over_clients(scores),
@@ -242,13 +274,15 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
     copy is loaded back by transformers alone, its own tokenizer encodes
     the first that many of the run's test rows, and its logits there must
     match the adapter model's to 1e-4. ``out_dir`` must not exist or be
-    empty: nothing is overwritten, and a failed export leaves nothing
-    there."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise TrainedError(f"{str(out_dir)!r} exists and is not an empty "
-                           "directory; export writes a new one and "
-                           "overwrites nothing")
+    an empty directory (``.`` or a link to one included): nothing is
+    overwritten, and a failed export leaves nothing there, nor the
+    parent folders it made."""
+    if check_rows < 0:
+        raise TrainedError(f"--check-rows {check_rows}: give a number of "
+                           "test rows to check the written copy on, or 0 "
+                           "to skip the check")
+    out_dir = Path(os.path.abspath(out_dir))
+    _check_export_target(out_dir)
     trained = load_trained(run_dir, cfg)
     method = cfg["federate.method"]
     if trained.shared and client is None:
@@ -275,9 +309,7 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
         "labels": list(labels),
         "recorded_final": (read_summary(Path(run_dir)) or {}).get("final"),
     }
-    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with _filled_at(out_dir) as partial:
         merged.save_pretrained(str(partial))
         trained.tokenizer.save_pretrained(str(partial))
         if rows is not None:
@@ -291,12 +323,73 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
             record["check"] = {"rows": len(rows.labels),
                                "max_abs_logit_diff": diff}
         write_json_atomic(partial / EXPORT_RECORD, record)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        partial.rename(out_dir)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return record
+
+
+def _check_export_target(out_dir: Path) -> None:
+    """TrainedError unless ``out_dir`` (absolute) can be a new export:
+    absent, or an empty directory, under folders (or none yet) rather
+    than files. A link to nothing is not absent: it is refused too."""
+    if os.path.lexists(out_dir) and (
+            not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise TrainedError(f"{str(out_dir)!r} exists and is not an empty "
+                           "directory; export writes a new one and "
+                           "overwrites nothing")
+    above = next(p for p in out_dir.parents if os.path.lexists(p))
+    if not above.is_dir():
+        raise TrainedError(f"cannot export to {str(out_dir)!r}: "
+                           f"{str(above)!r} is not a directory")
+
+
+@contextmanager
+def _filled_at(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder for the caller to fill, whose files become
+    ``out_dir``'s once the caller is done: by renaming it to ``out_dir``,
+    or, when ``out_dir`` is an empty directory already (the current one,
+    a mount point, a link), by moving them into it, export record last.
+    On any error the folder goes, with the parent folders made for it."""
+    made = [p for p in out_dir.parents if not os.path.lexists(p)]
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrainedError(f"cannot create {str(out_dir.parent)!r}: "
+                           f"{err}") from err
+    into = out_dir.is_dir()
+    partial = _fresh_folder(out_dir if into else out_dir.parent)
+    try:
+        yield partial
+        if into:
+            for entry in sorted(partial.iterdir(),
+                                key=lambda e: e.name == EXPORT_RECORD):
+                os.replace(entry, out_dir / entry.name)
+        else:
+            try:
+                partial.rename(out_dir)
+            except OSError as err:
+                raise TrainedError(f"{str(out_dir)!r} appeared while the "
+                                   f"export was written ({err}); nothing "
+                                   "was exported") from err
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        for folder in made:  # deepest first
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+    shutil.rmtree(partial, ignore_errors=True)  # emptied, or renamed
+
+
+def _fresh_folder(parent: Path) -> Path:
+    """A new folder in ``parent`` that no one else uses, made with the
+    user's usual permissions (not mkdtemp's owner-only ones, which the
+    export would keep)."""
+    for n in count():
+        path = parent / f".rolora-export-{os.getpid()}-{n}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 def _written_diff(path: Path, rows: Split, before: torch.Tensor,

@@ -120,3 +120,62 @@ def test_resume_runs_again_over_a_damaged_summary(
 def test_bad_seed_lists_are_refused(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_seeds(text)
+
+
+def test_a_seed_added_on_resume_with_more_rounds_is_averaged(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """Seeds 1 and 2 ran 1 round (evaluated: it was the last); resumed
+    to 3 rounds with seed 3 added, at eval.freq 2 they evaluate rounds
+    1, 2, 3 and seed 3 rounds 2, 3. The mean curve is over the rounds
+    every seed evaluated (it used to stop with a ValueError from zip,
+    after every run had finished, and write no comparison)."""
+    def config(rounds: int) -> Config:
+        return build_config(flatten(tiny_config_tree(
+            tiny_model_dir, tiny_glue_root, tmp_path / "cmp",
+            federate={"total_round_num": rounds}, eval={"freq": 2})))
+
+    compare(config(1), ["lora"], seeds=[1, 2], plots=False)
+
+    result = compare(config(3), ["lora"], seeds=[1, 2, 3], resume=True,
+                     plots=False)
+
+    lora = result["methods"]["lora"]
+    runs = [lora["seeds"][s]["curve"] for s in ("1", "2", "3")]
+    assert [[p["round"] for p in c] for c in runs] == \
+        [[1, 2, 3], [1, 2, 3], [2, 3]]
+    assert [p["round"] for p in lora["curve"]] == [2, 3]
+    for i, point in enumerate(lora["curve"]):
+        values = [c[-2 + i]["metric"] for c in runs]
+        assert point["metric"] == pytest.approx(statistics.fmean(values))
+        assert (point["metric_min"], point["metric_max"]) == \
+            (min(values), max(values))
+    assert lora["final"]["acc"] == pytest.approx(statistics.fmean(
+        summary(tmp_path / "cmp" / "lora" / f"seed{s}")["final"]["acc"]
+        for s in (1, 2, 3)))
+    assert (tmp_path / "cmp" / "comparison.json").is_file()
+
+
+def test_every_run_is_checked_before_any_starts(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """A comparison of lora, resumed with rolora listed first and another
+    learning rate: lora cannot continue, and rolora used to run in full
+    under the new rate before that was found out (the same for a run in
+    the way without --resume)."""
+    from federatedscope_rolora.runners.checkpoint import CheckpointError
+
+    def config(lr: float) -> Config:
+        return build_config(flatten(tiny_config_tree(
+            tiny_model_dir, tiny_glue_root, tmp_path / "cmp",
+            federate={"total_round_num": 2},
+            train={"optimizer": {"type": "AdamW", "lr": lr}})))
+
+    compare(config(0.01), ["lora"], plots=False)
+    before = sorted(p.name for p in (tmp_path / "cmp").iterdir())
+
+    with pytest.raises(CheckpointError, match=r"cmp/lora': the config "
+                       r"differs from the run's in train.optimizer.lr"):
+        compare(config(0.02), ["rolora", "lora"], resume=True, plots=False)
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == before
+    with pytest.raises(OutdirError, match=r"cmp/lora' already holds a run"):
+        compare(config(0.01), ["rolora", "lora"], plots=False)
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == before

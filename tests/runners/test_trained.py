@@ -5,6 +5,7 @@ method: FedEx-LoRA's residual folded in, FedSA-LoRA's B per client."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,127 @@ def test_cli_export(tiny_model_dir: Path, tiny_glue_root: Path,
     assert "exists and is not an empty directory" in again.stderr
     assert misplaced.returncode == 2
     assert "--client: options go before RUN_DIR" in misplaced.stderr
+
+
+def test_export_refuses_a_negative_check_rows(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--check-rows -5`` is no number of rows: it used to skip the
+    check silently and say '(--check-rows 0)'."""
+    from federatedscope_rolora.cli import main
+
+    finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run", "lora")
+
+    code = main(["export", "--check-rows", "-5", str(tmp_path / "run"),
+                 str(tmp_path / "out")])
+
+    assert code == 2
+    assert "--check-rows -5" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_export_writes_into_an_empty_current_directory_or_link(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """OUT_DIR ``.`` (an empty current directory) and a link to an empty
+    directory are empty directories: the export goes there (it used to
+    fail with a ValueError, and a NotADirectoryError for the link, after
+    the whole export was written)."""
+    cfg, summary = finished_run(tiny_model_dir, tiny_glue_root,
+                                tmp_path / "run", "lora")
+    (tmp_path / "here").mkdir()
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    monkeypatch.chdir(tmp_path / "here")
+
+    export_model(tmp_path / "run", cfg, Path("."))
+    export_model(tmp_path / "run", cfg, tmp_path / "link")
+
+    for out in (tmp_path / "here", tmp_path / "target"):
+        assert exported_scores(out, cfg)["acc"] == summary["final"]["acc"]
+        assert sorted(p.name for p in out.iterdir()) == [
+            "config.json", "model.safetensors", EXPORT_RECORD,
+            "tokenizer.json", "tokenizer_config.json"]
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "here", "link", "run", "target"]
+
+
+def test_export_refuses_a_dangling_link_and_leaves_no_folder_it_made(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from federatedscope_rolora.runners import trained as module
+
+    cfg, _ = finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                          "lora")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("mine")
+
+    with pytest.raises(TrainedError, match="not an empty directory"):
+        export_model(tmp_path / "run", cfg, tmp_path / "dangling")
+    with pytest.raises(TrainedError, match="file' is not a directory"):
+        export_model(tmp_path / "run", cfg, tmp_path / "file" / "out")
+    # a refused export under folders that did not exist leaves none
+    monkeypatch.setattr(module, "EXPORT_TOLERANCE", -1.0)
+    with pytest.raises(TrainedError, match="nothing was exported"):
+        export_model(tmp_path / "run", cfg, tmp_path / "new" / "deep" / "x")
+
+    assert os.readlink(tmp_path / "dangling") == str(tmp_path / "nowhere")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dangling", "file", "run"]
+
+
+def test_a_run_continued_and_stopped_is_not_taken_for_finished(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """A run finished at 2 rounds, resumed to 4 and stopped after round
+    3 still holds round 2's adapter and summary; eval and export used to
+    take them for the model of the run its config describes."""
+    def config(rounds: int) -> Any:
+        return build_config(flatten(tiny_config_tree(
+            tiny_model_dir, tiny_glue_root, tmp_path / "run",
+            federate={"method": "lora", "total_round_num": rounds})))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_round_3(record: dict[str, Any]) -> None:
+        if record["round"] == 3:
+            raise Stop
+
+    run(config(2))
+    with pytest.raises(Stop):
+        run(config(4), resume=True, on_round=stop_after_round_3)
+
+    with pytest.raises(TrainedError, match=r"has not finished: its adapter "
+                       r"and summary.json are of round 2, but metrics.jsonl "
+                       r"goes on to round 3"):
+        score_run(tmp_path / "run", config(4))
+    with pytest.raises(TrainedError, match="has not finished"):
+        export_model(tmp_path / "run", config(4), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_of_a_client_without_test_rows_says_so(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """Under ``lda`` a client may be dealt no test row; ``eval --client``
+    of it used to print an empty score and exit 0."""
+    from federatedscope_rolora.runners.setup import split_test_per_client
+    from federatedscope_rolora.runners.trained import _scored_rows
+
+    tree = tiny_config_tree(
+        tiny_model_dir, tiny_glue_root, tmp_path / "run",
+        federate={"method": "lora", "total_round_num": 1,
+                  "client_num": 12},
+        data={"splitter": "lda", "splitter_args": [{"alpha": 0.3}]})
+    cfg = build_config(flatten(tree))
+    run(cfg)
+    shares = split_test_per_client(cfg, *_scored_rows(cfg))
+    empty = [i for i, rows in enumerate(shares, start=1) if not rows]
+    assert empty, "the test needs a client with no test rows"
+
+    with pytest.raises(TrainedError, match=rf"client {empty[0]} has no "
+                       r"test rows to be scored on: data.splitter 'lda' "
+                       r"dealt it none of the 80 scored rows"):
+        score_run(tmp_path / "run", cfg, client=empty[0])
+    scored = score_run(tmp_path / "run", cfg, per_client=True)
+    assert scored["eval_per_client"]["clients"] == 12 - len(empty)
