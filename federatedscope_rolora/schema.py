@@ -8,6 +8,7 @@ prints and what the README's configuration table says.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +49,14 @@ def _rate(v: Any) -> bool:
 GLUE_TASKS = ("sst2", "qnli", "mnli", "qqp", "rte", "cola", "mrpc")
 
 
+# NAME of your own data, NAME@tsv: a directory under data.root.
+TSV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 def _task_ok(v: Any) -> bool:
     task, _, suffix = str(v).partition("@")
+    if suffix.lower() == "tsv":  # your own data: <data.root>/<task>/
+        return bool(TSV_NAME.fullmatch(task))
     return task.lower() in GLUE_TASKS and suffix in ("", "glue")
 
 
@@ -100,10 +107,14 @@ SCHEMA: dict[str, Field] = {
                        "GLUE directory in TSV layout (<root>/SST-2/"
                        "train.tsv); empty: the Hugging Face Hub"),
     "data.type": Field("sst2@glue", str, "GLUE task: sst2, qnli, mnli, "
-                       "qqp, rte, cola or mrpc (suffix @glue optional)",
+                       "qqp, rte, cola or mrpc (suffix @glue optional); "
+                       "or your own data, NAME@tsv: <data.root>/NAME/"
+                       "train.tsv and dev.tsv with a label column and one "
+                       "or two text columns",
                        check=lambda v: _task_ok(v),
                        check_help="must name a GLUE task (sst2, qnli, mnli, "
-                       "qqp, rte, cola, mrpc), optionally with @glue"),
+                       "qqp, rte, cola, mrpc), optionally with @glue, or "
+                       "your own data as NAME@tsv"),
     "data.splitter": Field("iid", str, "how train data is split over "
                            "clients", choices=("iid", "lda")),
     "data.splitter_args": Field([], list, "e.g. [{alpha: 0.5}] for lda"),

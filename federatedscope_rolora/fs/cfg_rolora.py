@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from federatedscope_rolora.config import (
     Config,
@@ -34,11 +34,15 @@ from federatedscope_rolora.config import (
 from federatedscope_rolora.core.names import METHODS as CORE_METHODS
 from federatedscope_rolora.schema import SCHEMA
 
+if TYPE_CHECKING:
+    from federatedscope_rolora.training.glue import TaskSpec
+
 logger = logging.getLogger("federatedscope.rolora")
 
 NODE = "rolora"
 TRAINER_TYPE = "rolora_trainer"
 DATA_SUFFIX = "@glue"
+TSV_SUFFIX = "@tsv"  # your own data, training/glue.py
 MODEL_SUFFIX = "@huggingface_seqcls"
 METHODS = CORE_METHODS
 
@@ -154,16 +158,17 @@ def _refuse_unsupported(cfg: Any) -> None:
 
 
 def _check_types(cfg: Any) -> None:
-    from federatedscope_rolora.training.glue import DataError, task_spec
+    from federatedscope_rolora.training.glue import DataError
 
     method = cfg.federate.method
-    kind = str(cfg.data.type).partition("@")[2]
-    if kind and "@" + kind != DATA_SUFFIX:
+    kind = str(cfg.data.type).partition("@")[2].lower()
+    if kind and "@" + kind not in (DATA_SUFFIX, TSV_SUFFIX):
         raise ConfigError(f"config key 'data.type' is {cfg.data.type!r}; "
                           f"federate.method {method} needs a GLUE task, "
-                          f"TASK{DATA_SUFFIX}")
+                          f"TASK{DATA_SUFFIX}, or your own data, "
+                          f"NAME{TSV_SUFFIX}")
     try:
-        task_spec(task_name(cfg.data.type))
+        fs_task(cfg)
     except DataError as err:
         raise ConfigError(f"config key 'data.type': {err}") from err
     hub = str(cfg.model.type).partition("@")[2]
@@ -194,8 +199,12 @@ def schema_view(cfg: Any) -> Config:
     return build_config(values)
 
 
-def task_name(data_type: str) -> str:
-    return str(data_type).split("@")[0].lower()
+def fs_task(cfg: Any) -> TaskSpec:
+    """The TaskSpec of the run's ``data.type`` (a GLUE task, or your own
+    data under ``data.root``)."""
+    from federatedscope_rolora.training.glue import task_spec
+
+    return task_spec(str(cfg.data.type), cfg.data.root or None)
 
 
 def model_name(model_type: str) -> str:
@@ -205,7 +214,7 @@ def model_name(model_type: str) -> str:
 def claims_data(cfg: Any) -> bool:
     """``<task>@glue``, or a bare task name under the plugin's methods."""
     data_type = str(cfg.data.type)
-    if data_type.lower().endswith(DATA_SUFFIX):
+    if data_type.lower().endswith((DATA_SUFFIX, TSV_SUFFIX)):
         return True
     return uses_plugin(cfg) and "@" not in data_type and bool(data_type)
 

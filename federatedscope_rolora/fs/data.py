@@ -19,14 +19,14 @@ from torch.utils.data import Dataset, Subset
 
 from federatedscope_rolora.config import ConfigError
 from federatedscope_rolora.fs.cfg_rolora import (
+    fs_task,
     model_name,
     remember_run_config,
     schema_view,
-    task_name,
 )
 from federatedscope_rolora.fs.prefix import remember_inputs
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
-from federatedscope_rolora.training.glue import Split, load_task, task_spec
+from federatedscope_rolora.training.glue import Split, load_task
 from federatedscope_rolora.training.models import resolve_model_path
 from federatedscope_rolora.training.partition import (
     check_clients,
@@ -99,9 +99,8 @@ def glue_rows(config: Any) -> tuple[GlueRows, GlueRows]:
     """Train and test rows of the run: the embedded runner's subsets
     (``rolora.train_samples`` with the seed, ``rolora.eval_samples`` with
     seed + 1), tokenised to at most ``llm.tok_len`` tokens."""
-    task = task_spec(task_name(config.data.type))
     root = config.data.root or None
-    train, test = load_task(task.name, root, seed=config.seed,
+    train, test = load_task(str(config.data.type), root, seed=config.seed,
                             holdout=config.rolora.holdout)
     train = _subset(train, config.rolora.train_samples, config.seed)
     test = _subset(test, config.rolora.eval_samples, config.seed + 1)
@@ -139,8 +138,7 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
     setup_seed(config.seed)
     data = BaseDataTranslator(config, client_cfgs)((train, [], test))
     setup_seed(config.seed)
-    config.model.num_labels = task_spec(
-        task_name(config.data.type)).num_labels
+    config.model.num_labels = fs_task(config).num_labels
     return _for_this_process(data, config), config
 
 

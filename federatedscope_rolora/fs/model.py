@@ -16,13 +16,12 @@ from typing import Any
 import torch
 
 from federatedscope_rolora.fs.cfg_rolora import (
+    fs_task,
     model_name,
     run_config,
     schema_view,
-    task_name,
 )
 from federatedscope_rolora.fs.prefix import prepare
-from federatedscope_rolora.training.glue import task_spec
 from federatedscope_rolora.training.models import (
     LoraSpec,
     build_model,
@@ -45,7 +44,7 @@ def build(model_cfg: Any) -> torch.nn.Module:
     if cfg.rolora.threads:
         torch.set_num_threads(int(cfg.rolora.threads))
     lora = LoraSpec.from_args(dict(cfg.llm.adapter.args[0]))
-    num_labels = task_spec(task_name(cfg.data.type)).num_labels
+    num_labels = fs_task(cfg).num_labels
     model, tokenizer = build_model(model_name(model_cfg.type), num_labels,
                                    lora, int(cfg.seed))
     check_tok_len(int(cfg.llm.tok_len), model, tokenizer,

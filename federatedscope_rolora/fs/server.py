@@ -52,9 +52,9 @@ from federatedscope_rolora.core.server import (
 from federatedscope_rolora.core.validation import InvalidUpdate
 from federatedscope_rolora.fs import prefix
 from federatedscope_rolora.fs.cfg_rolora import (
+    fs_task,
     model_name,
     schema_view,
-    task_name,
 )
 from federatedscope_rolora.fs.records import RunRecorder
 from federatedscope_rolora.fs.wire import (
@@ -73,7 +73,6 @@ from federatedscope_rolora.runners.setup import (
     per_client_eval,
     prefix_summary,
 )
-from federatedscope_rolora.training.glue import task_spec
 from federatedscope_rolora.training.models import (
     count_parameters,
     get_adapter_state,
@@ -153,7 +152,7 @@ class RoloraServer(Server):  # type: ignore[misc]
         if config is None:  # FederatedScope probes an empty instance
             return
         self.settings = schema_view(config)
-        self.task = task_spec(task_name(config.data.type))
+        self.task = fs_task(config)
         self.adapter_server = AdapterServer(
             method_from_config(self.settings),
             get_adapter_state(self.model), self.settings["rolora.weighting"],

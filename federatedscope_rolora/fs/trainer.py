@@ -35,10 +35,9 @@ from torch.utils.data import DataLoader
 
 from federatedscope_rolora.core.methods import RoundPlan
 from federatedscope_rolora.fs import prefix
-from federatedscope_rolora.fs.cfg_rolora import schema_view, task_name
+from federatedscope_rolora.fs.cfg_rolora import fs_task, schema_view
 from federatedscope_rolora.fs.data import IDS, MASK, TYPES, row_lengths
 from federatedscope_rolora.runners.setup import local_spec_from_config
-from federatedscope_rolora.training.glue import task_spec
 from federatedscope_rolora.training.local import make_optimizer
 from federatedscope_rolora.training.metrics import compute_metrics
 from federatedscope_rolora.training.models import (
@@ -58,7 +57,7 @@ class RoloraTrainer(GeneralTorchTrainer):  # type: ignore[misc]
         super().__init__(model, data, device, config, only_for_eval,
                          monitor)
         self.plan: RoundPlan | None = None
-        self.metric_names = task_spec(task_name(config.data.type)).metrics
+        self.metric_names = fs_task(config).metrics
         self.local_spec = local_spec_from_config(schema_view(config))
         self._evaluated: dict[str, float] = {}
 

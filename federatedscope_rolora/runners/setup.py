@@ -214,9 +214,9 @@ def build_federation(cfg: Config) -> Federation:
                          "all clients in one process")
     if cfg["rolora.threads"]:
         torch.set_num_threads(cfg["rolora.threads"])
-    task = task_spec(cfg.task)
     root = cfg["data.root"] or None
-    train, test = load_task(cfg.task, root, seed=cfg["seed"],
+    task = task_spec(cfg["data.type"], root)
+    train, test = load_task(cfg["data.type"], root, seed=cfg["seed"],
                             holdout=cfg["rolora.holdout"])
     subset, parts = split_train(cfg, train)
     test = scored_subset(cfg, test)

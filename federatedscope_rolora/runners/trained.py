@@ -49,7 +49,12 @@ from federatedscope_rolora.training.encoding import (
     collate,
     encode,
 )
-from federatedscope_rolora.training.glue import Split, load_task, task_spec
+from federatedscope_rolora.training.glue import (
+    Split,
+    TaskSpec,
+    load_task,
+    task_spec,
+)
 from federatedscope_rolora.training.local import evaluate
 from federatedscope_rolora.training.metrics import mean_over_clients
 from federatedscope_rolora.training.models import (
@@ -108,8 +113,8 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
     _check_finished(Path(run_dir))
     from peft import PeftModel
 
-    base, tokenizer = load_base(cfg.model_name,
-                                task_spec(cfg.task).num_labels, cfg["seed"])
+    base, tokenizer = load_base(cfg.model_name, _task(cfg).num_labels,
+                                cfg["seed"])
     try:
         with warnings.catch_warnings():
             # PEFT calls a transformers API that 5.x deprecates; not ours.
@@ -200,7 +205,7 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
 
     def score(split: Split) -> dict[str, float]:
         data: EncodedDataset = encode(split, trained.tokenizer, max_len)
-        return evaluate(trained.model, data, task_spec(cfg.task).metrics,
+        return evaluate(trained.model, data, _task(cfg).metrics,
                         batch_size=cfg["rolora.eval_batch_size"],
                         pad_token_id=int(trained.tokenizer.pad_token_id),
                         device=device)
@@ -242,9 +247,13 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
 
 def _scored_rows(cfg: Config) -> tuple[Split, Split]:
     """(train split, the test rows the run was scored on)."""
-    train, test = load_task(cfg.task, cfg["data.root"] or None,
+    train, test = load_task(cfg["data.type"], cfg["data.root"] or None,
                             seed=cfg["seed"], holdout=cfg["rolora.holdout"])
     return train, scored_subset(cfg, test)
+
+
+def _task(cfg: Config) -> TaskSpec:
+    return task_spec(cfg["data.type"], cfg["data.root"] or None)
 
 
 EXPORT_RECORD = "rolora_export.json"
@@ -300,7 +309,7 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
                      test.source)
         before = _logits(trained.model, rows, trained.tokenizer, max_len)
     merged = trained.model.merge_and_unload()  # type: ignore[operator]
-    labels = task_spec(cfg.task).label_names
+    labels = _task(cfg).label_names
     merged.config.id2label = dict(enumerate(labels))
     merged.config.label2id = {name: i for i, name in enumerate(labels)}
     record: dict[str, Any] = {

@@ -7,18 +7,28 @@ RoLoRA paper (its labels are public; GLUE's test labels are not). A local
 copy may lack a split; the few fallbacks below are explicit and recorded in
 ``Split.source`` so a result always says what it was measured on. Nothing
 is downloaded when a root is given.
+
+Your own classification data reads the same way: ``data.type: NAME@tsv``
+is ``<root>/NAME/train.tsv`` and ``dev.tsv`` (the test set), with a
+``label`` column and one or two text columns (an ``idx``, ``index`` or
+``id`` column is ignored); its labels are the distinct values of the train
+file's ``label`` column, sorted (as numbers where all are integers).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import importlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from federatedscope_rolora.schema import TSV_NAME
 
 
 class DataError(ValueError):
@@ -108,15 +118,80 @@ TASKS: dict[str, TaskSpec] = {
 _HUB_TEST_SPLIT = {"mnli": "validation_matched"}
 
 
-def task_spec(name: str) -> TaskSpec:
-    """The spec of task ``name``; a DataError lists the known tasks."""
+TSV_SUFFIX = "tsv"
+# Columns of your own TSV that are neither text nor label.
+_ID_COLUMNS = ("idx", "index", "id")
+
+
+def task_spec(name: str, root: str | Path | None = None) -> TaskSpec:
+    """The spec of a GLUE task (``sst2``, ``sst2@glue``), or of your own
+    data (``NAME@tsv``, read from ``root``); a DataError lists the known
+    tasks or names what is wrong with the files."""
+    task, _, suffix = name.partition("@")
+    if suffix.lower() == TSV_SUFFIX:
+        return tsv_task_spec(task, root)
     try:
-        return TASKS[name]
+        return TASKS[task.lower()]
     except KeyError:
         known = ", ".join(sorted(TASKS))
         raise DataError(
-            f"unknown GLUE task {name!r}; known tasks: {known}"
+            f"unknown GLUE task {name!r}; known tasks: {known} (or your "
+            f"own data as NAME@{TSV_SUFFIX})"
         ) from None
+
+
+def tsv_task_spec(name: str, root: str | Path | None) -> TaskSpec:
+    """The spec of your own data ``<root>/<name>/train.tsv``: its text
+    columns from the header, its labels from the ``label`` column."""
+    if not TSV_NAME.fullmatch(name):
+        raise DataError(f"data.type {name + '@' + TSV_SUFFIX!r}: NAME must "
+                        "be a directory name (letters, digits, _ . -)")
+    if root is None:
+        raise DataError(f"data.type {name}@{TSV_SUFFIX} reads your own "
+                        f"TSV files: set data.root to the directory holding "
+                        f"{name}/train.tsv and {name}/dev.tsv")
+    path = Path(root) / name / "train.tsv"
+    try:
+        stat = path.stat()
+    except OSError:
+        raise DataError(f"{path}: file not found (data.type "
+                        f"{name}@{TSV_SUFFIX})") from None
+    return _tsv_spec(str(path), name, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _tsv_spec(path: str, name: str, mtime_ns: int, size: int) -> TaskSpec:
+    """Read once per version of the file (``mtime_ns``, ``size``)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            rows = csv.reader(handle, delimiter="\t",
+                              quoting=csv.QUOTE_NONE)
+            header = next(rows, None)
+            if header is None:
+                raise DataError(f"{path}: empty file, expected a header "
+                                "row")
+            if "label" not in header:
+                raise DataError(
+                    f"{path}:1: no 'label' column; the header has columns "
+                    f"{', '.join(header)}")
+            at = header.index("label")
+            labels = {row[at] for row in rows if len(row) == len(header)}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from None
+    texts = tuple(c for c in header
+                  if c != "label" and c.lower() not in _ID_COLUMNS)
+    if not 1 <= len(texts) <= 2:
+        raise DataError(
+            f"{path}:1: expected one or two text columns beside 'label' "
+            f"(and an optional {', '.join(_ID_COLUMNS)}); the header has "
+            f"{', '.join(texts) or 'none'}")
+    if len(labels) < 2:
+        raise DataError(f"{path}: a classifier needs two or more labels; "
+                        f"the label column holds {sorted(labels)}")
+    numeric = all(re.fullmatch(r"-?\d+", y) for y in labels)
+    names = sorted(labels, key=int) if numeric else sorted(labels)
+    return TaskSpec(f"{name}@{TSV_SUFFIX}", name, texts, tuple(names),
+                    ("acc",))
 
 
 @dataclass
@@ -133,10 +208,12 @@ class Split:
 
 
 def _label_ids(spec: TaskSpec) -> dict[str, int]:
-    """Label string -> id. Integer ids are accepted too, so a TSV exported
-    from the Hub (labels 0..n-1) reads the same as a GLUE original."""
+    """Label string -> id. For a GLUE task integer ids are accepted too,
+    so a TSV exported from the Hub (labels 0..n-1) reads the same as a
+    GLUE original."""
     ids = {name: i for i, name in enumerate(spec.label_names)}
-    ids.update({str(i): i for i in range(spec.num_labels)})
+    if spec.name in TASKS:  # your own data's labels are what it holds
+        ids.update({str(i): i for i in range(spec.num_labels)})
     return ids
 
 
@@ -357,9 +434,10 @@ def load_task(
     """(train, test) of ``task``; test is GLUE's dev set (MNLI: matched).
 
     ``seed`` and ``holdout`` matter only where a test set has to be carved
-    out of train.tsv (QQP in a local copy without dev.tsv).
+    out of train.tsv (QQP in a local copy without dev.tsv). ``task`` is
+    a GLUE task or your own data, ``NAME@tsv`` (see ``task_spec``).
     """
-    spec = task_spec(task)
+    spec = task_spec(task, root)
     if root is None:
         return _load_hub(spec)
     return _load_local(spec, Path(root), seed, holdout)

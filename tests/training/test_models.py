@@ -11,8 +11,10 @@ import torch
 
 from federatedscope_rolora.training.models import (
     LoraSpec,
+    ModelError,
     adapter_parameters,
     build_model,
+    load_base,
     save_adapter,
 )
 
@@ -42,3 +44,40 @@ def test_saving_an_adapter_never_looks_up_the_hub(
     assert lookups == []
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_head_of_another_label_count_is_drawn_afresh(
+        tiny_model_dir: Path) -> None:
+    """The tiny checkpoint's head has 2 outputs: a 3-label task gets a
+    fresh one from the seed (transformers refuses it otherwise), and a
+    2-label task keeps the checkpoint's."""
+    from transformers import AutoModelForSequenceClassification
+
+    saved = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir))
+    three, _ = load_base(str(tiny_model_dir), 3, seed=0)
+    again, _ = load_base(str(tiny_model_dir), 3, seed=0)
+    two, _ = load_base(str(tiny_model_dir), 2, seed=0)
+
+    assert three.classifier.weight.shape[0] == 3
+    assert torch.equal(three.classifier.weight, again.classifier.weight)
+    assert torch.equal(two.classifier.weight, saved.classifier.weight)
+
+
+def test_a_checkpoint_with_a_wrong_shaped_weight_is_refused(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Only the head may be replaced: a body weight of the wrong shape
+    for its config is a broken checkpoint, named, not trained from
+    random values."""
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["intermediate_size"] += 8
+    (broken / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(ModelError, match=r"wrong shape for its config: "
+                       r"bert\.encoder\.layer\.0\.intermediate"):
+        load_base(str(broken), 2, seed=0)

@@ -1,0 +1,124 @@
+"""Your own data, ``data.type: NAME@tsv``: columns and labels read from
+the files, every malformed file named, and a federated run on it in the
+embedded runner (the plugin's run is in tests/fs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from federatedscope_rolora.config import ConfigError, build_config
+from federatedscope_rolora.config import _flatten as flatten
+from federatedscope_rolora.training.glue import (
+    DataError,
+    load_task,
+    task_spec,
+)
+from tests.conftest import tiny_config_tree, write_own_data
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_columns_and_labels_come_from_the_files(tmp_path: Path) -> None:
+    root = write_own_data(tmp_path)
+
+    spec = task_spec("tickets@tsv", root)
+    train, test = load_task("tickets@tsv", root)
+
+    assert spec.name == "tickets@tsv"
+    assert spec.text_columns == ("title", "body")  # id is not text
+    assert spec.label_names == ("billing", "bug", "praise")
+    assert spec.metrics == ("acc",)
+    assert (len(train), len(test)) == (90, 30)
+    assert set(train.labels) == {0, 1, 2}
+    assert train.texts[0] == ("title 0", "body praise")
+    assert train.labels[0] == spec.label_names.index("praise")
+    assert test.source == "tickets/dev.tsv"
+
+
+def test_integer_labels_sort_as_numbers_and_have_no_aliases(
+        tmp_path: Path) -> None:
+    """Labels 2, 10 and 33: ids in numeric order, and a row labelled 0
+    (no such label) is refused, not read as the label with id 0."""
+    lines = "text\tlabel\n" + "".join(f"t{i}\t{y}\n" for i, y in
+                                      enumerate([10, 2, 33, 2]))
+    _write(tmp_path / "n" / "train.tsv", lines)
+    _write(tmp_path / "n" / "dev.tsv", "text\tlabel\nx\t0\n")
+
+    assert task_spec("n@tsv", tmp_path).label_names == ("2", "10", "33")
+    with pytest.raises(DataError, match=r"dev.tsv:2: unknown label '0'"):
+        load_task("n@tsv", tmp_path)
+
+
+@pytest.mark.parametrize(("header", "rows", "fragment"), [
+    ("text\ttag", "a\tx\nb\ty\n", "no 'label' column; the header has "
+     "columns text, tag"),
+    ("a\tb\tc\tlabel", "1\t2\t3\tx\n4\t5\t6\ty\n",
+     "one or two text columns .* the header has a, b, c"),
+    ("id\tlabel", "1\tx\n2\ty\n", "one or two text columns .* has none"),
+    ("text\tlabel", "a\tx\nb\tx\n", r"two or more labels; the label "
+     r"column holds \['x'\]"),
+])
+def test_a_file_that_cannot_be_a_task_is_named(
+        tmp_path: Path, header: str, rows: str, fragment: str) -> None:
+    _write(tmp_path / "bad" / "train.tsv", header + "\n" + rows)
+
+    with pytest.raises(DataError, match=fragment):
+        task_spec("bad@tsv", tmp_path)
+
+
+def test_missing_files_and_root_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="set data.root"):
+        task_spec("tickets@tsv", None)
+    with pytest.raises(DataError, match=r"tickets/train.tsv: file not "
+                       r"found \(data.type tickets@tsv\)"):
+        task_spec("tickets@tsv", tmp_path)
+    _write(tmp_path / "t" / "train.tsv", "text\tlabel\na\tx\nb\ty\n")
+    with pytest.raises(DataError, match=r"t/dev.tsv: file not found"):
+        load_task("t@tsv", tmp_path)
+
+
+def test_an_edited_file_is_read_again(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t" / "train.tsv", "text\tlabel\na\tx\nb\ty\n")
+    assert task_spec("t@tsv", tmp_path).label_names == ("x", "y")
+
+    _write(path, "text\tlabel\na\tx\nb\ty\nc\tz\n")
+
+    assert task_spec("t@tsv", tmp_path).label_names == ("x", "y", "z")
+
+
+@pytest.mark.parametrize("data_type", ["../x@tsv", "@tsv", "a/b@tsv",
+                                       "tickets@csv"])
+def test_config_refuses_what_is_not_a_name(data_type: str) -> None:
+    with pytest.raises(ConfigError, match="data.type"):
+        build_config({"data.type": data_type})
+
+
+def test_a_federated_run_on_your_own_data(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Three labels, two text columns, label skew: the run scores its
+    test rows, and eval and export rebuild the model from its files."""
+    from federatedscope_rolora.runners.simulation import run
+    from federatedscope_rolora.runners.trained import export_model, score_run
+
+    root = write_own_data(tmp_path / "data")
+    tree = tiny_config_tree(tiny_model_dir, root, tmp_path / "run",
+                            federate={"total_round_num": 2},
+                            data={"type": "tickets@tsv", "splitter": "lda",
+                                  "splitter_args": [{"alpha": 0.5}]})
+    cfg = build_config(flatten(tree))
+
+    summary = run(cfg)
+    record = export_model(tmp_path / "run", cfg, tmp_path / "model")
+
+    assert summary["task"] == "tickets@tsv"
+    assert summary["test_examples"] == 30
+    assert 0.0 <= summary["final"]["acc"] <= 1.0
+    assert score_run(tmp_path / "run", cfg)["eval"]["acc"] == \
+        summary["final"]["acc"]
+    assert record["labels"] == ["billing", "bug", "praise"]
