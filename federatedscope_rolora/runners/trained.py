@@ -314,7 +314,8 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
     merged.config.label2id = {name: i for i, name in enumerate(labels)}
     record: dict[str, Any] = {
         "run_dir": str(Path(run_dir).resolve()), "method": method,
-        "task": _task(cfg).name, "base_model": cfg.model_name, "client": client,
+        "task": _task(cfg).name, "base_model": cfg.model_name,
+        "client": client,
         "labels": list(labels),
         "recorded_final": (read_summary(Path(run_dir)) or {}).get("final"),
     }
