@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from federatedscope_rolora.config import ConfigError
+from federatedscope_rolora.config import Config, ConfigError, splitter_alpha
 from federatedscope_rolora.fs.cfg_rolora import (
     fs_task,
     model_name,
@@ -30,6 +30,7 @@ from federatedscope_rolora.training.glue import Split, load_task
 from federatedscope_rolora.training.models import resolve_model_path
 from federatedscope_rolora.training.partition import (
     check_clients,
+    partition,
     subsample_indices,
 )
 
@@ -119,17 +120,9 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
 
     remember_run_config(config)
     train, test = glue_rows(config)
-    clients = int(config.federate.client_num)
-    try:
-        # the embedded runner's check (training/partition.py):
-        # FederatedScope's splitters would leave clients without data
-        # and fail later, deep in its model builder
-        check_clients(len(train), clients)
-    except ValueError as err:
-        raise ConfigError(f"cannot split {len(train)} train examples over "
-                          f"federate.client_num={clients} clients: {err}"
-                          ) from None
-    remember_inputs(schema_view(config), [train.encoded, test.encoded],
+    view = schema_view(config)
+    _check_split(view, train.encoded.labels)
+    remember_inputs(view, [train.encoded, test.encoded],
                     train.pad_token_id)
     # The splitters draw from numpy's global generator. FederatedScope
     # seeds it with a constant before calling a data builder; the run's
@@ -140,6 +133,26 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
     setup_seed(config.seed)
     config.model.num_labels = fs_task(config).num_labels
     return _for_this_process(data, config), config
+
+
+def _check_split(view: Config, labels: list[int]) -> None:
+    """ConfigError where the embedded runner cannot split the train
+    examples as configured, with its message. FederatedScope's splitters
+    would fail later, deep in its model builder (a client without data),
+    fail an assertion (``lda`` with no more examples than clients), or
+    draw forever (``lda`` redraws until every client has an example,
+    where the embedded runner gives up after 1,000 draws): the embedded
+    runner's seeded split is tried, and its verdict is the plugin's."""
+    clients, splitter = view["federate.client_num"], view["data.splitter"]
+    try:
+        check_clients(len(labels), clients)
+        if splitter == "lda":
+            partition(labels, clients, splitter, view["seed"],
+                      splitter_alpha(view["data.splitter_args"]))
+    except ValueError as err:
+        raise ConfigError(f"cannot split {len(labels)} train examples over "
+                          f"federate.client_num={clients} clients with "
+                          f"data.splitter {splitter!r}: {err}") from None
 
 
 def _for_this_process(data: Any, config: Any) -> Any:

@@ -115,10 +115,14 @@ def dirichlet_with_shares(
         raise ValueError(f"lda alpha must be > 0, got {alpha}")
     if min_size < 0:
         raise ValueError(f"min_size must be >= 0, got {min_size}")
-    if num_clients * min_size > len(labels):
+    if num_clients * min_size >= len(labels):
+        # FederatedScope's lda splitter asserts more, and so does this
+        # one, so that a split one runner refuses the other refuses too
         raise ValueError(
-            f"{num_clients} clients with at least {min_size} examples each "
-            f"need {num_clients * min_size}, but there are {len(labels)}"
+            f"an lda split of {num_clients} clients with at least "
+            f"{min_size} examples each needs more than "
+            f"{num_clients * min_size} examples, and there are "
+            f"{len(labels)}"
         )
     label_array = np.asarray(labels)
     by_label = [

@@ -645,7 +645,8 @@ def test_more_clients_than_train_examples_is_named(
                    federate={"client_num": 300, "sample_client_num": 2,
                              "total_round_num": 1})
     cfg = write_config(tmp_path / "crowd.yaml", tree)
-    named = "cannot split 240 train examples over federate.client_num=300"
+    named = ("cannot split 240 train examples over federate.client_num=300 "
+             "clients with data.splitter 'iid'")
 
     run = fs_main.run(cfg, check=False)
 
@@ -653,6 +654,37 @@ def test_more_clients_than_train_examples_is_named(
     assert named in run.log
     with pytest.raises(ValueError, match=named):
         embedded_records(cfg, tmp_path / "embedded")
+
+
+@pytest.mark.parametrize("clients, alpha, named", [
+    # FederatedScope redraws forever: no draw gives 200 clients an
+    # example each from 240 near one-label shares
+    (200, 0.01, "fewer than 1 examples in 1000 draws"),
+    # FederatedScope's splitter asserts more examples than clients
+    (240, 100.0, "needs more than 240 examples, and there are 240"),
+])
+def test_an_lda_split_the_embedded_runner_refuses_is_refused(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, clients: int, alpha: float, named: str) -> None:
+    """One file, one meaning: the same message from both runners, at
+    data build, where FederatedScope would hang or fail an assertion."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"client_num": clients, "sample_client_num": 2,
+                             "total_round_num": 1},
+                   data={"splitter": "lda",
+                         "splitter_args": [{"alpha": alpha}]})
+    cfg = write_config(tmp_path / "lda.yaml", tree)
+    split = ("cannot split 240 train examples over "
+             f"federate.client_num={clients} clients with data.splitter "
+             "'lda'")
+
+    run = fs_main.run(cfg, check=False)
+
+    assert run.proc.returncode != 0
+    assert split in run.log and named in run.log
+    with pytest.raises(ValueError, match=named) as refused:
+        embedded_records(cfg, tmp_path / "embedded")
+    assert split in str(refused.value)
 
 
 def test_the_plugin_runs_on_your_own_data(

@@ -136,7 +136,18 @@ def test_lda_gives_up_with_clear_error() -> None:
     labels = [0, 1] * 25  # 50 examples, 2 labels, near one-hot shares
 
     with pytest.raises(ValueError, match=r"fewer than 1 examples.*alpha"):
-        partition_dirichlet(labels, 50, alpha=0.01, seed=0)
+        partition_dirichlet(labels, 40, alpha=0.01, seed=0)
+
+
+def test_lda_needs_more_examples_than_clients() -> None:
+    """As FederatedScope's lda splitter asserts: one example a client is
+    refused, whatever alpha (an iid split deals it)."""
+    labels = [0, 1] * 3
+
+    with pytest.raises(ValueError, match="needs more than 6 examples, and "
+                       "there are 6"):
+        partition_dirichlet(labels, 6, alpha=100.0, seed=0)
+    assert len(partition(labels, 6, "iid", seed=0)) == 6
 
 
 def test_lda_labels_need_not_be_contiguous() -> None:
