@@ -533,6 +533,12 @@ def score(row: dict[str, Any]) -> float:
     return final_metric(row)
 
 
+def label(method: str) -> str:
+    """The method's name in a table, marked when its cell is a
+    per-client score."""
+    return f"{method} (per client)" if method in PERSONAL else method
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     if not values:

@@ -10,7 +10,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from _common import PERSONAL, Store, cell, mean_sd, score
+from _common import Store, cell, label, mean_sd, score
 
 PAPER_TASKS = ("sst2", "qnli", "mnli", "qqp", "rte")
 # Table 2: rank 2, LoRA on query/value of layers 15-23, total samples fixed.
@@ -55,12 +55,6 @@ def paper_t2(clients: int, method: str, task: str) -> float | None:
             method not in PAPER_T2[clients]:
         return None
     return PAPER_T2[clients][method][PAPER_TASKS.index(task)]
-
-
-def label(method: str) -> str:
-    """The method's name in a table, marked when its cell is a
-    per-client score."""
-    return f"{method} (per client)" if method in PERSONAL else method
 
 
 # One cell of a table: each stored run's score, keyed by its seed (a

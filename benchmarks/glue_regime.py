@@ -229,8 +229,8 @@ def _gap_drift(rows: list[dict[str, Any]]) -> str:
 
 def cells_table(plan: Plan, store: Store, lrs: dict[str, float]
                 ) -> list[str]:
-    lines = ["| task | clients | " + " | ".join(plan.methods) + " | paper "
-             "(RoLoRA / LoRA) |",
+    lines = ["| task | clients | " + " | ".join(
+        map(common.label, plan.methods)) + " | paper (RoLoRA / LoRA) |",
              "|---|---|" + "---|" * len(plan.methods) + "---|"]
     gaps = ["| task | clients | " + " | ".join(
         f"{m} gap / drift" for m in plan.methods) + " |",
