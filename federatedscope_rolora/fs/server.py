@@ -331,6 +331,7 @@ class RoloraServer(Server):  # type: ignore[misc]
         summary = self.recorder.write_summary({
             "method": self.settings["federate.method"],
             "task": self.task.name,
+            "labels": list(self.task.label_names),
             "model": model_name(self._cfg.model.type),
             "mode": self._cfg.federate.mode,
             "clients": self.client_num,

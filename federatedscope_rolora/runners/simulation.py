@@ -350,6 +350,7 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
     return {
         "version": __version__,
         "method": cfg["federate.method"], "task": fed.task.name,
+        "labels": list(fed.task.label_names),
         "model": cfg.model_name,
         "clients": cfg["federate.client_num"],
         **round_results(records, fed.task.metrics[0]),

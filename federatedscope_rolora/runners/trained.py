@@ -111,9 +111,10 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
                            "(adapter_config.json): the run has not "
                            "finished; continue it with run --resume")
     _check_finished(Path(run_dir))
+    task = _task_of_run(Path(run_dir), cfg)
     from peft import PeftModel
 
-    base, tokenizer = load_base(cfg.model_name, _task(cfg).num_labels,
+    base, tokenizer = load_base(cfg.model_name, task.num_labels,
                                 cfg["seed"])
     try:
         with warnings.catch_warnings():
@@ -153,6 +154,23 @@ def _check_finished(run_dir: Path) -> None:
             f"{SUMMARY_FILE} are of round {done}, but {METRICS_FILE} goes "
             f"on to round {lines} (the run was continued and stopped); "
             "finish it with run --resume")
+
+
+def _task_of_run(run_dir: Path, cfg: Config) -> TaskSpec:
+    """The run's task as its files give it now; TrainedError where the
+    run recorded other labels (your own data, edited since): the head's
+    ids would be read under other names, by eval and in export's
+    id2label, or not fit the head at all."""
+    task = _task(cfg)
+    recorded = (read_summary(run_dir) or {}).get("labels")
+    if isinstance(recorded, list) and recorded != list(task.label_names):
+        raise TrainedError(
+            f"data.type {task.name}: the run in {str(run_dir)!r} was "
+            f"trained with labels {', '.join(map(str, recorded))} (ids "
+            f"0..{len(recorded) - 1}), but its train.tsv under data.root "
+            f"now gives {', '.join(task.label_names)}; restore the data "
+            "the run was trained on")
+    return task
 
 
 def _fold_saved_residual(model: torch.nn.Module, path: Path) -> None:

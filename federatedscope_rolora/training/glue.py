@@ -166,18 +166,36 @@ def _tsv_spec(path: str, name: str, mtime_ns: int, size: int) -> TaskSpec:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             rows = csv.reader(handle, delimiter="\t",
                               quoting=csv.QUOTE_NONE)
-            header = next(rows, None)
-            if header is None:
-                raise DataError(f"{path}: empty file, expected a header "
-                                "row")
-            if "label" not in header:
-                raise DataError(
-                    f"{path}:1: no 'label' column; the header has columns "
-                    f"{', '.join(header)}")
-            at = header.index("label")
-            labels = {row[at] for row in rows if len(row) == len(header)}
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            try:
+                texts, labels = _columns_and_labels(rows, path)
+            except csv.Error as exc:
+                raise DataError(f"{path}:{rows.line_num}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot be read ({exc})") from None
+    if len(labels) < 2:
+        raise DataError(f"{path}: a classifier needs two or more labels; "
+                        f"the label column holds {sorted(labels)}")
+    numeric = all(re.fullmatch(r"-?\d+", y) for y in labels)
+    # Ties in value ('1' and '01') are broken by the text, so the ids
+    # never depend on the set's order (a process's hash seed).
+    names = sorted(labels, key=lambda y: (int(y), y)) if numeric \
+        else sorted(labels)
+    return TaskSpec(f"{name}@{TSV_SUFFIX}", name, texts, tuple(names),
+                    ("acc",))
+
+
+def _columns_and_labels(rows: Any, path: str
+                        ) -> tuple[tuple[str, ...], set[str]]:
+    """The text columns of your own train file's header and the distinct
+    values of its label column. The labels are the task's, so a row that
+    ``read_tsv`` would refuse (another column count, and here an empty
+    label too) stops this read with its line, not a wrong label set."""
+    header = next(rows, None)
+    if header is None:
+        raise DataError(f"{path}: empty file, expected a header row")
+    if "label" not in header:
+        raise DataError(f"{path}:1: no 'label' column; the header has "
+                        f"columns {', '.join(header)}")
     texts = tuple(c for c in header
                   if c != "label" and c.lower() not in _ID_COLUMNS)
     if not 1 <= len(texts) <= 2:
@@ -185,13 +203,20 @@ def _tsv_spec(path: str, name: str, mtime_ns: int, size: int) -> TaskSpec:
             f"{path}:1: expected one or two text columns beside 'label' "
             f"(and an optional {', '.join(_ID_COLUMNS)}); the header has "
             f"{', '.join(texts) or 'none'}")
-    if len(labels) < 2:
-        raise DataError(f"{path}: a classifier needs two or more labels; "
-                        f"the label column holds {sorted(labels)}")
-    numeric = all(re.fullmatch(r"-?\d+", y) for y in labels)
-    names = sorted(labels, key=int) if numeric else sorted(labels)
-    return TaskSpec(f"{name}@{TSV_SUFFIX}", name, texts, tuple(names),
-                    ("acc",))
+    at = header.index("label")
+    labels: set[str] = set()
+    for row in rows:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path}:{rows.line_num}: expected "
+                            f"{len(header)} tab-separated columns, found "
+                            f"{len(row)}")
+        if not row[at]:
+            raise DataError(f"{path}:{rows.line_num}: empty label; every "
+                            "row of your own data needs one")
+        labels.add(row[at])
+    return texts, labels
 
 
 @dataclass

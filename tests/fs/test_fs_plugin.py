@@ -708,3 +708,4 @@ def test_the_plugin_runs_on_your_own_data(
     summary = json.loads((run.run_dir / "summary.json").read_text(
         encoding="utf-8"))
     assert summary["task"] == "tickets@tsv"
+    assert summary["labels"] == ["billing", "bug", "praise"]

@@ -4,6 +4,10 @@ embedded runner (the plugin's run is in tests/fs)."""
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,8 @@ from federatedscope_rolora.training.glue import (
     task_spec,
 )
 from tests.conftest import tiny_config_tree, write_own_data
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -72,6 +78,47 @@ def test_a_file_that_cannot_be_a_task_is_named(
         task_spec("bad@tsv", tmp_path)
 
 
+@pytest.mark.parametrize(("rows", "fragment"), [
+    # the labels come from the train file, so a row that read_tsv would
+    # refuse is named here, not misread as a one-label task
+    ("a\tx\nb\ty\textra\n", r"train.tsv:3: expected 2 tab-separated "
+     r"columns, found 3"),
+    ("a\tx\n\nb\n", r"train.tsv:4: expected 2 tab-separated columns, "
+     r"found 1"),
+    ("a\tx\nb\t\nc\ty\n", r"train.tsv:3: empty label"),
+    ("a\tx\n" + "b" * (csv.field_size_limit() + 1) + "\ty\n",
+     r"train.tsv:3: field larger than field limit"),
+])
+def test_a_bad_train_row_is_named_with_its_line(
+        tmp_path: Path, rows: str, fragment: str) -> None:
+    _write(tmp_path / "t" / "train.tsv", "text\tlabel\n" + rows)
+    _write(tmp_path / "t" / "dev.tsv", "text\tlabel\na\tx\n")
+
+    with pytest.raises(DataError, match=fragment):
+        task_spec("t@tsv", tmp_path)
+
+
+def test_label_ids_do_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
+    """Labels equal as numbers ('0' and '-0', '1' and '01') get the same
+    ids in every process (the run, FederatedScope's parties, export),
+    whatever the process's string hash seed."""
+    _write(tmp_path / "n" / "train.tsv", "text\tlabel\n" + "".join(
+        f"t{i}\t{y}\n" for i, y in enumerate(["1", "01", "2", "0", "-0"])))
+    code = ("from federatedscope_rolora.training.glue import task_spec; "
+            f"print(task_spec('n@tsv', {str(tmp_path)!r}).label_names)")
+
+    orders = set()
+    for seed in ("0", "1", "2", "4"):
+        env = {**os.environ, "PYTHONHASHSEED": seed,
+               "FEDERATEDSCOPE_ROLORA_NO_HOOK": "1"}
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                              env=env, capture_output=True, text=True,
+                              check=True)
+        orders.add(done.stdout.strip())
+
+    assert orders == {"('-0', '0', '01', '1', '2')"}
+
+
 def test_missing_files_and_root_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="set data.root"):
         task_spec("tickets@tsv", None)
@@ -122,3 +169,37 @@ def test_a_federated_run_on_your_own_data(
     assert score_run(tmp_path / "run", cfg)["eval"]["acc"] == \
         summary["final"]["acc"]
     assert record["labels"] == ["billing", "bug", "praise"]
+
+
+def test_eval_and_export_refuse_a_run_whose_labels_changed(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The head's ids are the labels the run was trained with: once the
+    files give others (billing renamed sales, so every id shifts), eval
+    and export refuse, where export would write the wrong id2label."""
+    from federatedscope_rolora.runners.simulation import run
+    from federatedscope_rolora.runners.trained import (
+        TrainedError,
+        export_model,
+        score_run,
+    )
+
+    root = write_own_data(tmp_path / "data")
+    tree = tiny_config_tree(tiny_model_dir, root, tmp_path / "run",
+                            federate={"total_round_num": 1},
+                            data={"type": "tickets@tsv"})
+    cfg = build_config(flatten(tree))
+    summary = run(cfg)
+    for name in ("train.tsv", "dev.tsv"):
+        path = root / "tickets" / name
+        path.write_text(path.read_text(encoding="utf-8").replace(
+            "\tbilling\n", "\tsales\n"), encoding="utf-8")
+    changed = (r"trained with labels billing, bug, praise \(ids 0..2\), "
+               r"but its train.tsv under data.root now gives bug, praise, "
+               r"sales")
+
+    with pytest.raises(TrainedError, match=changed):
+        score_run(tmp_path / "run", cfg)
+    with pytest.raises(TrainedError, match=changed):
+        export_model(tmp_path / "run", cfg, tmp_path / "model")
+    assert summary["labels"] == ["billing", "bug", "praise"]
+    assert not (tmp_path / "model").exists()
