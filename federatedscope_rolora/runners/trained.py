@@ -262,7 +262,6 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
             "recorded": recorded.get("final_per_client")}
 
 
-
 def _scored_rows(cfg: Config) -> tuple[Split, Split]:
     """(train split, the test rows the run was scored on)."""
     train, test = load_task(cfg["data.type"], cfg["data.root"] or None,
@@ -327,12 +326,13 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
                      test.source)
         before = _logits(trained.model, rows, trained.tokenizer, max_len)
     merged = trained.model.merge_and_unload()  # type: ignore[operator]
-    labels = _task(cfg).label_names
+    task = _task(cfg)
+    labels = task.label_names
     merged.config.id2label = dict(enumerate(labels))
     merged.config.label2id = {name: i for i, name in enumerate(labels)}
     record: dict[str, Any] = {
         "run_dir": str(Path(run_dir).resolve()), "method": method,
-        "task": _task(cfg).name, "base_model": cfg.model_name,
+        "task": task.name, "base_model": cfg.model_name,
         "client": client,
         "labels": list(labels),
         "recorded_final": (read_summary(Path(run_dir)) or {}).get("final"),
