@@ -106,6 +106,8 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
                   "clients": cfg["federate.client_num"],
                   "rounds": cfg["federate.total_round_num"],
                   "seed": seeds[0], "seeds": seeds, "methods": results}
+    if several and len(methods) > 1:
+        comparison["paired"] = paired_by_seed(results, methods[0])
     write_json_atomic(out / COMPARISON_FILE, comparison)
     write_text_atomic(out / TABLE_FILE, markdown_table(comparison) + "\n")
     if plots:
@@ -175,6 +177,32 @@ def _over_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             form: {k: fmean([r["final_per_client"][form][k] for r in runs])
                    for k in first["final_per_client"][form]}
             for form in ("example_weighted", "client_mean")}
+    return out
+
+
+def paired_by_seed(results: dict[str, Any], reference: str
+                   ) -> dict[str, Any]:
+    """Each method's final score minus ``reference``'s, seed by seed:
+    the runs of one seed share the split and the initial adapter, so
+    their difference leaves out what the seeds change for every method
+    alike, and its spread is the one to set against the mean difference
+    (where the two methods' own spreads overlap, the paired difference
+    can still be one sign at every seed). Per method: ``diff`` per seed,
+    their mean and sd, and at how many seeds it is ahead or behind."""
+    ref = results[reference]
+    metric = ref["primary_metric"]
+    out: dict[str, Any] = {"reference": reference, "metric": metric,
+                           "methods": {}}
+    for method, res in results.items():
+        if method == reference:
+            continue
+        diffs = [a - b for a, b in zip(res["final_per_seed"][metric],
+                                       ref["final_per_seed"][metric],
+                                       strict=True)]
+        out["methods"][method] = {
+            "diff": diffs, "mean": fmean(diffs), "sd": stdev(diffs),
+            "ahead": sum(d > 0 for d in diffs),
+            "behind": sum(d < 0 for d in diffs)}
     return out
 
 
@@ -315,6 +343,17 @@ def _seeds_table(comparison: dict[str, Any]) -> str:
             f"{res['final_sd'][metric]:.4f} | "
             f"{', '.join(f'{v:.4f}' for v in values)} | "
             f"{_other_cells(res, metric, rounds, down=False)} |")
+    paired = comparison.get("paired")
+    if paired:
+        rows += ["", f"Paired by seed (the runs of a seed share the split "
+                 f"and the initial adapter): global final {paired['metric']}"
+                 f" minus {paired['reference']}'s, mean ± sd of the "
+                 "per-seed differences, and at how many seeds ahead / "
+                 "behind.", ""]
+        rows += [f"- {method}: {d['mean']:+.4f} ± {d['sd']:.4f} (ahead at "
+                 f"{d['ahead']}, behind at {d['behind']} of "
+                 f"{len(d['diff'])} seeds)"
+                 for method, d in paired["methods"].items()]
     return "\n".join(rows)
 
 

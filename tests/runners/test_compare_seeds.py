@@ -54,6 +54,22 @@ def test_each_seed_runs_and_the_table_gives_mean_and_sd(
     lora = result["methods"]["lora"]
     assert (f"| lora | acc {lora['final']['acc']:.4f} ± "
             f"{lora['final_sd']['acc']:.4f} | ") in table
+    # lora against rolora, seed by seed (the first method listed is the
+    # reference)
+    diffs = [a - b for a, b in zip(lora["final_per_seed"]["acc"],
+                                   result["methods"]["rolora"]
+                                   ["final_per_seed"]["acc"], strict=True)]
+    paired = result["paired"]
+    assert (paired["reference"], paired["metric"]) == ("rolora", "acc")
+    assert paired["methods"]["lora"]["diff"] == pytest.approx(diffs)
+    assert paired["methods"]["lora"]["mean"] == \
+        pytest.approx(statistics.mean(diffs))
+    assert paired["methods"]["lora"]["sd"] == \
+        pytest.approx(statistics.stdev(diffs))
+    assert paired["methods"]["lora"]["ahead"] == sum(d > 0 for d in diffs)
+    assert (f"- lora: {statistics.mean(diffs):+.4f} ± "
+            f"{statistics.stdev(diffs):.4f} (ahead at ") in table
+    assert "rolora" not in paired["methods"]
 
 
 def test_resume_reads_finished_runs_back_and_continues_the_rest(
