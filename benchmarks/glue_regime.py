@@ -255,6 +255,44 @@ def cells_table(plan: Plan, store: Store, lrs: dict[str, float]
                     "rounds and seeds:", ""] + gaps
 
 
+def paired_table(plan: Plan, store: Store, lrs: dict[str, float],
+                 baseline: str = "lora") -> list[str]:
+    """Each method minus ``baseline``, seed by seed, over the seeds both
+    ran: the runs of a seed share its split, test rows and initial
+    adapter, so the spread of these differences, not the two methods'
+    own spreads, is what a difference is to be weighed against."""
+    others = [m for m in plan.methods if m != baseline]
+    lines = ["| task | clients | " + " | ".join(
+        f"{common.label(m)} − {baseline}" for m in others) + " |",
+             "|---|---|" + "---|" * len(others)]
+    for task in plan.tasks:
+        for clients in sorted(plan.clients):
+            cells = []
+            for method in others:
+                diffs = []
+                for seed in plan.seeds:
+                    pair = [store.get(plan.base.with_(
+                        task=task, method=m, clients=clients, seed=seed,
+                        lr=lrs[m])) for m in (method, baseline)]
+                    if pair[0] is not None and pair[1] is not None:
+                        diffs.append(100 * (common.score(pair[0])
+                                            - common.score(pair[1])))
+                cells.append(_paired_cell(diffs))
+            lines.append(f"| {task} | {clients} | " + " | ".join(cells) +
+                         " |")
+    return lines
+
+
+def _paired_cell(diffs: list[float]) -> str:
+    """'-4.30 ± 1.59, ahead 0/3' (points), or 'n/a'."""
+    if not diffs:
+        return "n/a"
+    mean, sd = common.mean_sd(diffs)
+    spread = f" ± {sd:.2f}" if len(diffs) > 1 else ""
+    return (f"{mean:+.2f}{spread}, ahead {sum(d > 0 for d in diffs)}/"
+            f"{len(diffs)}")
+
+
 def steps_table(plan: Plan, store: Store, lrs: dict[str, float]
                 ) -> list[str]:
     """Accuracy, then aggregation gap / client drift (mean over rounds
@@ -429,7 +467,12 @@ def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
             "", "## Runs", "", *runs, ""]
     long_lines, same_as_cell = long_table(plan, store, lrs)
     text += ["## Accuracy, aggregation gap and client drift", "",
-             *cells_table(plan, store, lrs), "", PAPER_NOTES, "",
+             *cells_table(plan, store, lrs), "",
+             "Paired by seed: each method's final accuracy minus LoRA's "
+             "at the same seed (same split, test rows and initial "
+             "adapter), in points, mean ± sd over the seeds both ran, and "
+             "at how many of them the method is ahead:", "",
+             *paired_table(plan, store, lrs), "", PAPER_NOTES, "",
              f"## Local steps ({plan.steps_task}, {plan.steps_clients} "
              f"clients)", "", *steps_table(plan, store, lrs), "",
              f"## Label skew ({plan.skew_task}, {plan.skew_clients} "

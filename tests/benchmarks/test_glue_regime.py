@@ -312,3 +312,25 @@ def test_chance_is_per_seed_on_the_rows_the_runs_score(
     assert data["chance"] == {"sst2": want}
     text = (tmp_path / "out" / "glue_regime_quick.md").read_text()
     assert regime._chance_text(data["chance"]) in text
+
+
+def test_the_paired_table_subtracts_lora_seed_by_seed(
+        quick: dict[str, Any]) -> None:
+    """Each cell: the method's score minus LoRA's at the same seed, over
+    the seeds both ran; here the quick plan's one seed per cell."""
+    score = {(r["spec"]["clients"], r["spec"]["method"]): r["score"]
+             for r in quick["data"]["runs"] if "cells" in r["parts"]}
+    paired = quick["text"].split("Paired by seed")[1]
+    line = paired.split("| sst2 | 4 | ")[1].splitlines()[0]
+    diff = 100 * (score[4, "rolora"] - score[4, "lora"])
+
+    assert line.startswith(f"{diff:+.2f}, ahead {int(diff > 0)}/1 | ")
+
+
+def test_a_paired_cell_gives_mean_sd_and_seeds_ahead() -> None:
+    regime = load("glue_regime")
+
+    assert regime._paired_cell([-3.5, -3.3, -6.1]) == \
+        "-4.30 ± 1.56, ahead 0/3"
+    assert regime._paired_cell([1.9]) == "+1.90, ahead 1/1"
+    assert regime._paired_cell([]) == "n/a"
