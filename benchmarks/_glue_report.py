@@ -154,6 +154,24 @@ def ordering(cells: dict[str, Seeds]) -> str:
     return " ".join(text)
 
 
+def paired(cells: dict[str, Seeds], baseline: str = "lora") -> str:
+    """'rolora +0.2 ± 1.2 (ahead at 1 of 3 seeds)': each method's score
+    minus ``baseline``'s at the same seed, in points, over the seeds both
+    ran (the runs of a seed share the split and the initial adapter)."""
+    base = cells.get(baseline, {})
+    parts = []
+    for m, v in cells.items():
+        seeds = sorted(set(v) & set(base), key=int)
+        if m == baseline or not seeds:
+            continue
+        diffs = [(v[s] - base[s]) * 100 for s in seeds]
+        mean, sd = mean_sd(diffs)
+        spread = f" ± {sd:.1f}" if len(diffs) > 1 else ""
+        parts.append(f"{label(m)} {mean:+.1f}{spread} (ahead at "
+                     f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds)")
+    return ", ".join(parts)
+
+
 def markdown(results: dict[str, Any], plan: Any) -> str:
     base = plan.base
     lines = [
@@ -321,6 +339,9 @@ def _local_md(results: dict[str, Any], plan: Any) -> list[str]:
                          f"{f'{paper:.2f}' if paper else 'n/a'} |")
     lines += ["", "Ordering by mean:", ""] + [
         f"- {c} clients: {ordering(cells) or 'not run'}"
+        for c, cells in results["local"].items()]
+    lines += ["", "Paired with LoRA seed by seed (points):", ""] + [
+        f"- {c} clients: {paired(cells) or 'not run'}"
         for c, cells in results["local"].items()]
     return lines + [""]
 

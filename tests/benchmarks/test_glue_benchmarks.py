@@ -287,6 +287,18 @@ def test_ordering_never_ranks_means_over_different_seeds() -> None:
                     "s1, s2), rolora 71.0 (s0, s1 of s0, s1, s2)")
 
 
+def test_paired_differences_use_the_seeds_both_ran() -> None:
+    report = load("_glue_report")
+
+    text = report.paired({"lora": {"0": 0.779, "1": 0.781, "2": 0.757},
+                          "rolora": {"0": 0.774, "1": 0.776, "2": 0.773},
+                          "flexlora": {"0": 0.70, "2": 0.80}})
+
+    assert text == ("rolora +0.2 ± 1.2 (ahead at 1 of 3 seeds), "
+                    "flexlora -1.8 ± 8.6 (ahead at 1 of 2 seeds)")
+    assert report.paired({"lora": {"0": 0.5}, "rolora": {"1": 0.6}}) == ""
+
+
 def test_per_seed_cells_name_their_seeds() -> None:
     report = load("_glue_report")
 
