@@ -261,6 +261,8 @@ def paired_table(plan: Plan, store: Store, lrs: dict[str, float],
     ran: the runs of a seed share its split, test rows and initial
     adapter, so the spread of these differences, not the two methods'
     own spreads, is what a difference is to be weighed against."""
+    if baseline not in plan.methods:
+        return [f"(none: {baseline} is not among the methods)"]
     others = [m for m in plan.methods if m != baseline]
     lines = ["| task | clients | " + " | ".join(
         f"{common.label(m)} − {baseline}" for m in others) + " |",
