@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from federatedscope_rolora.config import Config, ConfigError, splitter_alpha
 from federatedscope_rolora.fs.cfg_rolora import (
     fs_task,
     model_name,
@@ -25,14 +24,11 @@ from federatedscope_rolora.fs.cfg_rolora import (
     schema_view,
 )
 from federatedscope_rolora.fs.prefix import remember_inputs
+from federatedscope_rolora.runners.setup import deal_train
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import Split, load_task
 from federatedscope_rolora.training.models import resolve_model_path
-from federatedscope_rolora.training.partition import (
-    check_clients,
-    partition,
-    subsample_indices,
-)
+from federatedscope_rolora.training.partition import subsample_indices
 
 # Rows of an example tensor: token ids, attention mask[, token types].
 IDS, MASK, TYPES = 0, 1, 2
@@ -121,7 +117,13 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
     remember_run_config(config)
     train, test = glue_rows(config)
     view = schema_view(config)
-    _check_split(view, train.encoded.labels)
+    # The embedded runner's seeded split, tried and dropped: what it
+    # refuses, FederatedScope's splitters would fail on later, deep in
+    # its model builder (a client without data), in an assertion (lda
+    # with no more examples than clients), or never (lda redraws until
+    # every client has an example, where ours gives up after 1,000
+    # draws).
+    deal_train(view, train.encoded.labels)
     remember_inputs(view, [train.encoded, test.encoded],
                     train.pad_token_id)
     # The splitters draw from numpy's global generator. FederatedScope
@@ -133,26 +135,6 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
     setup_seed(config.seed)
     config.model.num_labels = fs_task(config).num_labels
     return _for_this_process(data, config), config
-
-
-def _check_split(view: Config, labels: list[int]) -> None:
-    """ConfigError where the embedded runner cannot split the train
-    examples as configured, with its message. FederatedScope's splitters
-    would fail later, deep in its model builder (a client without data),
-    fail an assertion (``lda`` with no more examples than clients), or
-    draw forever (``lda`` redraws until every client has an example,
-    where the embedded runner gives up after 1,000 draws): the embedded
-    runner's seeded split is tried, and its verdict is the plugin's."""
-    clients, splitter = view["federate.client_num"], view["data.splitter"]
-    try:
-        check_clients(len(labels), clients)
-        if splitter == "lda":
-            partition(labels, clients, splitter, view["seed"],
-                      splitter_alpha(view["data.splitter_args"]))
-    except ValueError as err:
-        raise ConfigError(f"cannot split {len(labels)} train examples over "
-                          f"federate.client_num={clients} clients with "
-                          f"data.splitter {splitter!r}: {err}") from None
 
 
 def _for_this_process(data: Any, config: Any) -> Any:

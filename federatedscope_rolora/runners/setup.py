@@ -135,21 +135,27 @@ def split_train(cfg: Config, train: Split) -> tuple[Split, list[list[int]]]:
     whatever the client count, as in the paper's protocol, so adding
     clients shrinks each client's share instead of adding data.
     """
-    seed = cfg["seed"]
     size = cfg["rolora.train_samples"] or None
-    rows = subsample_indices(len(train), size, seed)
+    rows = subsample_indices(len(train), size, cfg["seed"])
     subset = Split([train.texts[i] for i in rows],
                    [train.labels[i] for i in rows], train.source)
-    alpha = splitter_alpha(cfg["data.splitter_args"])
+    return subset, deal_train(cfg, subset.labels)
+
+
+def deal_train(cfg: Config, labels: Sequence[int]) -> list[list[int]]:
+    """The rows of each client among train examples with ``labels``, by
+    ``data.splitter`` and the seed; a ConfigError naming the keys where
+    they cannot be dealt. The plugin calls it too, so that a split one
+    runner refuses the other refuses in the same words."""
     try:
-        parts = partition(subset.labels, cfg["federate.client_num"],
-                          cfg["data.splitter"], seed, alpha)
+        return partition(labels, cfg["federate.client_num"],
+                         cfg["data.splitter"], cfg["seed"],
+                         splitter_alpha(cfg["data.splitter_args"]))
     except ValueError as err:
         raise ConfigError(
-            f"cannot split {len(subset)} train examples over "
+            f"cannot split {len(labels)} train examples over "
             f"federate.client_num={cfg['federate.client_num']} clients "
             f"with data.splitter {cfg['data.splitter']!r}: {err}") from err
-    return subset, parts
 
 
 def scored_subset(cfg: Config, test: Split) -> Split:
