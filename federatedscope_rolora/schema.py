@@ -49,13 +49,14 @@ def _rate(v: Any) -> bool:
 GLUE_TASKS = ("sst2", "qnli", "mnli", "qqp", "rte", "cola", "mrpc")
 
 
-# NAME of your own data, NAME@tsv: a directory under data.root.
+# Your own data, NAME@tsv: NAME is a directory under data.root.
+TSV_SUFFIX = "tsv"
 TSV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _task_ok(v: Any) -> bool:
     task, _, suffix = str(v).partition("@")
-    if suffix.lower() == "tsv":  # your own data: <data.root>/<task>/
+    if suffix.lower() == TSV_SUFFIX:
         return bool(TSV_NAME.fullmatch(task))
     return task.lower() in GLUE_TASKS and suffix in ("", "glue")
 

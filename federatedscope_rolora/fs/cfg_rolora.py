@@ -32,7 +32,7 @@ from federatedscope_rolora.config import (
     config_warnings,
 )
 from federatedscope_rolora.core.names import METHODS as CORE_METHODS
-from federatedscope_rolora.schema import SCHEMA
+from federatedscope_rolora.schema import SCHEMA, TSV_SUFFIX
 
 if TYPE_CHECKING:
     from federatedscope_rolora.training.glue import TaskSpec
@@ -42,7 +42,7 @@ logger = logging.getLogger("federatedscope.rolora")
 NODE = "rolora"
 TRAINER_TYPE = "rolora_trainer"
 DATA_SUFFIX = "@glue"
-TSV_SUFFIX = "@tsv"  # your own data, training/glue.py
+OWN_DATA_SUFFIX = "@" + TSV_SUFFIX  # your own data, training/glue.py
 MODEL_SUFFIX = "@huggingface_seqcls"
 METHODS = CORE_METHODS
 
@@ -162,11 +162,11 @@ def _check_types(cfg: Any) -> None:
 
     method = cfg.federate.method
     kind = str(cfg.data.type).partition("@")[2].lower()
-    if kind and "@" + kind not in (DATA_SUFFIX, TSV_SUFFIX):
+    if kind and "@" + kind not in (DATA_SUFFIX, OWN_DATA_SUFFIX):
         raise ConfigError(f"config key 'data.type' is {cfg.data.type!r}; "
                           f"federate.method {method} needs a GLUE task, "
                           f"TASK{DATA_SUFFIX}, or your own data, "
-                          f"NAME{TSV_SUFFIX}")
+                          f"NAME{OWN_DATA_SUFFIX}")
     try:
         fs_task(cfg)
     except DataError as err:
@@ -214,7 +214,7 @@ def model_name(model_type: str) -> str:
 def claims_data(cfg: Any) -> bool:
     """``<task>@glue``, or a bare task name under the plugin's methods."""
     data_type = str(cfg.data.type)
-    if data_type.lower().endswith((DATA_SUFFIX, TSV_SUFFIX)):
+    if data_type.lower().endswith((DATA_SUFFIX, OWN_DATA_SUFFIX)):
         return True
     return uses_plugin(cfg) and "@" not in data_type and bool(data_type)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from federatedscope_rolora.schema import TSV_NAME
+from federatedscope_rolora.schema import TSV_NAME, TSV_SUFFIX
 
 
 class DataError(ValueError):
@@ -118,7 +118,6 @@ TASKS: dict[str, TaskSpec] = {
 _HUB_TEST_SPLIT = {"mnli": "validation_matched"}
 
 
-TSV_SUFFIX = "tsv"
 # Columns of your own TSV that are neither text nor label.
 _ID_COLUMNS = ("idx", "index", "id")
 
