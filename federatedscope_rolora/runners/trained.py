@@ -80,6 +80,8 @@ class Trained:
     model: torch.nn.Module
     tokenizer: Any
     cfg: Config
+    # the run's task, its labels checked against those the run recorded
+    task: TaskSpec
     # FedSA-LoRA: each client's own tensors (its B), and the global
     # adapter's values of those keys (the initial B), which a client
     # that never trained scores with; both empty for the other methods
@@ -132,7 +134,7 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
     shared = {k: v.detach().clone()
               for k, v in adapter_parameters(model).items()
               if role_of(k) in kept}
-    return Trained(model, tokenizer, cfg, _read_personal(adapter_dir),
+    return Trained(model, tokenizer, cfg, task, _read_personal(adapter_dir),
                    shared)
 
 
@@ -161,7 +163,7 @@ def _task_of_run(run_dir: Path, cfg: Config) -> TaskSpec:
     run recorded other labels (your own data, edited since): the head's
     ids would be read under other names, by eval and in export's
     id2label, or not fit the head at all."""
-    task = _task(cfg)
+    task = task_spec(cfg["data.type"], cfg["data.root"] or None)
     recorded = (read_summary(run_dir) or {}).get("labels")
     if isinstance(recorded, list) and recorded != list(task.label_names):
         raise TrainedError(
@@ -223,7 +225,7 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
 
     def score(split: Split) -> dict[str, float]:
         data: EncodedDataset = encode(split, trained.tokenizer, max_len)
-        return evaluate(trained.model, data, _task(cfg).metrics,
+        return evaluate(trained.model, data, trained.task.metrics,
                         batch_size=cfg["rolora.eval_batch_size"],
                         pad_token_id=int(trained.tokenizer.pad_token_id),
                         device=device)
@@ -267,10 +269,6 @@ def _scored_rows(cfg: Config) -> tuple[Split, Split]:
     train, test = load_task(cfg["data.type"], cfg["data.root"] or None,
                             seed=cfg["seed"], holdout=cfg["rolora.holdout"])
     return train, scored_subset(cfg, test)
-
-
-def _task(cfg: Config) -> TaskSpec:
-    return task_spec(cfg["data.type"], cfg["data.root"] or None)
 
 
 EXPORT_RECORD = "rolora_export.json"
@@ -326,12 +324,12 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
                      test.source)
         before = _logits(trained.model, rows, trained.tokenizer, max_len)
     merged = trained.model.merge_and_unload()  # type: ignore[operator]
-    task = _task(cfg)
+    task = trained.task
     labels = task.label_names
     merged.config.id2label = dict(enumerate(labels))
     merged.config.label2id = {name: i for i, name in enumerate(labels)}
     record: dict[str, Any] = {
-        "run_dir": str(Path(run_dir).resolve()), "method": method,
+        "run_dir": str(run_dir), "method": method,
         "task": task.name, "base_model": cfg.model_name,
         "client": client,
         "labels": list(labels),
