@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -531,6 +531,16 @@ def score(row: dict[str, Any]) -> float:
     if row["spec"]["method"] in PERSONAL and personal:
         return float(personal["example_weighted"][row["primary_metric"]])
     return final_metric(row)
+
+
+def paired_points(scores: Mapping[Any, float],
+                  base: Mapping[Any, float]) -> list[float]:
+    """``scores`` minus ``base`` in points, seed by seed, over the seeds
+    both hold (in seed order): the runs of a seed share its split, test
+    rows and initial adapter, so these differences, not the two methods'
+    own spreads, are what a difference is to be weighed against."""
+    seeds = sorted(set(scores) & set(base), key=int)
+    return [(scores[s] - base[s]) * 100 for s in seeds]
 
 
 def label(method: str) -> str:

@@ -10,7 +10,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from _common import Store, cell, label, mean_sd, score
+from _common import Store, cell, label, mean_sd, paired_points, score
 
 PAPER_TASKS = ("sst2", "qnli", "mnli", "qqp", "rte")
 # Table 2: rank 2, LoRA on query/value of layers 15-23, total samples fixed.
@@ -161,10 +161,9 @@ def paired(cells: dict[str, Seeds], baseline: str = "lora") -> str:
     base = cells.get(baseline, {})
     parts = []
     for m, v in cells.items():
-        seeds = sorted(set(v) & set(base), key=int)
-        if m == baseline or not seeds:
+        diffs = paired_points(v, base)
+        if m == baseline or not diffs:
             continue
-        diffs = [(v[s] - base[s]) * 100 for s in seeds]
         mean, sd = mean_sd(diffs)
         spread = f" ± {sd:.1f}" if len(diffs) > 1 else ""
         parts.append(f"{label(m)} {mean:+.1f}{spread} (ahead at "

@@ -258,9 +258,7 @@ def cells_table(plan: Plan, store: Store, lrs: dict[str, float]
 def paired_table(plan: Plan, store: Store, lrs: dict[str, float],
                  baseline: str = "lora") -> list[str]:
     """Each method minus ``baseline``, seed by seed, over the seeds both
-    ran: the runs of a seed share its split, test rows and initial
-    adapter, so the spread of these differences, not the two methods'
-    own spreads, is what a difference is to be weighed against."""
+    ran (``common.paired_points``)."""
     if baseline not in plan.methods:
         return [f"(none: {baseline} is not among the methods)"]
     others = [m for m in plan.methods if m != baseline]
@@ -269,17 +267,14 @@ def paired_table(plan: Plan, store: Store, lrs: dict[str, float],
              "|---|---|" + "---|" * len(others)]
     for task in plan.tasks:
         for clients in sorted(plan.clients):
-            cells = []
-            for method in others:
-                diffs = []
-                for seed in plan.seeds:
-                    pair = [store.get(plan.base.with_(
-                        task=task, method=m, clients=clients, seed=seed,
-                        lr=lrs[m])) for m in (method, baseline)]
-                    if pair[0] is not None and pair[1] is not None:
-                        diffs.append(100 * (common.score(pair[0])
-                                            - common.score(pair[1])))
-                cells.append(_paired_cell(diffs))
+            scores = {m: {r["spec"]["seed"]: common.score(r)
+                          for r in _rows(store, [plan.base.with_(
+                              task=task, method=m, clients=clients,
+                              seed=s, lr=lrs[m]) for s in plan.seeds])}
+                      for m in plan.methods}
+            cells = [_paired_cell(common.paired_points(scores[m],
+                                                       scores[baseline]))
+                     for m in others]
             lines.append(f"| {task} | {clients} | " + " | ".join(cells) +
                          " |")
     return lines
