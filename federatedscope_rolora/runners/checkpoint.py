@@ -5,8 +5,9 @@ One file, ``checkpoint/state.safetensors``, holds everything a run needs
 to go on as if it had never stopped: the server's adapter and versions,
 every client's adapter (FedSA-LoRA's own B among it), FedEx-LoRA's
 residual totals and last increment, the round and its phase, the
-random-number generators' states and how many metrics lines belong to
-it. Tensors are
+random-number generators' states, how many metrics lines belong to
+it, and the sha256 of the train and test examples it ran on (a resume
+over edited data files is refused). Tensors are
 safetensors; the rest is JSON in the file's metadata, so resuming never
 unpickles anything. The file is written under a temporary name and
 renamed over the previous one, so a kill at any moment leaves one whole
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ class Checkpoint:
     rng: dict[str, Any]
     metrics_lines: int
     wall_seconds: float
+    # sha256 of the run's train and test examples (setup.data_digest);
+    # empty in a checkpoint written before digests were kept
+    data: dict[str, str] = field(default_factory=dict)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -134,6 +138,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
         "rng": {"python": ckpt.rng["python"], "numpy": ckpt.rng["numpy"]},
         "metrics_lines": ckpt.metrics_lines,
         "wall_seconds": ckpt.wall_seconds,
+        "data": ckpt.data,
     }
     path = checkpoint_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +197,7 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
         rng={"torch": tensors["rng/torch"], **meta["rng"]},
         metrics_lines=int(meta["metrics_lines"]),
         wall_seconds=float(meta["wall_seconds"]),
+        data=dict(meta.get("data") or {}),
     )
 
 
@@ -211,6 +217,17 @@ def config_differences(saved: Mapping[str, Any], cfg: Mapping[str, Any]
             out.append(f"{key}: {before!r} in the checkpoint, {after!r} "
                        "now")
     return out
+
+
+def data_differences(ckpt: Checkpoint, digests: Mapping[str, str]
+                     ) -> list[str]:
+    """Which of the run's data ('train', 'test') differ from what its
+    checkpoint was trained and scored on; none for a checkpoint older
+    than digests."""
+    return [f"{name} data (sha256 {ckpt.data[name][:12]}... in the "
+            f"checkpoint, {digests.get(name, '<none>')[:12]}... now)"
+            for name in sorted(ckpt.data)
+            if ckpt.data[name] != digests.get(name)]
 
 
 def _same_lora(key: str, before: Any, after: Any) -> bool:

@@ -7,6 +7,8 @@ run that never starts leaves its outdir untouched.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,6 +67,9 @@ class Federation:
     local: LocalSpec
     device: torch.device
     sources: dict[str, str]
+    # 'train'/'test': sha256 of the examples a run uses and how they are
+    # dealt (data_digest); a resume checks them against its checkpoint
+    digests: dict[str, str] = field(default_factory=dict)
     prefix: PrefixCache | None = None   # None: every layer runs
     scaling: float = 1.0
     # per-client test shares (``rolora.per_client_eval``); empty: none
@@ -205,6 +210,15 @@ def prefix_summary(cfg: Config, cache: PrefixCache | None
     return cache.summary()
 
 
+def data_digest(split: Split, parts: Sequence[Sequence[int]] = ()) -> str:
+    """sha256 of ``split``'s texts and labels in order, and of how its
+    rows are dealt (``parts``): equal digests, same examples to the same
+    clients. A file edited, replaced or read differently changes it."""
+    payload = json.dumps([split.texts, split.labels,
+                          [list(p) for p in parts]], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
 def device_from_config(cfg: Config) -> torch.device:
     if cfg["use_gpu"] and torch.cuda.is_available():
         return torch.device("cuda", cfg["device"])
@@ -237,8 +251,10 @@ def build_federation(cfg: Config) -> Federation:
                encode(test, tokenizer, max_len))
     pad = int(tokenizer.pad_token_id)
     client_test = {}
-    if per_client_eval(cfg):
-        for i, rows in enumerate(split_test_per_client(cfg, train, test)):
+    test_parts = split_test_per_client(cfg, train, test) \
+        if per_client_eval(cfg) else []
+    if test_parts:
+        for i, rows in enumerate(test_parts):
             share = Split([test.texts[j] for j in rows],
                           [test.labels[j] for j in rows], test.source)
             client_test[i + 1] = encode(share, tokenizer, max_len)
@@ -248,6 +264,8 @@ def build_federation(cfg: Config) -> Federation:
         client_indices={i + 1: rows for i, rows in enumerate(parts)},
         local=local_spec_from_config(cfg), device=device,
         sources={"train": train.source, "test": test.source},
+        digests={"train": data_digest(subset, parts),
+                 "test": data_digest(test, test_parts)},
         prefix=prefix_cache_from_config(cfg, model, encoded, pad, device),
         scaling=lora.lora_alpha / lora.r, client_test=client_test,
     )

@@ -41,6 +41,7 @@ from federatedscope_rolora.runners.checkpoint import (
     Checkpoint,
     CheckpointError,
     capture_rng,
+    data_differences,
     restore_rng,
     resume_point,
     save_checkpoint,
@@ -319,7 +320,7 @@ class Simulation:
             server=self.server.state_dict(),
             clients={c: dict(s) for c, s in self.clients.items()},
             rng=capture_rng(), metrics_lines=metrics_lines,
-            wall_seconds=wall_seconds)
+            wall_seconds=wall_seconds, data=dict(self.fed.digests))
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from ``ckpt``; CheckpointError if it does not fit this
@@ -360,6 +361,7 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
                             fed.client_indices.items()},
         "parameters": count_parameters(fed.model),
         "data_sources": fed.sources,
+        "data_digest": fed.digests,
         "prefix_cache": prefix_summary(cfg, fed.prefix),
     }
 
@@ -387,6 +389,14 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
         fed = build_federation(cfg)
     except ValueError as err:
         raise SetupError(str(err)) from err
+    if ckpt is not None and (changed := data_differences(ckpt,
+                                                         fed.digests)):
+        raise CheckpointError(
+            f"cannot resume {str(cfg.run_dir)!r}: its "
+            f"{' and '.join(changed)} differ from the examples it ran "
+            f"on to round {ckpt.round_idx}; the files under data.root "
+            "(or how they are read) changed since. Restore them, or "
+            "start a new run")
     sim = Simulation(fed, update_hook, state_hook)
     if ckpt is not None:
         sim.restore(ckpt)

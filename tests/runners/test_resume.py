@@ -263,6 +263,62 @@ def test_resume_refuses_a_config_that_differs_naming_the_key(
     assert not (tmp_path / "elsewhere").exists()
 
 
+@pytest.mark.parametrize("edited", ["train.tsv", "dev.tsv"])
+def test_resume_refuses_data_that_changed_since_the_checkpoint(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        edited: str) -> None:
+    glue = tmp_path / "glue"
+    shutil.copytree(tiny_glue_root, glue)
+    tree = make_tree(tiny_model_dir, glue, tmp_path / "run")
+    cfg = build_config(flatten(tree))
+    with pytest.raises(Stop):
+        run(cfg, on_round=stop_after(2))
+    tsv = glue / "SST-2" / edited
+    original = tsv.read_text(encoding="utf-8")
+    header, first, *rest = original.splitlines()
+    text, label = first.split("\t")
+    tsv.write_text("\n".join([header, f"{text}\t{1 - int(label)}", *rest])
+                   + "\n", encoding="utf-8")
+    cfg_file = write_cfg_file(tmp_path / "tiny.yaml", tree)
+    before = {p: p.read_bytes() for p in cfg.run_dir.rglob("*")
+              if p.is_file()}
+
+    code = main(["run", "--cfg", str(cfg_file), "--resume"])
+
+    assert code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1
+    which = "train" if edited == "train.tsv" else "test"
+    assert f"its {which} data (sha256 " in errors[0]
+    assert "differ from the examples it ran on to round 2" in errors[0]
+    assert {p: p.read_bytes() for p in cfg.run_dir.rglob("*")
+            if p.is_file()} == before
+    # Put back, the same files resume to the straight run.
+    tsv.write_text(original, encoding="utf-8")
+    assert main(["run", "--cfg", str(cfg_file), "--resume"]) == 0
+    assert_same_run(cfg.run_dir, straight)
+    assert read_summary(cfg.run_dir)["data_digest"] == \
+        read_summary(straight)["data_digest"]
+
+
+def test_a_checkpoint_without_data_digests_still_resumes(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    cfg = make_cfg(tiny_model_dir, tiny_glue_root, tmp_path / "run")
+    with pytest.raises(Stop):
+        run(cfg, on_round=stop_after(2))
+    saved = load_checkpoint(cfg.run_dir)
+    assert saved is not None
+    assert set(saved.data) == {"train", "test"}
+    saved.data = {}      # as written before checkpoints kept digests
+    save_checkpoint(cfg.run_dir, saved)
+
+    run(cfg, resume=True)
+
+    assert_same_run(cfg.run_dir, straight)
+
+
 def test_resume_refuses_fewer_rounds_than_the_checkpoint_holds(
         straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
