@@ -227,6 +227,12 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     head = f"{cfg['federate.method']} on {cfg.task}"
     recorded = result["recorded"] or {}
+    if result["same_rows"] is False:
+        print("federatedscope-rolora: note: these test rows differ from "
+              "the ones the run was scored on (its summary's "
+              "data_digest): the data files changed, or are read from "
+              "another data.root, so its figures are not comparable",
+              file=sys.stderr)
     if "eval_per_client" in result:
         means = result["eval_per_client"]
         scores = ", ".join(

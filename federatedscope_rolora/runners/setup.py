@@ -67,8 +67,9 @@ class Federation:
     local: LocalSpec
     device: torch.device
     sources: dict[str, str]
-    # 'train'/'test': sha256 of the examples a run uses and how they are
-    # dealt (data_digest); a resume checks them against its checkpoint
+    # sha256 (data_digest) of the train examples as dealt to clients and
+    # of the scored test rows; resume and eval check them against the run
+    # (each client's test share follows from these and the config)
     digests: dict[str, str] = field(default_factory=dict)
     prefix: PrefixCache | None = None   # None: every layer runs
     scaling: float = 1.0
@@ -251,10 +252,8 @@ def build_federation(cfg: Config) -> Federation:
                encode(test, tokenizer, max_len))
     pad = int(tokenizer.pad_token_id)
     client_test = {}
-    test_parts = split_test_per_client(cfg, train, test) \
-        if per_client_eval(cfg) else []
-    if test_parts:
-        for i, rows in enumerate(test_parts):
+    if per_client_eval(cfg):
+        for i, rows in enumerate(split_test_per_client(cfg, train, test)):
             share = Split([test.texts[j] for j in rows],
                           [test.labels[j] for j in rows], test.source)
             client_test[i + 1] = encode(share, tokenizer, max_len)
@@ -265,7 +264,7 @@ def build_federation(cfg: Config) -> Federation:
         local=local_spec_from_config(cfg), device=device,
         sources={"train": train.source, "test": test.source},
         digests={"train": data_digest(subset, parts),
-                 "test": data_digest(test, test_parts)},
+                 "test": data_digest(test)},
         prefix=prefix_cache_from_config(cfg, model, encoded, pad, device),
         scaling=lora.lora_alpha / lora.r, client_test=client_test,
     )

@@ -39,6 +39,7 @@ from federatedscope_rolora.runners.outputs import (
     write_json_atomic,
 )
 from federatedscope_rolora.runners.setup import (
+    data_digest,
     device_from_config,
     method_from_config,
     scored_subset,
@@ -231,9 +232,12 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
                         device=device)
 
     recorded = read_summary(Path(run_dir)) or {}
+    digest = (recorded.get("data_digest") or {}).get("test")
+    # False: not the rows the run was scored on, so its figure is no check
+    same_rows = None if digest is None else digest == data_digest(test)
     if not per_client and client is None:
         return {"eval": score(test), "rows": len(test),
-                "recorded": recorded.get("final")}
+                "recorded": recorded.get("final"), "same_rows": same_rows}
     if recorded.get("runner") == "federatedscope":
         raise TrainedError(
             "a run of the FederatedScope plugin scored each client on the "
@@ -259,9 +263,10 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
                 "clients that have some)")
         metrics, rows_scored = scores[client]
         return {"eval": metrics, "rows": rows_scored, "client": client,
-                "recorded": None}
+                "recorded": None, "same_rows": same_rows}
     return {"eval_per_client": mean_over_clients(scores),
-            "recorded": recorded.get("final_per_client")}
+            "recorded": recorded.get("final_per_client"),
+            "same_rows": same_rows}
 
 
 def _scored_rows(cfg: Config) -> tuple[Split, Split]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def test_the_files_reproduce_the_runs_final_score(
     assert scored["eval"]["loss"] == pytest.approx(summary["final"]["loss"],
                                                    rel=1e-6)
     assert scored["recorded"] == summary["final"]
+    assert scored["same_rows"] is True
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:
@@ -136,8 +138,28 @@ def test_cli_eval_prints_the_score_beside_the_runs(
     assert (f"fedex_lora on sst2, global adapter on 80 test rows: acc "
             f"{acc:.4f} (run: {acc:.4f})") in done.stdout
     assert json.loads(as_json.stdout)["eval"]["acc"] == acc
+    assert "note:" not in done.stderr
     assert misplaced.returncode == 2
     assert "--json: options go before RUN_DIR" in misplaced.stderr
+
+
+def test_eval_says_when_the_test_rows_are_not_the_runs(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    glue = tmp_path / "glue"
+    shutil.copytree(tiny_glue_root, glue)
+    finished_run(tiny_model_dir, glue, tmp_path / "run", "lora")
+    dev = glue / "SST-2" / "dev.tsv"
+    header, first, *rest = dev.read_text(encoding="utf-8").splitlines()
+    text, label = first.split("\t")
+    dev.write_text("\n".join([header, f"{text}\t{1 - int(label)}", *rest])
+                   + "\n", encoding="utf-8")
+
+    done = cli("eval", tmp_path / "run")
+
+    assert done.returncode == 0, done.stderr
+    assert "global adapter on 80 test rows" in done.stdout
+    assert ("note: these test rows differ from the ones the run was "
+            "scored on") in done.stderr
 
 
 def exported_scores(out: Path, cfg: Any) -> dict[str, float]:
