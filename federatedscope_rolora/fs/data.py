@@ -24,7 +24,7 @@ from federatedscope_rolora.fs.cfg_rolora import (
     schema_view,
 )
 from federatedscope_rolora.fs.prefix import remember_inputs
-from federatedscope_rolora.runners.setup import deal_train
+from federatedscope_rolora.runners.setup import data_digest, deal_train
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import Split, load_task
 from federatedscope_rolora.training.models import resolve_model_path
@@ -32,6 +32,15 @@ from federatedscope_rolora.training.partition import subsample_indices
 
 # Rows of an example tensor: token ids, attention mask[, token types].
 IDS, MASK, TYPES = 0, 1, 2
+# The sha256 of the scored test rows (setup.data_digest), kept by the data
+# builder for the summary, which ``eval`` checks its rows against.
+_test_digest: list[str] = []
+
+
+def test_digest() -> dict[str, str]:
+    """``summary.json``'s ``data_digest``: the test rows' only, since
+    FederatedScope's splitter deals the train rows."""
+    return {"test": _test_digest[-1]} if _test_digest else {}
 
 
 class GlueRows(Dataset[tuple[torch.Tensor, int]]):
@@ -101,6 +110,7 @@ def glue_rows(config: Any) -> tuple[GlueRows, GlueRows]:
                             holdout=config.rolora.holdout)
     train = _subset(train, config.rolora.train_samples, config.seed)
     test = _subset(test, config.rolora.eval_samples, config.seed + 1)
+    _test_digest[:] = [data_digest(test)]
     tokenizer = load_tokenizer(model_name(config.model.type))
     max_len = int(config.llm.tok_len)
     pad = int(tokenizer.pad_token_id)

@@ -56,6 +56,7 @@ from federatedscope_rolora.fs.cfg_rolora import (
     model_name,
     schema_view,
 )
+from federatedscope_rolora.fs.data import test_digest
 from federatedscope_rolora.fs.records import RunRecorder
 from federatedscope_rolora.fs.wire import (
     ClientFailed,
@@ -337,6 +338,7 @@ class RoloraServer(Server):  # type: ignore[misc]
             "clients": self.client_num,
             "parameters": count_parameters(self.model),
             "prefix_cache": prefix_summary(self.settings, prefix.current()),
+            "data_digest": test_digest(),
         })
         logger.info("rolora: adapter saved to %s (%.2f s); bytes up %d, "
                     "down %d", run_dir / ADAPTER_DIR,

@@ -141,6 +141,9 @@ def test_eval_rebuilds_the_plugins_model_and_score(
     assert scored["eval"]["acc"] == summary["final"]["acc"]
     assert scored["eval"]["loss"] == pytest.approx(summary["final"]["loss"],
                                                    rel=1e-5)
+    # The server recorded the digest of the rows eval rebuilds.
+    assert set(summary["data_digest"]) == {"test"}
+    assert scored["same_rows"] is True
     with pytest.raises(TrainedError, match="FederatedScope's splitter"):
         score_run(run.run_dir, cfg, per_client=True)
 
