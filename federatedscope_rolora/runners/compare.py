@@ -10,10 +10,11 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
-from federatedscope_rolora.config import Config, ConfigError
+from federatedscope_rolora.config import Config, ConfigError, load_config
 from federatedscope_rolora.core.methods import METHODS
 from federatedscope_rolora.runners.checkpoint import resume_point
 from federatedscope_rolora.runners.outputs import (
+    CONFIG_FILE,
     RunWriter,
     holds_run,
     read_metrics,
@@ -86,8 +87,7 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
     several = len(seeds) > 1
     if not several:  # one seed: the usual layout, under that seed
         cfg = cfg.replace(seed=seeds[0])
-    runs = {(method, seed): method_config(cfg, method,
-                                          seed if several else None)
+    runs = {(method, seed): _seed_run(cfg, method, seed, several, resume)
             for method in methods for seed in seeds}
     _check_outdirs(runs.values(), resume)
     results: dict[str, Any] = {}
@@ -114,6 +114,35 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
         comparison["plots"] = draw_plots(comparison, out)
         write_json_atomic(out / COMPARISON_FILE, comparison)
     return comparison
+
+
+def _seed_run(cfg: Config, method: str, seed: int, several: bool,
+              resume: bool) -> Config:
+    """Where ``method``'s run at ``seed`` goes: ``<method>/seed<seed>``
+    among several seeds, ``<method>`` for one. With ``resume``, a run of
+    that seed left in the other layout (by a comparison with one seed,
+    or with several) is used where it is, not run again."""
+    planned = method_config(cfg, method, seed if several else None)
+    if not resume:
+        return planned
+    other = method_config(cfg.replace(seed=seed), method, None) \
+        if several else method_config(cfg, method, seed)
+    for found in (planned, other):
+        if holds_run(found.run_dir) and _saved_seed(found.run_dir) == seed:
+            if found is other:
+                log.info("%s: the seed-%d run of an earlier comparison, "
+                         "used in place", found.run_dir, seed)
+            return found
+    return planned
+
+
+def _saved_seed(run_dir: Path) -> int | None:
+    """The seed in a run's config.yaml; None if it cannot be read (the
+    run is then not taken for anything)."""
+    try:
+        return int(load_config(run_dir / CONFIG_FILE)["seed"])
+    except (ConfigError, OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:

@@ -195,3 +195,32 @@ def test_every_run_is_checked_before_any_starts(
     with pytest.raises(OutdirError, match=r"cmp/lora' already holds a run"):
         compare(config(0.01), ["rolora", "lora"], plots=False)
     assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == before
+
+
+def test_resume_uses_the_runs_of_a_comparison_with_fewer_or_more_seeds(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """One seed writes ``lora/``, several ``lora/seed<s>``: going from
+    one to several with --resume (or back) reads the run of that seed
+    where it is instead of running it again under the other layout."""
+    cfg = tiny(tiny_model_dir, tiny_glue_root, tmp_path / "cmp")
+    one = compare(cfg, ["lora"], seeds=[1], plots=False)
+    lora = tmp_path / "cmp" / "lora"
+    stamp = (lora / "summary.json").stat().st_mtime_ns
+
+    several = compare(cfg, ["lora"], seeds=[1, 2], resume=True, plots=False)
+
+    assert not (lora / "seed1").exists()
+    assert (lora / "summary.json").stat().st_mtime_ns == stamp
+    assert (lora / "seed2" / "summary.json").is_file()
+    assert several["methods"]["lora"]["seeds"]["1"]["final"] == \
+        one["methods"]["lora"]["final"]
+
+    # and back: seed 2 alone is read from lora/seed2, not run in lora/
+    # (which holds seed 1's run: another seed is not taken for it)
+    stamp2 = (lora / "seed2" / "summary.json").stat().st_mtime_ns
+    back = compare(cfg, ["lora"], seeds=[2], resume=True, plots=False)
+
+    assert (lora / "seed2" / "summary.json").stat().st_mtime_ns == stamp2
+    assert back["methods"]["lora"]["final"] == \
+        several["methods"]["lora"]["seeds"]["2"]["final"]
+    assert (lora / "summary.json").stat().st_mtime_ns == stamp
