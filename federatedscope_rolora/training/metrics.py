@@ -1,9 +1,11 @@
 """GLUE metrics: accuracy, F1 of the positive class and Matthews
-correlation, in plain Python so evaluation needs no scikit-learn.
+correlation, and for your own data macro-averaged F1, in plain Python so
+evaluation needs no scikit-learn.
 
 They agree with scikit-learn's ``accuracy_score``, ``f1_score`` (binary,
-``pos_label=1``) and ``matthews_corrcoef``, including its convention of 0.0
-where a ratio is 0/0 (no positives at all; a constant prediction).
+``pos_label=1``; ``average="macro"``) and ``matthews_corrcoef``,
+including its convention of 0.0 where a ratio is 0/0 (no positives at
+all; a constant prediction).
 """
 
 from __future__ import annotations
@@ -29,6 +31,21 @@ def f1_positive(predictions: Sequence[int], labels: Sequence[int]) -> float:
     return 2 * true_pos / denominator if denominator else 0.0
 
 
+def f1_macro(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """The unweighted mean of each class's F1, over the classes that are
+    predicted or true (scikit-learn's ``average="macro"``): a rare class
+    counts as much as a common one, where accuracy can be high by always
+    predicting the majority."""
+    pairs = list(zip(predictions, labels, strict=True))
+    classes = sorted({p for p, _ in pairs} | {y for _, y in pairs})
+    scores = []
+    for k in classes:
+        true_pos = sum(p == k and y == k for p, y in pairs)
+        wrong = sum((p == k) != (y == k) for p, y in pairs)
+        scores.append(2 * true_pos / (2 * true_pos + wrong))
+    return sum(scores) / len(scores)
+
+
 def matthews(predictions: Sequence[int], labels: Sequence[int]) -> float:
     """Matthews correlation, multiclass form (Gorodkin 2004), which is the
     usual binary formula for two classes."""
@@ -49,6 +66,7 @@ def matthews(predictions: Sequence[int], labels: Sequence[int]) -> float:
 _METRICS: dict[str, Callable[[Sequence[int], Sequence[int]], float]] = {
     "acc": accuracy,
     "f1": f1_positive,
+    "f1_macro": f1_macro,
     "mcc": matthews,
 }
 

@@ -708,6 +708,7 @@ def test_the_plugin_runs_on_your_own_data(
     assert [r["round"] for r in records] == [1, 2]
     assert [r["bytes"] for r in records] == [r["bytes"] for r in embedded]
     assert 0.0 <= records[-1]["eval"]["acc"] <= 1.0
+    assert 0.0 <= records[-1]["eval"]["f1_macro"] <= 1.0
     summary = json.loads((run.run_dir / "summary.json").read_text(
         encoding="utf-8"))
     assert summary["task"] == "tickets@tsv"

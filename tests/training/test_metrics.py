@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from federatedscope_rolora.training.metrics import compute_metrics
@@ -57,6 +59,33 @@ def test_multiclass_mcc_and_accuracy() -> None:
 
     assert result["acc"] == pytest.approx(0.75)
     assert result["mcc"] == pytest.approx(0.7)
+
+
+def test_macro_f1_weighs_every_class_alike() -> None:
+    # class 0: TP 2, FP 1, FN 0 -> 4/5; class 1: TP 1, FP 0, FN 2 -> 2/4;
+    # class 2: never true, predicted once -> 0; class 3 appears nowhere.
+    result = compute_metrics([0, 0, 1, 0, 2], [0, 0, 1, 1, 1],
+                             ("f1_macro", "acc"))
+
+    assert result["f1_macro"] == pytest.approx((4 / 5 + 2 / 4 + 0) / 3)
+    assert result["acc"] == pytest.approx(3 / 5)
+    # the majority label always: accuracy its share, macro F1 far lower
+    always = compute_metrics([0] * 10, [0] * 9 + [1], ("acc", "f1_macro"))
+    assert always == {"acc": 0.9,
+                      "f1_macro": pytest.approx((18 / 19 + 0) / 2)}
+
+
+def test_macro_f1_matches_scikit_learn() -> None:
+    metrics = pytest.importorskip(
+        "sklearn.metrics",
+        reason="scikit-learn is not installed (it is only the reference)")
+    rng = random.Random(3)
+    for _ in range(20):
+        labels = [rng.randrange(4) for _ in range(30)]
+        predictions = [rng.randrange(4) for _ in range(30)]
+        want = metrics.f1_score(labels, predictions, average="macro")
+        got = compute_metrics(predictions, labels, ("f1_macro",))
+        assert got["f1_macro"] == pytest.approx(want)
 
 
 def test_values_are_plain_floats() -> None:

@@ -39,7 +39,7 @@ def test_columns_and_labels_come_from_the_files(tmp_path: Path) -> None:
     assert spec.name == "tickets@tsv"
     assert spec.text_columns == ("title", "body")  # id is not text
     assert spec.label_names == ("billing", "bug", "praise")
-    assert spec.metrics == ("acc",)
+    assert spec.metrics == ("acc", "f1_macro")
     assert (len(train), len(test)) == (90, 30)
     assert set(train.labels) == {0, 1, 2}
     assert train.texts[0] == ("title 0", "body praise")
@@ -166,8 +166,10 @@ def test_a_federated_run_on_your_own_data(
     assert summary["task"] == "tickets@tsv"
     assert summary["test_examples"] == 30
     assert 0.0 <= summary["final"]["acc"] <= 1.0
-    assert score_run(tmp_path / "run", cfg)["eval"]["acc"] == \
-        summary["final"]["acc"]
+    assert list(summary["final"]) == ["acc", "f1_macro", "loss"]
+    scored = score_run(tmp_path / "run", cfg)["eval"]
+    assert (scored["acc"], scored["f1_macro"]) == \
+        (summary["final"]["acc"], summary["final"]["f1_macro"])
     assert record["labels"] == ["billing", "bug", "praise"]
 
 
