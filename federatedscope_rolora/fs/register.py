@@ -12,8 +12,8 @@ FederatedScope first calls it, and answers None for what is not ours.
   <name>@huggingface_seqcls``;
 - ``register_trainer("rolora_trainer")``: ``trainer.type:
   rolora_trainer``;
-- ``register_worker("rolora")``: ``federate.method`` rolora, lora and
-  ffa_lora.
+- ``register_worker("rolora")``: ``federate.method`` any of the six
+  (``core.names.METHODS``).
 """
 
 from __future__ import annotations
