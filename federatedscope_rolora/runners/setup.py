@@ -48,6 +48,7 @@ from federatedscope_rolora.training.prefix import (
     nothing_to_cache,
     prefix_layers,
 )
+from federatedscope_rolora.training.residual import check_residual_fits
 
 log = logging.getLogger("federatedscope_rolora")
 
@@ -244,6 +245,9 @@ def build_federation(cfg: Config) -> Federation:
     lora = LoraSpec.from_args(cfg.lora)
     model, tokenizer = build_model(cfg.model_name, task.num_labels, lora,
                                    cfg["seed"])
+    method = method_from_config(cfg)
+    if method.has_residual:
+        check_residual_fits(model, cfg.model_name)
     device = device_from_config(cfg)
     max_len = cfg["llm.tok_len"]
     check_tok_len(max_len, model, tokenizer, cfg.model_name)
@@ -258,7 +262,7 @@ def build_federation(cfg: Config) -> Federation:
                           [test.labels[j] for j in rows], test.source)
             client_test[i + 1] = encode(share, tokenizer, max_len)
     return Federation(
-        cfg=cfg, task=task, method=method_from_config(cfg), model=model,
+        cfg=cfg, task=task, method=method, model=model,
         tokenizer=tokenizer, train=encoded[0], test=encoded[1],
         client_indices={i + 1: rows for i, rows in enumerate(parts)},
         local=local_spec_from_config(cfg), device=device,

@@ -57,6 +57,30 @@ def fold_residual(model: torch.nn.Module,
     object.__setattr__(model, _ORIGINAL, original)
 
 
+def check_residual_fits(model: torch.nn.Module, name: str) -> None:
+    """Before a FedEx-LoRA run starts: every module the adapter wraps
+    must be an ``nn.Linear`` that stores W as B·A does, or the residual
+    could not be folded after round 1. ModelError naming the modules."""
+    from federatedscope_rolora.training.models import ModelError
+
+    misfits = set()
+    for module_name, module in model.named_modules():
+        if not (hasattr(module, "lora_A") and hasattr(module, "base_layer")):
+            continue
+        kind = type(module.base_layer).__name__
+        if getattr(module, "fan_in_fan_out", False):
+            kind += ", fan_in_fan_out"
+        elif isinstance(module.base_layer, torch.nn.Linear):
+            continue
+        misfits.add(f"{module_name.rpartition('.')[2]} ({kind})")
+    if misfits:
+        raise ModelError(
+            f"fedex_lora folds its residual into nn.Linear weights, but "
+            f"llm.adapter.args[0].target_modules adapts "
+            f"{', '.join(sorted(misfits))} of {name!r}; target "
+            "Linear layers only (e.g. query, value)")
+
+
 def save_residual(totals: Mapping[str, torch.Tensor], adapter_dir: Path
                   ) -> None:
     """FedEx-LoRA's residual totals beside the PEFT adapter: the model is

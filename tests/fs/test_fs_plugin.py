@@ -638,6 +638,24 @@ def test_a_tok_len_beyond_the_models_positions_is_named(
     assert "'llm.tok_len' (65) exceeds the 64 tokens model" in run.log
 
 
+def test_fedex_lora_on_an_embedding_stops_at_model_build(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """As in the embedded runner: the model builder refuses an adapted
+    layer the residual cannot be folded into, before any round."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"method": "fedex_lora", "total_round_num": 1})
+    tree["llm"]["adapter"]["args"][0]["target_modules"] = [
+        "word_embeddings", "query"]
+    cfg = write_config(tmp_path / "embed.yaml", tree)
+
+    run = fs_main.run(cfg, check=False)
+
+    assert run.proc.returncode != 0
+    assert "adapts word_embeddings (Embedding) of" in run.log
+    assert "rolora round 1" not in run.log
+
+
 def test_more_clients_than_train_examples_is_named(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path) -> None:

@@ -121,6 +121,47 @@ def test_bad_config_value_is_named(
     assert not (tmp_path / "run").exists()
 
 
+def test_fedex_lora_on_a_layer_it_cannot_fold_into_is_refused_first(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """FedEx-LoRA adds its residual to nn.Linear weights: an adapted
+    embedding used to train a whole round, then stop with a ValueError
+    traceback (exit 1) beside a written config.yaml."""
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+
+    code, line = run_cli(
+        capsys, "--cfg", cfg, "federate.method", "fedex_lora",
+        "llm.adapter.args", "[{r: 4, lora_alpha: 8, target_modules: "
+        "[word_embeddings, query]}]")
+
+    assert code == 2
+    assert "fedex_lora folds its residual into nn.Linear weights" in line
+    assert "adapts word_embeddings (Embedding) of" in line
+    assert "query" not in line.split("adapts")[1].split(" of ")[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_fedex_lora_refuses_a_fan_in_fan_out_layer() -> None:
+    """GPT-2's Conv1D stores W transposed (PEFT's fan_in_fan_out): the
+    residual, laid out as B·A, would be added the wrong way round."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from federatedscope_rolora.training.models import ModelError
+    from federatedscope_rolora.training.residual import check_residual_fits
+
+    torch.manual_seed(0)
+    base = GPT2ForSequenceClassification(GPT2Config(
+        n_embd=16, n_layer=1, n_head=2, n_positions=8, vocab_size=32))
+    model = get_peft_model(base, LoraConfig(
+        r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+
+    with pytest.raises(ModelError, match=r"adapts c_attn \(Conv1D, "
+                       r"fan_in_fan_out\) of 'gpt2-tiny'"):
+        check_residual_fits(model, "gpt2-tiny")
+
+
 def test_missing_model_path_is_named(
         tiny_glue_root: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
