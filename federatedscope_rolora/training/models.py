@@ -41,6 +41,9 @@ class LoraSpec:
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> LoraSpec:
+        """The adapter ``llm.adapter.args[0]`` describes. PEFT matches
+        target modules and layers as sets, so both are kept sorted and
+        unique: two spellings of one adapter are equal specs."""
         layers = args.get("layers_to_transform")
         if isinstance(layers, int):
             layers = [layers]
@@ -48,9 +51,10 @@ class LoraSpec:
             r=int(args.get("r", cls.r)),
             lora_alpha=int(args.get("lora_alpha", cls.lora_alpha)),
             lora_dropout=float(args.get("lora_dropout", cls.lora_dropout)),
-            target_modules=tuple(args.get("target_modules",
-                                          cls.target_modules)),
-            layers_to_transform=tuple(layers) if layers else None,
+            target_modules=tuple(sorted(set(args.get(
+                "target_modules", cls.target_modules)))),
+            layers_to_transform=tuple(sorted(set(layers))) if layers
+            else None,
         )
 
 

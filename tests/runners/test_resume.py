@@ -404,7 +404,13 @@ def test_lora_args_spelt_out_at_their_defaults_are_the_same_adapter(
              "target_modules": ["query", "value"],
              "layers_to_transform": [1]}]
     other = [{**same[0], "r": 2}]
+    # PEFT matches targets and layers as sets: order is not the adapter
+    reordered = [{**same[0], "target_modules": ["value", "query"]}]
+    saved_two = {key: [{**same[0], "layers_to_transform": [4, 5]}]}
+    two_reordered = [{**same[0], "layers_to_transform": [5, 4]}]
 
     assert config_differences(saved, {**saved, key: same}) == []
+    assert config_differences(saved, {**saved, key: reordered}) == []
+    assert config_differences(saved_two, {key: two_reordered}) == []
     assert config_differences(saved, {**saved, key: other}) == [
         f"{key}: {saved[key]!r} in the checkpoint, {other!r} now"]
