@@ -29,6 +29,7 @@ from federatedscope_rolora.training.glue import (
 from federatedscope_rolora.training.local import LocalSpec
 from federatedscope_rolora.training.models import (
     LoraSpec,
+    ModelError,
     build_model,
     check_tok_len,
 )
@@ -222,7 +223,14 @@ def data_digest(split: Split, parts: Sequence[Sequence[int]] = ()) -> str:
 
 
 def device_from_config(cfg: Config) -> torch.device:
+    """CUDA device ``device`` with ``use_gpu`` where CUDA is there, else
+    the CPU; ConfigError naming ``device`` if this machine lacks it."""
     if cfg["use_gpu"] and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if not 0 <= cfg["device"] < count:
+            raise ConfigError(f"config key 'device' is {cfg['device']}, "
+                              f"but this machine has CUDA devices "
+                              f"0..{count - 1}")
         return torch.device("cuda", cfg["device"])
     return torch.device("cpu")
 
@@ -251,7 +259,11 @@ def build_federation(cfg: Config) -> Federation:
     device = device_from_config(cfg)
     max_len = cfg["llm.tok_len"]
     check_tok_len(max_len, model, tokenizer, cfg.model_name)
-    model.to(device)
+    try:
+        model.to(device)
+    except (RuntimeError, MemoryError) as err:   # e.g. out of GPU memory
+        raise ModelError(f"cannot move model {cfg.model_name!r} to "
+                         f"{device}: {type(err).__name__}: {err}") from err
     encoded = (encode(subset, tokenizer, max_len),
                encode(test, tokenizer, max_len))
     pad = int(tokenizer.pad_token_id)

@@ -141,6 +141,11 @@ def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
             model = get_peft_model(base, config)
     except ValueError as err:
         raise ModelError(f"cannot add LoRA to {name!r}: {err}") from err
+    except (RuntimeError, MemoryError, OverflowError) as err:
+        # e.g. an r so large that A and B cannot be allocated
+        raise ModelError(f"cannot add LoRA of r={lora.r} to {name!r} "
+                         f"(config key 'llm.adapter.args[0].r'): "
+                         f"{type(err).__name__}: {err}") from err
     # The adapter records the base model by its public name, not by the
     # local path it was loaded from, so it stays usable elsewhere.
     for peft_config in model.peft_config.values():

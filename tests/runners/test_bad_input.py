@@ -102,6 +102,10 @@ def test_bad_glue_file_is_named_with_its_line(
     # PEFT would stop with an AttributeError (exit 1)
     (("llm.adapter.args", "[{r: 4, lora_alpha: 8, target_modules: [1]}]"),
      ["config key 'llm.adapter.args[0].target_modules'", "got [1]"]),
+    # A and B cannot be allocated: a RuntimeError traceback, exit 1
+    (("llm.adapter.args", "[{r: 1099511627776, lora_alpha: 8, "
+      "target_modules: [query]}]"),
+     ["cannot add LoRA of r=1099511627776", "'llm.adapter.args[0].r'"]),
     # the tiny BERT has layers 0 and 1: PEFT would adapt layer 1 alone
     (("llm.adapter.args", "[{r: 4, lora_alpha: 8, target_modules: [query], "
       "layers_to_transform: [1, 2]}]"),
@@ -160,6 +164,26 @@ def test_fedex_lora_refuses_a_fan_in_fan_out_layer() -> None:
     with pytest.raises(ModelError, match=r"adapts c_attn \(Conv1D, "
                        r"fan_in_fan_out\) of 'gpt2-tiny'"):
         check_residual_fits(model, "gpt2-tiny")
+
+
+def test_a_cuda_device_this_machine_lacks_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from federatedscope_rolora.config import ConfigError, load_config
+    from federatedscope_rolora.runners.setup import device_from_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    assert device_from_config(load_config(
+        None, ["use_gpu", "True", "device", "1"])) == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"config key 'device' is 2, but "
+                       r"this machine has CUDA devices 0\.\.1"):
+        device_from_config(load_config(None, ["use_gpu", "True",
+                                              "device", "2"]))
+    assert device_from_config(load_config(
+        None, ["use_gpu", "False", "device", "2"])) == torch.device("cpu")
 
 
 def test_missing_model_path_is_named(
