@@ -123,6 +123,9 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
                         for k, v in residual["total"].items()})
         tensors.update({f"residual_last/{k}": v.contiguous()
                         for k, v in residual["last"].items()})
+        for j, entry in enumerate(residual["history"]):
+            tensors.update({f"residual_history/{j}/{k}": v.contiguous()
+                            for k, v in entry["forms"].items()})
     tensors["rng/torch"] = ckpt.rng["torch"]
     meta = {
         "format": FORMAT, "round": ckpt.round_idx, "phase": ckpt.phase,
@@ -133,7 +136,9 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
         "aggregated_round": ckpt.server["aggregated_round"],
         "residual": None if residual is None else {
             "version": residual["version"],
-            "previous": residual["previous"]},
+            "previous": residual["previous"],
+            "history": [[e["previous"], e["version"]]
+                        for e in residual["history"]]},
         "clients": sorted(ckpt.clients),
         "rng": {"python": ckpt.rng["python"], "numpy": ckpt.rng["numpy"]},
         "metrics_lines": ckpt.metrics_lines,
@@ -172,6 +177,7 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
                                                     "residual_last": {}}
     clients: dict[int, dict[str, torch.Tensor]] = {
         int(c): {} for c in meta["clients"]}
+    history: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         kind, _, rest = name.partition("/")
         if kind == "server":
@@ -181,6 +187,9 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
         elif kind == "client":
             client, _, key = rest.partition("/")
             clients[int(client)][key] = tensor
+        elif kind == "residual_history":
+            step, _, key = rest.partition("/")
+            history.setdefault(int(step), {})[key] = tensor
     saved_server: dict[str, Any] = {
         "state": server, "version": meta["version"],
         "client_versions": meta["client_versions"],
@@ -188,7 +197,11 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
     if meta.get("residual") is not None:
         saved_server["residual"] = {
             "total": residual["residual"],
-            "last": residual["residual_last"], **meta["residual"]}
+            "last": residual["residual_last"], **meta["residual"],
+            "history": [{"previous": before, "version": after,
+                         "forms": history.get(j, {})}
+                        for j, (before, after) in enumerate(
+                            meta["residual"].get("history") or [])]}
     return Checkpoint(
         round_idx=int(meta["round"]), phase=meta["phase"],
         config=meta["config"],

@@ -192,10 +192,95 @@ def test_fedex_drifted_residual_is_refused_then_resynced_whole() -> None:
     server.aggregate(3)
     payload = bad.sync(server, 4)
 
-    assert f"{R_Q}.set" in payload
+    # the whole total again: set (here a zero start plus the increments
+    # since round 0, smaller than the dense total)
+    assert {f"{R_Q}.set_u", f"{R_Q}.set_v"} <= set(payload)
     assert server.residual is not None
     assert torch.equal(bad.residual[R_Q], server.residual.total[R_Q])
     server.receive(bad.train(server, 4))
+
+
+def _residual_forms(payload: Mapping[str, torch.Tensor]) -> set[str]:
+    return {k.rpartition(".")[2] for k in payload
+            if k.startswith(R_Q)}
+
+
+def _residual_bytes(payload: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for k, t in payload.items()
+               if role_of(k) == RESIDUAL)
+
+
+def test_fedex_a_client_behind_gets_the_increments_it_missed() -> None:
+    """Sampled participation, two clients a round, so each increment is
+    of rank R: a client last synced in round 2 (it holds round 1's
+    total) gets rounds 2 and 3's increments in order, one never seen a
+    zero start and all three, each smaller than the dense total it used
+    to get; both then hold the server's totals bit for bit (their
+    fingerprints pass)."""
+    server, clients = _server("fedex_lora"), _clients(4)
+    first, second, away, new = clients
+    _round(server, [first, second], 1)
+    _round(server, [first, away], 2)
+    _round(server, [first, second], 3)
+    dense = 2 * D * K * 4                 # two modules' totals, float32
+
+    behind = away.sync(server, 4)
+    fresh = new.sync(server, 4)
+
+    assert _residual_forms(behind) == {"add_u", "add_v", "add2_u",
+                                       "add2_v"}
+    assert _residual_forms(fresh) == {"set_u", "set_v", "add_u", "add_v",
+                                      "add2_u", "add2_v", "add3_u",
+                                      "add3_v"}
+    assert fresh[f"{R_Q}.set_u"].shape == (D, 0)
+    assert _residual_bytes(behind) == 2 * 2 * R * (D + K) * 4 < dense
+    assert _residual_bytes(fresh) == 3 * 2 * R * (D + K) * 4 < dense
+    assert server.residual is not None
+    for client in (away, new):
+        for key, total in server.residual.total.items():
+            assert torch.equal(client.residual[key], total), key
+        server.receive(client.train(server, 4))
+
+
+def test_fedex_sends_the_dense_total_once_the_missed_increments_are_larger(
+) -> None:
+    """An increment of three clients holds (3 - 1)·R·(D + K) = 112
+    values per module against D·K = 192 dense: the server keeps the last
+    one only, and a client two rounds behind gets the dense total."""
+    server, clients = _server("fedex_lora"), _clients(4)
+    _round(server, clients, 1)
+    _round(server, clients[:3], 2)
+    _round(server, clients[:3], 3)
+
+    payload = clients[3].sync(server, 4)
+
+    assert server.residual is not None
+    assert len(server.residual.history) == 1
+    assert _residual_forms(payload) == {"set"}
+    assert _residual_bytes(payload) == 2 * D * K * 4
+    assert torch.equal(clients[3].residual[R_Q], server.residual.total[R_Q])
+
+
+def test_fedex_keeps_its_increments_through_a_checkpoint() -> None:
+    server, clients = _server("fedex_lora"), _clients(4)
+    _round(server, clients[:3], 1)
+    _round(server, clients[:2], 2)
+    restored = _server("fedex_lora")
+
+    restored.load_state_dict(server.state_dict())
+
+    assert restored.residual is not None and server.residual is not None
+    assert [(p, v) for p, v, _ in restored.residual.history] == \
+        [(0, 1), (1, 2)]
+    for lagging in (2, 3):                # behind since round 1; never seen
+        want = server.peek_downlink(lagging, 3)
+        got = restored.peek_downlink(lagging, 3)
+        assert set(got) == set(want)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    saved = server.state_dict()
+    saved["residual"]["history"][1]["previous"] = 0
+    with pytest.raises(ValueError, match="not a chain of rounds"):
+        _server("fedex_lora").load_state_dict(saved)
 
 
 # --- FlexLoRA --------------------------------------------------------------

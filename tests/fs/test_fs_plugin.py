@@ -201,7 +201,8 @@ def test_new_methods_move_the_embedded_runners_bytes(
     as ``federate.method`` values, with one shared model or a model per
     client: the bytes of every round, by role and direction, are the
     embedded runner's; half the clients per round, so a client that
-    missed rounds is re-synced (FedEx-LoRA: with the whole residual) and
+    missed rounds is re-synced (FedEx-LoRA: with the increments it missed,
+    or the whole residual) and
     its fingerprint, which covers the residual, still matches."""
     tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
                    federate={"method": method, "client_num": 4,
