@@ -196,10 +196,12 @@ def _check_cross(cfg: dict[str, Any]) -> None:
                           f"mappings such as [{{alpha: 0.5}}], got {args!r}")
     if cfg["data.splitter"] == "lda":
         alpha = splitter_alpha(args)
-        if alpha is None or not _type_ok(alpha, NUMBER) or not alpha > 0:
+        if alpha is None or not _type_ok(alpha, NUMBER) or \
+                not 0 < alpha < float("inf"):
             raise ConfigError("data.splitter 'lda' needs "
-                              "data.splitter_args [{alpha: A}] with A > 0, "
-                              f"got {args!r}")
+                              "data.splitter_args [{alpha: A}] with A > 0 "
+                              "and finite (equal label shares are "
+                              f"data.splitter 'iid'), got {args!r}")
 
 
 def config_warnings(cfg: Mapping[str, Any]) -> list[str]:

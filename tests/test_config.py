@@ -452,7 +452,7 @@ def test_lda_without_alpha(args: list[Any]) -> None:
     assert "data.splitter 'lda' needs data.splitter_args" in message
 
 
-@pytest.mark.parametrize("alpha", [0, -0.5, "big", math.nan, None])
+@pytest.mark.parametrize("alpha", [0, -0.5, "big", math.nan, None, math.inf])
 def test_lda_with_bad_alpha(alpha: Any) -> None:
     message = _error({"data.splitter": "lda",
                       "data.splitter_args": [{"alpha": alpha}]})
