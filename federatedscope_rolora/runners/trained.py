@@ -44,6 +44,7 @@ from federatedscope_rolora.runners.setup import (
     method_from_config,
     scored_subset,
     split_test_per_client,
+    split_train,
 )
 from federatedscope_rolora.training.encoding import (
     EncodedDataset,
@@ -245,6 +246,10 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
             "command does not rebuild; it scores such a run's global "
             "adapter only (drop --per-client and --client)")
     shares = split_test_per_client(cfg, train, test)
+    # the clients' test shares follow how the train rows were dealt
+    dealt = (recorded.get("data_digest") or {}).get("train")
+    if same_rows and dealt is not None:
+        same_rows = dealt == data_digest(*split_train(cfg, train))
     scores: dict[int, tuple[dict[str, float], int]] = {}
     for client_id in [client] if client is not None else \
             range(1, len(shares) + 1):

@@ -162,6 +162,27 @@ def test_eval_says_when_the_test_rows_are_not_the_runs(
             "scored on") in done.stderr
 
 
+def test_per_client_eval_checks_how_the_train_rows_were_dealt(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """Each client's test share follows the train split, so an edited
+    train file makes per-client scores incomparable, global ones not."""
+    glue = tmp_path / "glue"
+    shutil.copytree(tiny_glue_root, glue)
+    cfg, _ = finished_run(tiny_model_dir, glue, tmp_path / "run",
+                          "fedsa_lora")
+    assert score_run(tmp_path / "run", cfg, per_client=True)[
+        "same_rows"] is True
+    train = glue / "SST-2" / "train.tsv"
+    header, first, *rest = train.read_text(encoding="utf-8").splitlines()
+    text, label = first.split("\t")
+    train.write_text("\n".join([header, f"{text}\t{1 - int(label)}", *rest])
+                     + "\n", encoding="utf-8")
+
+    assert score_run(tmp_path / "run", cfg, per_client=True)[
+        "same_rows"] is False
+    assert score_run(tmp_path / "run", cfg)["same_rows"] is True
+
+
 def exported_scores(out: Path, cfg: Any) -> dict[str, float]:
     """The exported checkpoint, loaded and tokenising with transformers
     alone, scored on the run's test rows."""
