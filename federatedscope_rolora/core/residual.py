@@ -38,6 +38,9 @@ VERSION_KEY = "fedex_residual"
 # set | add | add<j> (the j-th increment of a chain, j >= 2), each dense
 # or as factors (_u, _v)
 _FORM = re.compile(r"(set|add(?:[2-9]|[1-9]\d+)?)(_u|_v)?")
+# One round's residual: (version it applies to, version it makes, its
+# forms per module, each {"add": dense} or {"add_u": U, "add_v": V}).
+Increment = tuple[int, int, dict[str, dict[str, torch.Tensor]]]
 
 
 def split_payload(payload: Mapping[str, torch.Tensor]
@@ -126,8 +129,7 @@ class ResidualBook:
         self.last: dict[str, dict[str, torch.Tensor]] = {}
         # (version it applies to, version it makes, forms): the newest
         # increments, fewer values together than the total (``_prune``)
-        self.history: list[tuple[int, int,
-                                 dict[str, dict[str, torch.Tensor]]]] = []
+        self.history: list[Increment] = []
 
     def add(self, round_idx: int,
             forms: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
@@ -236,11 +238,10 @@ class ResidualBook:
         self.history = history
 
     def _saved_history(self, saved: Sequence[Mapping[str, Any]],
-                       version: int
-                       ) -> list[tuple[int, int,
-                                       dict[str, dict[str, torch.Tensor]]]]:
+                       version: int) -> list[Increment]:
         """A ``state_dict``'s increments, checked: a chain of rounds
-        ending at ``version``, every module, finite values."""
+        ending at ``version``, one increment per module that rebuilds to
+        its total's shape, finite values."""
         history = []
         expected = None
         for entry in saved:
@@ -255,8 +256,15 @@ class ResidualBook:
                     torch.isfinite(t).all() for t in last_tensors(forms)):
                 raise ValueError("saved residual history does not match "
                                  "the adapter's modules or is not finite")
-            for form in forms.values():
-                _steps(form)
+            for key, form in forms.items():
+                try:
+                    fits = set(form) in ({"add"}, {"add_u", "add_v"}) and \
+                        reconstruct(form).shape == self.total[key].shape
+                except RuntimeError:      # factors that do not multiply
+                    fits = False
+                if not fits:
+                    raise ValueError(f"saved residual history of {key!r} "
+                                     "is not one increment of its shape")
             history.append((before, after, forms))
             expected = after
         if history and expected != version:

@@ -281,6 +281,11 @@ def test_fedex_keeps_its_increments_through_a_checkpoint() -> None:
     saved["residual"]["history"][1]["previous"] = 0
     with pytest.raises(ValueError, match="not a chain of rounds"):
         _server("fedex_lora").load_state_dict(saved)
+    saved = server.state_dict()
+    forms = saved["residual"]["history"][0]["forms"]
+    forms[f"{R_Q}.add_v"] = forms[f"{R_Q}.add_v"][:, 1:]
+    with pytest.raises(ValueError, match="not one increment of its shape"):
+        _server("fedex_lora").load_state_dict(saved)
 
 
 # --- FlexLoRA --------------------------------------------------------------
