@@ -455,7 +455,9 @@ def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
     text = ["# The paper's regime: many clients on QNLI and MNLI", "",
             f"Command: `{command}`", "",
             "Final test accuracy in %, mean ± sd over seeds, (n) = "
-            "seeds; FedSA-LoRA's cells are per-client scores (each "
+            "seeds; where two cells of a row have different n they "
+            "average different seeds (seeds differ by several points), "
+            "so compare methods in the paired table below; FedSA-LoRA's cells are per-client scores (each "
             "client's model on its own test share). Learning rates "
             "(SST-2 grid): " + ", ".join(f"{m} {lr:g}"
                                           for m, lr in lrs.items()) +
