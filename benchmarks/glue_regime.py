@@ -457,10 +457,10 @@ def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
             "Final test accuracy in %, mean ± sd over seeds, (n) = "
             "seeds; where two cells of a row have different n they "
             "average different seeds (seeds differ by several points), "
-            "so compare methods in the paired table below; FedSA-LoRA's cells are per-client scores (each "
-            "client's model on its own test share). Learning rates "
-            "(SST-2 grid): " + ", ".join(f"{m} {lr:g}"
-                                          for m, lr in lrs.items()) +
+            "so compare methods in the paired table below; FedSA-LoRA's "
+            "cells are per-client scores (each client's model on its "
+            "own test share). Learning rates (SST-2 grid): "
+            + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()) +
             ". Chance (the majority label's share of the test rows, "
             "which are drawn per seed): " + _chance_text(chance) + ".",
             "", "## Runs", "", *runs, ""]
