@@ -383,17 +383,28 @@ def long_table(plan: Plan, store: Store, lrs: dict[str, float]
             cells = [common.cell([v for _, r in done
                                   if (v := _at(r, m)) is not None])
                      for m in marks]
-            same = []
+            same, across = [], []
             for spec, row in done:
                 cell = store.get(spec.with_(rounds=plan.base.rounds))
+                if cell is None:
+                    continue
+                match = _at(row, plan.base.rounds) == \
+                    common.final_metric(cell)
                 # Bit-equal only on one kind of CPU: another rounds
-                # differently, and these runs amplify that.
-                if cell is not None and \
-                        cell.get("device") == row.get("device"):
-                    same.append(_at(row, plan.base.rounds) ==
-                                common.final_metric(cell))
-                    checks[spec.key] = same[-1]
-            equal = ("yes" if all(same) else "NO") if same else "n/a"
+                # differently, and these runs amplify that, so there a
+                # difference is no failure.
+                if cell.get("device") == row.get("device"):
+                    same.append(match)
+                    checks[spec.key] = match
+                else:
+                    across.append(match)
+            if same:
+                equal = "yes" if all(same) else "NO"
+            elif across:
+                equal = "yes (other CPU)" if all(across) else \
+                    "differs (other CPU)"
+            else:
+                equal = "n/a"
             lines.append(f"| {task} | {method} | " + " | ".join(cells) +
                          f" | {_gap_drift([r for _, r in done])} | "
                          f"{equal} |")

@@ -245,8 +245,21 @@ def test_the_long_check_compares_runs_of_one_device_only(
 
     assert sorted(spec.split("|")[1] for spec in checks) == ["rolora"]
     assert set(checks.values()) == {True}
-    assert any("| lora |" in line and line.endswith("| n/a |")
+    # across devices the comparison is shown, and a difference is no NO
+    assert any("| lora |" in line and line.endswith("| yes (other CPU) |")
                for line in lines)
+    for row in rows:   # the lora cell's final score, moved
+        if row["spec"]["rounds"] == plan.base.rounds and \
+                row["spec"]["method"] == "lora" and \
+                row["key"] in {s.with_(rounds=plan.base.rounds).key
+                               for s in glue_regime.long_specs(plan, lrs)}:
+            row["final"] = {**row["final"], "acc": row["final"]["acc"] + 0.1}
+            store.add(row)
+
+    lines, _ = glue_regime.long_table(plan, store, lrs)
+
+    assert any("| lora |" in line and
+               line.endswith("| differs (other CPU) |") for line in lines)
 
 
 def test_the_runs_table_shows_a_run_under_way(tmp_path: Path) -> None:
