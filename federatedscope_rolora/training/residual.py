@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from federatedscope_rolora.core.merging import RESIDUAL_COMPONENT
+from federatedscope_rolora.training.models import ModelError
 
 _ORIGINAL = "_rolora_original_base"
 RESIDUAL_FILE = "fedex_residual.safetensors"
@@ -61,8 +62,6 @@ def check_residual_fits(model: torch.nn.Module, name: str) -> None:
     """Before a FedEx-LoRA run starts: every module the adapter wraps
     must be an ``nn.Linear`` that stores W as B·A does, or the residual
     could not be folded after round 1. ModelError naming the modules."""
-    from federatedscope_rolora.training.models import ModelError
-
     misfits = set()
     for module_name, module in model.named_modules():
         if not (hasattr(module, "lora_A") and hasattr(module, "base_layer")):
