@@ -28,15 +28,34 @@ class ConfigError(ValueError):
     """Bad configuration; the message names the key."""
 
 
+def _unique_mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+    """A mapping whose keys are unique: YAML requires it, and PyYAML
+    would keep the last of two without a word (a second ``federate:``
+    block would replace the method the first one names)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if isinstance(key, str) and key in seen:
+            raise yaml.YAMLError(f"key {key!r} is given twice (lines "
+                                 f"{seen[key]} and {line})")
+        if isinstance(key, str):
+            seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
 def _make_loader() -> Any:
     """SafeLoader that also reads ``1e-4`` as a float (YAML 1.2); plain
-    PyYAML keeps YAML 1.1's rule and returns the string '1e-4'. A copy,
-    so ``yaml.SafeLoader`` itself is left alone."""
+    PyYAML keeps YAML 1.1's rule and returns the string '1e-4'. It also
+    refuses a key given twice in one mapping. A copy, so
+    ``yaml.SafeLoader`` itself is left alone."""
     loader: Any = type("_Loader", (yaml.SafeLoader,), {})
     loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
         re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
         list("-+0123456789"))
+    loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                           _unique_mapping)
     return loader
 
 
@@ -66,10 +85,13 @@ def _flatten(tree: Mapping[str, Any], prefix: str = ""
         dotted = f"{prefix}{key}"
         if not isinstance(key, str):
             raise ConfigError(f"config key {dotted!r} is not a string")
-        if isinstance(value, Mapping) and dotted not in SCHEMA:
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
+        inner = _flatten(value, dotted + ".") \
+            if isinstance(value, Mapping) and dotted not in SCHEMA \
+            else {dotted: value}
+        for name in inner.keys() & flat.keys():
+            # 'federate: {method: ...}' beside 'federate.method: ...'
+            raise ConfigError(f"config key {name!r} is given twice")
+        flat.update(inner)
     return flat
 
 

@@ -4,6 +4,7 @@ that name the key (invariant 8)."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -602,3 +603,21 @@ def test_what_the_plugin_refuses_the_embedded_runner_refuses(
     message = _error({key: value})
 
     assert f"'{key}'" in message and fragment in message
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    # PyYAML keeps the last of two keys: this ran rolora, not flexlora
+    ("federate:\n  method: flexlora\nseed: 1\nfederate:\n  method: rolora\n",
+     "key 'federate' is given twice (lines 1 and 4)"),
+    ("federate:\n  method: flexlora\n  method: rolora\n",
+     "key 'method' is given twice (lines 2 and 3)"),
+    ("federate:\n  method: rolora\nfederate.method: lora\n",
+     "config key 'federate.method' is given twice"),
+])
+def test_a_key_given_twice_is_refused(tmp_path: Path, text: str,
+                                      named: str) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(path)
