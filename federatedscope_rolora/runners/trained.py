@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from federatedscope_rolora.config import Config
 from federatedscope_rolora.core.roles import role_of
@@ -75,6 +76,10 @@ class TrainedError(ValueError):
     """The run's files cannot give the model asked for."""
 
 
+# What PEFT's save_pretrained writes beside adapter_config.json.
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
 @dataclass
 class Trained:
     """A run's model as it was scored, with what built it."""
@@ -114,7 +119,11 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
         raise TrainedError(f"{str(adapter_dir)!r} holds no adapter "
                            "(adapter_config.json): the run has not "
                            "finished; continue it with run --resume")
+    if not (adapter_dir / WEIGHTS_FILE).is_file():
+        raise TrainedError(f"{str(adapter_dir)!r} holds no adapter weights "
+                           f"({WEIGHTS_FILE})")
     _check_finished(Path(run_dir))
+    _check_method(Path(run_dir), cfg)
     task = _task_of_run(Path(run_dir), cfg)
     from peft import PeftModel
 
@@ -125,7 +134,8 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
             # PEFT calls a transformers API that 5.x deprecates; not ours.
             warnings.filterwarnings("ignore", category=FutureWarning)
             model = PeftModel.from_pretrained(base, str(adapter_dir))
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError,
+            SafetensorError) as err:   # a damaged adapter_config or file
         raise TrainedError(f"cannot load the adapter in "
                            f"{str(adapter_dir)!r} onto "
                            f"{cfg.model_name!r}: {err}"
@@ -140,6 +150,30 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
                    shared)
 
 
+def _check_method(run_dir: Path, cfg: Config) -> None:
+    """TrainedError if the config names another method than the run
+    recorded: the model would be rebuilt wrongly (FedSA-LoRA's clients'
+    B left out, FedEx-LoRA's residual read where none belongs)."""
+    recorded = (read_summary(run_dir) or {}).get("method")
+    given = cfg["federate.method"]
+    if isinstance(recorded, str) and recorded != given:
+        raise TrainedError(
+            f"the run in {str(run_dir)!r} was trained with federate.method "
+            f"{recorded}, but the config given says {given}; pass the "
+            "config the run ran with (and no federate.method override)")
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of the run; TrainedError naming it if it is
+    damaged."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise TrainedError(f"{str(path)!r} cannot be read: {err}") from err
+
+
 def _check_finished(run_dir: Path) -> None:
     """TrainedError if the run was continued past the rounds its adapter
     holds (``run --resume`` with more rounds, stopped before the end):
@@ -150,8 +184,12 @@ def _check_finished(run_dir: Path) -> None:
     metrics = run_dir / METRICS_FILE
     if not isinstance(done, int) or not metrics.is_file():
         return
-    with open(metrics, encoding="utf-8") as handle:
-        lines = sum(1 for line in handle if line.strip())
+    try:
+        with open(metrics, encoding="utf-8") as handle:
+            lines = sum(1 for line in handle if line.strip())
+    except (OSError, UnicodeDecodeError) as err:
+        raise TrainedError(f"{str(metrics)!r} cannot be read: {err}") \
+            from err
     if lines > done:
         raise TrainedError(
             f"{str(run_dir)!r} has not finished: its adapter and "
@@ -181,11 +219,9 @@ def _fold_saved_residual(model: torch.nn.Module, path: Path) -> None:
     """Add FedEx-LoRA's saved residual to the base weights it names."""
     if not path.is_file():
         return
-    from safetensors.torch import load_file
-
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, total in load_file(str(path)).items():
+        for name, total in _load_tensors(path).items():
             weight = params.get(name)
             if weight is None or weight.shape != total.shape:
                 raise TrainedError(f"{path.name}: {name!r} names no base "
@@ -196,14 +232,12 @@ def _fold_saved_residual(model: torch.nn.Module, path: Path) -> None:
 
 def _read_personal(adapter_dir: Path) -> dict[int, dict[str, torch.Tensor]]:
     """Every ``<client>/<key>`` of the run's per-client files."""
-    from safetensors.torch import load_file
-
     files = sorted(adapter_dir.glob("personal_client*.safetensors"))
     if (adapter_dir / PERSONAL_FILE).is_file():
         files.insert(0, adapter_dir / PERSONAL_FILE)
     out: dict[int, dict[str, torch.Tensor]] = {}
     for path in files:
-        for flat, tensor in load_file(str(path)).items():
+        for flat, tensor in _load_tensors(path).items():
             client, _, key = flat.partition("/")
             out.setdefault(int(client), {})[key] = tensor
     return out
@@ -233,7 +267,9 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
                         device=device)
 
     recorded = read_summary(Path(run_dir)) or {}
-    digest = (recorded.get("data_digest") or {}).get("test")
+    digests = recorded.get("data_digest")
+    digests = digests if isinstance(digests, dict) else {}
+    digest = digests.get("test")
     # False: not the rows the run was scored on, so its figure is no check
     same_rows = None if digest is None else digest == data_digest(test)
     if not per_client and client is None:
@@ -247,7 +283,7 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
             "adapter only (drop --per-client and --client)")
     shares = split_test_per_client(cfg, train, test)
     # the clients' test shares follow how the train rows were dealt
-    dealt = (recorded.get("data_digest") or {}).get("train")
+    dealt = digests.get("train")
     if same_rows and dealt is not None:
         same_rows = dealt == data_digest(*split_train(cfg, train))
     scores: dict[int, tuple[dict[str, float], int]] = {}

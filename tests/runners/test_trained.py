@@ -118,6 +118,64 @@ def test_a_run_without_an_adapter_or_client_is_named(
         score_run(tmp_path / "run", cfg, client=4)
 
 
+def test_a_config_of_another_method_is_refused(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """FedSA-LoRA's run read as LoRA's used to export the initial B and
+    leave every client's B out, exit 0."""
+    cfg, _ = finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                          "fedsa_lora")
+    other = cfg.replace(federate__method="lora")
+
+    with pytest.raises(TrainedError, match="trained with federate.method "
+                       "fedsa_lora, but the config given says lora"):
+        load_trained(tmp_path / "run", other)
+    with pytest.raises(TrainedError, match="federate.method fedsa_lora"):
+        export_model(tmp_path / "run", other, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("damage", [
+    "adapter_model.safetensors", "personal.safetensors",
+    "adapter_config.json", "missing weights", "summary digest",
+    "metrics bytes"])
+def test_damaged_run_files_are_named_not_a_traceback(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        damage: str) -> None:
+    finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                 "fedsa_lora")
+    run_dir = tmp_path / "run"
+    adapter = run_dir / "adapter"
+    if damage.endswith(".safetensors"):
+        (adapter / damage).write_bytes(b"not safetensors")
+    elif damage == "adapter_config.json":
+        (adapter / damage).write_text("[]", encoding="utf-8")
+    elif damage == "missing weights":
+        (adapter / "adapter_model.safetensors").unlink()
+    elif damage == "summary digest":
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps(
+            {**summary, "data_digest": "abc"}), encoding="utf-8")
+    else:
+        (run_dir / "metrics.jsonl").write_bytes(b"\xff\xfe\n")
+
+    done = cli("eval", run_dir)
+
+    if damage == "summary digest":   # no digest to check: scored, no note
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "federatedscope-rolora: error: "), lines
+    named = {"missing weights": "holds no adapter weights "
+             "(adapter_model.safetensors)",
+             "adapter_model.safetensors": "cannot load the adapter in",
+             "adapter_config.json": "cannot load the adapter in",
+             "metrics bytes": "metrics.jsonl' cannot be read"}.get(
+                 damage, f"{damage}' cannot be read")
+    assert named in lines[0]
+
+
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "federatedscope_rolora", *map(str, args)],
