@@ -16,6 +16,7 @@ from federatedscope_rolora.runners.checkpoint import resume_point
 from federatedscope_rolora.runners.outputs import (
     CONFIG_FILE,
     RunWriter,
+    check_outdir,
     holds_run,
     read_metrics,
     read_summary,
@@ -23,6 +24,7 @@ from federatedscope_rolora.runners.outputs import (
     write_json_atomic,
     write_text_atomic,
 )
+from federatedscope_rolora.runners.setup import check_method_fits
 from federatedscope_rolora.runners.simulation import RoundCallback, run
 
 log = logging.getLogger("federatedscope_rolora")
@@ -90,6 +92,8 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
     runs = {(method, seed): _seed_run(cfg, method, seed, several, resume)
             for method in methods for seed in seeds}
     _check_outdirs(runs.values(), resume)
+    for method in methods:   # before any run: no method runs in vain
+        check_method_fits(runs[method, seeds[0]])
     results: dict[str, Any] = {}
     for method in methods:
         callback = on_round(method) if on_round else None
@@ -153,6 +157,7 @@ def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:
     refuses to go on with."""
     for run_cfg in configs:
         if not holds_run(run_cfg.run_dir):
+            check_outdir(run_cfg.run_dir)
             continue
         if resume:
             resume_point(run_cfg)

@@ -104,6 +104,23 @@ def holds_run(run_dir: Path) -> bool:
         (run_dir / CHECKPOINT_DIR).exists()
 
 
+def check_outdir(run_dir: Path) -> None:
+    """OutdirError if no run could be written in ``run_dir``: it, or the
+    nearest folder above it that exists, is a file, or that folder is
+    not writable (e.g. a read-only mount). Checked before a run builds
+    anything, so it is refused at once."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == run_dir else \
+            f"cannot be created: {str(existing)!r} is a file"
+        raise OutdirError(f"outdir {str(run_dir)!r} {what}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutdirError(f"outdir {str(run_dir)!r} cannot be written: "
+                          f"{str(existing)!r} is not writable")
+
+
 def truncate_lines(path: Path, lines: int) -> None:
     """Cut ``path`` back to its first ``lines`` complete lines.
 
@@ -140,8 +157,13 @@ class RunWriter:
                               f"({METRICS_FILE} or {CHECKPOINT_DIR}/); "
                               "choose another outdir, or continue that run "
                               "with --resume")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config_atomic(cfg, run_dir / CONFIG_FILE)
+        check_outdir(run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _write_config_atomic(cfg, run_dir / CONFIG_FILE)
+        except OSError as err:
+            raise OutdirError(f"outdir {str(run_dir)!r} cannot be "
+                              f"written: {err}") from err
         return cls(run_dir)
 
     @classmethod

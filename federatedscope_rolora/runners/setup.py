@@ -235,6 +235,18 @@ def device_from_config(cfg: Config) -> torch.device:
     return torch.device("cpu")
 
 
+def check_method_fits(cfg: Config) -> None:
+    """What ``build_federation`` checks of ``cfg``'s method alone, for a
+    comparison to refuse before its first run: FedEx-LoRA's residual
+    must fit every adapted layer (a model is built, without data)."""
+    if not method_from_config(cfg).has_residual:
+        return
+    task = task_spec(cfg["data.type"], cfg["data.root"] or None)
+    model, _ = build_model(cfg.model_name, task.num_labels,
+                           LoraSpec.from_args(cfg.lora), cfg["seed"])
+    check_residual_fits(model, cfg.model_name)
+
+
 def build_federation(cfg: Config) -> Federation:
     """Load data and model for ``cfg``; raises on bad input, writes
     nothing."""

@@ -48,6 +48,7 @@ from federatedscope_rolora.runners.checkpoint import (
 )
 from federatedscope_rolora.runners.outputs import (
     RunWriter,
+    check_outdir,
     holds_run,
     read_metrics_head,
     round_results,
@@ -375,6 +376,8 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
     """
     if not resume and holds_run(cfg.run_dir):
         RunWriter.create(cfg)  # raises OutdirError before a slow build
+    if not resume:
+        check_outdir(cfg.run_dir)
     ckpt = resume_point(cfg) if resume else None
     lines = ckpt.metrics_lines if ckpt is not None else 0
     records = read_metrics_head(cfg.run_dir, lines) if resume else []

@@ -145,6 +145,54 @@ def test_fedex_lora_on_a_layer_it_cannot_fold_into_is_refused_first(
     assert not (tmp_path / "run").exists()
 
 
+def test_compare_refuses_fedex_lora_before_any_method_runs(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """rolora and lora used to run to the end, then fedex_lora stopped
+    the comparison, and a rerun was refused for their outdirs."""
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+
+    code = main(["compare", "--cfg", str(cfg), "--methods",
+                 "rolora,lora,fedex_lora", "llm.adapter.args",
+                 "[{r: 4, lora_alpha: 8, target_modules: "
+                 "[word_embeddings, query]}]"])
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "adapts word_embeddings (Embedding)" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("outdir", "named"), [
+    ("afile", "is a file, not a folder"),
+    ("afile/sub", "cannot be created: "),
+    ("readonly/run", "is not writable"),
+])
+def test_an_outdir_that_cannot_be_written_is_named_before_the_run(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], outdir: str,
+        named: str) -> None:
+    import os
+
+    (tmp_path / "afile").write_text("mine\n", encoding="utf-8")
+    (tmp_path / "readonly").mkdir()
+    (tmp_path / "readonly").chmod(0o555)
+    if os.access(tmp_path / "readonly", os.W_OK) and "readonly" in outdir:
+        pytest.skip("root writes into a folder without write permission")
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+    try:
+        for command in ("run", "compare"):
+            code = main([command, "--cfg", str(cfg), "outdir",
+                         str(tmp_path / outdir)])
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert code == 2 and len(lines) == 1, (command, lines)
+            assert named in lines[0], (command, lines)
+    finally:
+        (tmp_path / "readonly").chmod(0o755)
+    assert (tmp_path / "afile").read_text(encoding="utf-8") == "mine\n"
+    assert list((tmp_path / "readonly").iterdir()) == []
+
+
 def test_fedex_lora_refuses_a_fan_in_fan_out_layer() -> None:
     """GPT-2's Conv1D stores W transposed (PEFT's fan_in_fan_out): the
     residual, laid out as B·A, would be added the wrong way round."""
