@@ -168,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     from federatedscope_rolora.runners.simulation import run
 
+    _options_first(args, "before the KEY VALUE overrides")
     opts, resume = list(args.opts), args.resume
     # ``--resume KEY VALUE``: argparse took the first override's key for
     # the optional OUTDIR.
@@ -201,6 +202,7 @@ def _compare(args: argparse.Namespace) -> int:
         parse_seeds,
     )
 
+    _options_first(args, "before the KEY VALUE overrides")
     cfg = load_config(args.cfg, args.opts)
     methods = parse_methods(args.methods)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -257,17 +259,25 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options_first(args: argparse.Namespace, where: str,
+                   places: str = "") -> None:
+    """ConfigError if an option (``--seeds``) stands among the trailing
+    ``KEY VALUE`` overrides, where it would be read as a config key."""
+    flags = [o for o in args.opts[::2] if o.startswith("-")]
+    if flags:
+        usage = " ".join(filter(None, (
+            f"federatedscope-rolora {args.command} [OPTIONS]", places,
+            "[KEY VALUE ...]")))
+        raise ConfigError(f"{flags[0]}: options go {where} ({usage})")
+
+
 def _trained_config(args: argparse.Namespace, places: str) -> Config:
     """The config of the finished run ``args.run_dir`` (``--cfg``, else
     its own config.yaml) with the trailing overrides; ``places``: the
     command's positional arguments, for the usage line."""
     from federatedscope_rolora.runners.outputs import CONFIG_FILE
 
-    flags = [o for o in args.opts[::2] if o.startswith("-")]
-    if flags:
-        raise ConfigError(f"{flags[0]}: options go before RUN_DIR "
-                          f"(federatedscope-rolora {args.command} [OPTIONS] "
-                          f"{places} [KEY VALUE ...])")
+    _options_first(args, f"before {places.split()[0]}", places)
     return load_config(args.cfg or Path(args.run_dir) / CONFIG_FILE,
                        args.opts)
 

@@ -321,3 +321,23 @@ def test_damaged_run_is_refused_on_resume_and_left_alone(
     assert named in line
     assert {p: p.read_bytes() for p in run_dir.rglob("*")
             if p.is_file()} == before
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "federate.total_round_num", "1", "--seeds", "0,1"],
+    ["run", "federate.total_round_num", "1", "--resume"],
+])
+def test_an_option_after_the_overrides_is_named_as_one(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """It used to be read as a config key: "unknown config key '--seeds'
+    (did you mean 'seed'?)"."""
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+
+    code = main([argv[0], "--cfg", str(cfg), *argv[1:]])
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert f"{argv[3]}: options go before the KEY VALUE overrides" \
+        in lines[0]
+    assert not (tmp_path / "run").exists()
