@@ -15,10 +15,11 @@ from federatedscope_rolora.core.methods import METHODS
 from federatedscope_rolora.runners.checkpoint import resume_point
 from federatedscope_rolora.runners.outputs import (
     CONFIG_FILE,
+    OutdirError,
     RunWriter,
     check_outdir,
     holds_run,
-    read_metrics,
+    read_metrics_head,
     read_summary,
     write_atomic,
     write_json_atomic,
@@ -101,8 +102,8 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
         for seed in seeds:
             run_cfg = runs[method, seed]
             summary = _run_or_continue(run_cfg, resume, callback)
-            per_seed[seed] = _method_result(summary,
-                                            read_metrics(run_cfg.run_dir))
+            per_seed[seed] = _method_result(summary, read_metrics_head(
+                run_cfg.run_dir, summary["rounds"]))
         results[method] = _over_seeds(per_seed) if several \
             else per_seed[seeds[0]]
     out = cfg.run_dir
@@ -165,6 +166,18 @@ def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:
             RunWriter.create(run_cfg)  # raises OutdirError
 
 
+def _readable(run_dir: Path, summary: dict[str, Any]) -> bool:
+    """Whether a finished run's summary and metrics give its row of the
+    comparison; if not (edited, damaged), the resumed run writes them
+    again from its checkpoint."""
+    try:
+        _method_result(summary, read_metrics_head(run_dir,
+                                                  summary["rounds"]))
+    except (KeyError, TypeError, ValueError, OutdirError):
+        return False
+    return True
+
+
 def _run_or_continue(cfg: Config, resume: bool,
                      callback: RoundCallback | None) -> dict[str, Any]:
     """Run ``cfg``; with ``resume`` and a run in its outdir, continue it,
@@ -176,7 +189,8 @@ def _run_or_continue(cfg: Config, resume: bool,
     if ckpt is not None and ckpt.round_idx == total:
         # missing or damaged: the resumed run writes it again
         summary = read_summary(cfg.run_dir)
-        if summary is not None and summary.get("rounds") == total:
+        if summary is not None and summary.get("rounds") == total and \
+                _readable(cfg.run_dir, summary):
             log.info("%s: finished already, read back", cfg.run_dir)
             return summary
     return run(cfg, on_round=callback, resume=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,11 +120,28 @@ def test_one_seed_keeps_the_usual_layout_under_that_seed(
     assert "final_sd" not in result["methods"]["lora"]
 
 
+def _no_wall_seconds(run_dir: Path) -> None:
+    data = summary(run_dir)
+    del data["wall_seconds"]
+    (run_dir / "summary.json").write_text(json.dumps(data))
+
+
+def _half_a_line_more(run_dir: Path) -> None:
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"round": 3, "pha')
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: (d / "summary.json").write_text("{not json"),
+    _no_wall_seconds,        # a KeyError after every run had finished
+    _half_a_line_more,       # a JSONDecodeError, likewise
+])
 def test_resume_runs_again_over_a_damaged_summary(
-        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        damage: Any) -> None:
     cfg = tiny(tiny_model_dir, tiny_glue_root, tmp_path / "cmp")
     first = compare(cfg, ["lora"], plots=False)
-    (tmp_path / "cmp" / "lora" / "summary.json").write_text("{not json")
+    damage(tmp_path / "cmp" / "lora")
 
     again = compare(cfg, ["lora"], resume=True, plots=False)
 
