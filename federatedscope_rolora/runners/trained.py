@@ -427,7 +427,15 @@ def _filled_at(out_dir: Path) -> Iterator[Path]:
         raise TrainedError(f"cannot create {str(out_dir.parent)!r}: "
                            f"{err}") from err
     into = out_dir.is_dir()
-    partial = _fresh_folder(out_dir if into else out_dir.parent)
+    try:
+        partial = _fresh_folder(out_dir if into else out_dir.parent)
+    except OSError as err:   # a read-only parent, /proc, ...
+        for folder in made:
+            with suppress(OSError):
+                folder.rmdir()
+        raise TrainedError(f"cannot write into "
+                           f"{str(out_dir if into else out_dir.parent)!r}:"
+                           f" {err}") from err
     try:
         yield partial
         if into:

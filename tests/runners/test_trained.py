@@ -400,6 +400,17 @@ def test_export_writes_into_an_empty_current_directory_or_link(
         "here", "link", "run", "target"]
 
 
+@pytest.mark.skipif(not Path("/proc/self").exists(),
+                    reason="needs Linux's /proc, where no folder can be made")
+def test_export_into_a_folder_it_cannot_write_is_named(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    cfg, _ = finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                          "lora")
+
+    with pytest.raises(TrainedError, match="cannot write into '/proc'"):
+        export_model(tmp_path / "run", cfg, Path("/proc/rolora-export"))
+
+
 def test_export_refuses_a_dangling_link_and_leaves_no_folder_it_made(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
