@@ -85,6 +85,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = ""
         dotted = f"{prefix}{key}"
         if not isinstance(key, str):
             raise ConfigError(f"config key {dotted!r} is not a string")
+        if value is None and dotted not in SCHEMA and any(
+                k.startswith(dotted + ".") for k in SCHEMA):
+            # 'eval:' with every entry under it commented out
+            raise ConfigError(f"config section {dotted!r} is empty; give "
+                              "it keys or remove it")
         inner = _flatten(value, dotted + ".") \
             if isinstance(value, Mapping) and dotted not in SCHEMA \
             else {dotted: value}

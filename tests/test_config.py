@@ -621,3 +621,12 @@ def test_a_key_given_twice_is_refused(tmp_path: Path, text: str,
 
     with pytest.raises(ConfigError, match=re.escape(named)):
         load_config(path)
+
+
+def test_an_empty_section_is_named_as_one(tmp_path: Path) -> None:
+    """It was 'unknown config key 'eval' (did you mean 'eval.freq'?)'."""
+    path = tmp_path / "empty.yaml"
+    path.write_text("eval:\n  # freq: 2\nseed: 1\n", encoding="utf-8")
+
+    with pytest.raises(ConfigError, match="config section 'eval' is empty"):
+        load_config(path)
