@@ -97,11 +97,19 @@ def _write_config_atomic(cfg: Config, path: Path) -> None:
     write_atomic(path, lambda tmp: dump_config(cfg, tmp))
 
 
+def run_files(run_dir: Path) -> list[str]:
+    """The files of a run that ``run_dir`` holds, and a new run would
+    overwrite: a run's own, or a user's of the same name (a commented
+    ``config.yaml`` in an outdir of ``.``)."""
+    names = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, f"{CHECKPOINT_DIR}/",
+             f"{ADAPTER_DIR}/")
+    return [n for n in names if os.path.lexists(run_dir / n.rstrip("/"))]
+
+
 def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds (part of) a run that a new one would
     overwrite."""
-    return (run_dir / METRICS_FILE).exists() or \
-        (run_dir / CHECKPOINT_DIR).exists()
+    return bool(run_files(run_dir))
 
 
 def check_outdir(run_dir: Path) -> None:
@@ -154,7 +162,7 @@ class RunWriter:
         run_dir = cfg.run_dir
         if holds_run(run_dir):
             raise OutdirError(f"outdir {str(run_dir)!r} already holds a run "
-                              f"({METRICS_FILE} or {CHECKPOINT_DIR}/); "
+                              f"({', '.join(run_files(run_dir))}); "
                               "choose another outdir, or continue that run "
                               "with --resume")
         check_outdir(run_dir)

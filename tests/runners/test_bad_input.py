@@ -341,3 +341,24 @@ def test_an_option_after_the_overrides_is_named_as_one(
     assert f"{argv[3]}: options go before the KEY VALUE overrides" \
         in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_holding_a_config_or_summary_is_not_written_over(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``outdir: .`` where the user keeps a commented config.yaml and a
+    summary.json: both used to be overwritten, exit 0."""
+    here = tmp_path / "work"
+    here.mkdir()
+    mine = {"config.yaml": "# my notes\nseed: 1\n",
+            "summary.json": '{"mine": 1}\n'}
+    for name, text in mine.items():
+        (here / name).write_text(text, encoding="utf-8")
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+
+    code, line = run_cli(capsys, "--cfg", cfg, "outdir", here)
+
+    assert code == 2
+    assert "already holds a run (config.yaml, summary.json)" in line
+    assert {p.name: p.read_text(encoding="utf-8")
+            for p in here.iterdir()} == mine
