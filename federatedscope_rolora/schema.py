@@ -190,7 +190,8 @@ SCHEMA: dict[str, Field] = {
     "rolora.holdout": Field(2000, int, "test rows carved from train when "
                             "the local copy has no dev set (QQP)", **_POS),
     "rolora.threads": Field(0, int, "torch CPU threads; 0: torch's default",
-                            **_NONNEG),
+                            check=lambda v: 0 <= v <= 4096,
+                            check_help="must be in [0, 4096]"),
     "rolora.min_received": Field(
         1, int, "accepted client updates a round needs; with fewer the "
         "run stops (exit code 3) and its last checkpoint stays intact",

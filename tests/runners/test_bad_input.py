@@ -97,6 +97,9 @@ def test_bad_glue_file_is_named_with_its_line(
     (("llm.tok_len", "65"),
      ["'llm.tok_len' (65) exceeds the 64 tokens model"]),
     (("seed", "-1"), ["config key 'seed'", "must be in [0, 2**32)"]),
+    # torch: "Overflow when unpacking long long", naming no key
+    (("rolora.threads", "100000000000000000000"),
+     ["config key 'rolora.threads'", "must be in [0, 4096]"]),
     (("train.optimizer.lr", ".inf"),
      ["config key 'train.optimizer.lr'", "finite"]),
     # PEFT would stop with an AttributeError (exit 1)
