@@ -21,7 +21,13 @@ from typing import Any
 import yaml
 
 from federatedscope_rolora.core.sampling import clients_per_round
-from federatedscope_rolora.schema import LORA_ARG_KINDS, NUMBER, SCHEMA, Field
+from federatedscope_rolora.schema import (
+    LORA_ARG_KINDS,
+    NUMBER,
+    SCHEMA,
+    Field,
+    model_path,
+)
 
 
 class ConfigError(ValueError):
@@ -149,7 +155,7 @@ class Config(Mapping[str, Any]):
 
     @property
     def model_name(self) -> str:
-        return str(self._values["model.type"]).split("@")[0]
+        return model_path(self._values["model.type"])
 
     @property
     def run_dir(self) -> Path:

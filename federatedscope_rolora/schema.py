@@ -16,6 +16,22 @@ from typing import Any
 from federatedscope_rolora.core.names import METHODS
 
 FS_ONLY = "FederatedScope only; the embedded runner ignores it"
+# model.type's optional suffix, FederatedScope-LLM's hub marker
+MODEL_SUFFIX = "@huggingface_seqcls"
+
+
+def model_path(model_type: str) -> str:
+    """``model.type`` without its suffix: a Hub name or a local path,
+    which may hold '@' in a folder's name (``/models/roberta@v2/large``)."""
+    text = str(model_type)
+    if text.lower().endswith(MODEL_SUFFIX):
+        return text[:-len(MODEL_SUFFIX)]
+    return text
+
+
+def model_type_ok(model_type: str) -> bool:
+    """No '@' in the last part of ``model.type`` but the suffix's."""
+    return "@" not in model_path(model_type).rpartition("/")[2]
 
 
 @dataclass(frozen=True)
@@ -122,8 +138,7 @@ SCHEMA: dict[str, Field] = {
     "model.type": Field("all-MiniLM-L6-v2@huggingface_seqcls", str,
                         "checkpoint name or local path "
                         "(suffix @huggingface_seqcls optional)",
-                        check=lambda v: str(v).partition("@")[2] in
-                        ("", "huggingface_seqcls"),
+                        check=model_type_ok,
                         check_help="must be a sequence-classification "
                         "checkpoint, NAME or NAME@huggingface_seqcls"),
     "llm.tok_len": Field(128, int, "maximum tokens per example", **_POS),

@@ -32,7 +32,13 @@ from federatedscope_rolora.config import (
     config_warnings,
 )
 from federatedscope_rolora.core.names import METHODS as CORE_METHODS
-from federatedscope_rolora.schema import SCHEMA, TSV_SUFFIX
+from federatedscope_rolora.schema import (
+    MODEL_SUFFIX,
+    SCHEMA,
+    TSV_SUFFIX,
+    model_path,
+    model_type_ok,
+)
 
 if TYPE_CHECKING:
     from federatedscope_rolora.training.glue import TaskSpec
@@ -43,7 +49,6 @@ NODE = "rolora"
 TRAINER_TYPE = "rolora_trainer"
 DATA_SUFFIX = "@glue"
 OWN_DATA_SUFFIX = "@" + TSV_SUFFIX  # your own data, training/glue.py
-MODEL_SUFFIX = "@huggingface_seqcls"
 METHODS = CORE_METHODS
 
 # FederatedScope's default -> the embedded runner's, for keys where no
@@ -171,8 +176,7 @@ def _check_types(cfg: Any) -> None:
         fs_task(cfg)
     except DataError as err:
         raise ConfigError(f"config key 'data.type': {err}") from err
-    hub = str(cfg.model.type).partition("@")[2]
-    if hub and "@" + hub != MODEL_SUFFIX:
+    if not model_type_ok(cfg.model.type):
         raise ConfigError(f"config key 'model.type' is {cfg.model.type!r}; "
                           f"federate.method {method} needs a "
                           "sequence-classification checkpoint, "
@@ -208,7 +212,7 @@ def fs_task(cfg: Any) -> TaskSpec:
 
 
 def model_name(model_type: str) -> str:
-    return str(model_type).split("@")[0]
+    return model_path(model_type)
 
 
 def claims_data(cfg: Any) -> bool:
@@ -225,7 +229,7 @@ def claims_model(model_cfg: Any) -> bool:
     model_type = str(model_cfg.type)
     if model_type.lower().endswith(MODEL_SUFFIX):
         return True
-    return "@" not in model_type and bool(_run_config) \
+    return model_type_ok(model_type) and bool(_run_config) \
         and uses_plugin(_run_config[-1])
 
 

@@ -657,6 +657,25 @@ def test_fedex_lora_on_an_embedding_stops_at_model_build(
     assert "rolora round 1" not in run.log
 
 
+def test_a_model_folder_with_an_at_sign_runs_in_the_plugin(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """As in the embedded runner, '@' in a folder of model.type is part
+    of the path, with or without the suffix."""
+    import shutil
+
+    model = tmp_path / "m@v2" / "model"
+    shutil.copytree(tiny_model_dir, model)
+    tree = fs_tree(model, tiny_glue_root, tmp_path / "fs",
+                   federate={"total_round_num": 1})
+    tree["model"]["type"] = f"{model}@huggingface_seqcls"
+    cfg = write_config(tmp_path / "at.yaml", tree)
+
+    records = read_jsonl(fs_main.run(cfg).run_dir / "metrics.jsonl")
+
+    assert [r["round"] for r in records] == [1]
+
+
 def test_more_clients_than_train_examples_is_named(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path) -> None:

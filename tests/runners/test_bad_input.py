@@ -237,6 +237,27 @@ def test_a_cuda_device_this_machine_lacks_is_named(
         None, ["use_gpu", "False", "device", "2"])) == torch.device("cpu")
 
 
+def test_a_model_folder_with_an_at_sign_is_a_path(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """'@' marks the optional suffix only in the last part of model.type:
+    '/models/m@v2/model' was cut at the '@' and refused."""
+    import shutil
+
+    model = tmp_path / "m@v2" / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = write_cfg(tmp_path, model, tiny_glue_root)
+
+    assert main(["run", "--cfg", str(cfg), "federate.total_round_num",
+                 "1"]) == 0
+    assert main(["run", "--cfg", str(cfg), "outdir", str(tmp_path / "b"),
+                 "federate.total_round_num", "1", "model.type",
+                 f"{model}@huggingface_seqcls"]) == 0
+    code, line = run_cli(capsys, "--cfg", cfg, "model.type",
+                         f"{model}@hub")
+    assert code == 2 and "must be a sequence-classification" in line
+
+
 def test_missing_model_path_is_named(
         tiny_glue_root: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
