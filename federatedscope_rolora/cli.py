@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from federatedscope_rolora.config import Config, ConfigError, load_config
 from federatedscope_rolora.schema import SCHEMA
@@ -65,8 +65,20 @@ class Progress:
             log.info(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one line like every other bad
+    input (argparse prints the whole usage first), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        # the trailing overrides are optional; argparse lists them
+        message = message.replace(", KEY VALUE", "")
+        _error_line(ValueError(f"{self.prog}: {message} (see "
+                               f"{self.prog} --help)"))
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="federatedscope-rolora",
         description="Federated LoRA fine-tuning: RoLoRA, LoRA, FFA-LoRA, "
         "FedEx-LoRA, FlexLoRA, FedSA-LoRA.")

@@ -386,3 +386,21 @@ def test_a_folder_holding_a_config_or_summary_is_not_written_over(
     assert "already holds a run (config.yaml, summary.json)" in line
     assert {p.name: p.read_text(encoding="utf-8")
             for p in here.iterdir()} == mine
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    ([], "the following arguments are required: command"),
+    (["eval", "--json"], "eval: the following arguments are required: "
+     "RUN_DIR (see federatedscope-rolora eval --help)"),
+    (["compare", "--methods", "lora"], "compare: the following arguments "
+     "are required: --cfg"),
+])
+def test_a_usage_error_is_one_line_too(
+        capsys: pytest.CaptureFixture[str], argv: list[str],
+        named: str) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(PREFIX) and named in lines[0]
