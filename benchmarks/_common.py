@@ -51,13 +51,20 @@ def default_glue_root() -> Path:
 
 # --- one run in a fresh process (the timing and memory benchmarks) -------
 
+def quick_parser(doc: str) -> argparse.ArgumentParser:
+    """``--quick`` (small, for tests) and ``--out`` (the results folder),
+    which every benchmark script takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    return parser
+
+
 def child_parser(doc: str, rounds: int, train_samples: int,
                  eval_samples: int) -> argparse.ArgumentParser:
     """The options of a benchmark that times runs, each in a child
     process of its own (``--child`` is the child's, hidden)."""
-    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    parser = quick_parser(doc)
     parser.add_argument("--glue-root", default=str(default_glue_root()))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", action="store_true",

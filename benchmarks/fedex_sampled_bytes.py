@@ -18,7 +18,6 @@ dense total.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,11 +139,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(common.ROOT /
-                                             "benchmarks/results"))
-    args = parser.parse_args()
+    args = common.quick_parser(__doc__).parse_args()
     torch.set_num_threads(1)
     if args.quick:
         sizes, rounds, modules, hidden = QUICK, 6, 2, 32

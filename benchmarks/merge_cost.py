@@ -14,7 +14,6 @@ as the gap did before; its memory is reported from the shapes.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
@@ -92,10 +91,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(common.ROOT /
-                                             "benchmarks/results"))
+    parser = common.quick_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
