@@ -91,7 +91,50 @@ UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "fedopt.use": (False, "the server averages, as the paper does"),
     "aggregator.robust_rule": ("fedavg", "the server averages, as the "
                                "paper does"),
+    # FederatedScope wraps every trainer with these, the plugin's too:
+    # each would change local training where the embedded runner cannot
+    "fedprox.use": (False, "local training is the method's own, with no "
+                    "proximal term"),
+    "nbafl.use": (False, "the exact tensors travel, with no noise added"),
+    "sgdmf.use": (False, "the exact tensors travel, with no noise added"),
+    "finetune.before_eval": (False, "the global adapter is scored as the "
+                             "server merged it"),
+    "regularizer.type": ("", "local training adds no regularizer"),
+    "train.scheduler.type": ("", "the learning rate is constant, as in "
+                             "the embedded runner"),
+    "train.scheduler.warmup_ratio": (0.0, "the learning rate is constant, "
+                                     "as in the embedded runner"),
+    "dataloader.drop_last": (False, "every train example is used, as in "
+                             "the embedded runner"),
+    "data.drop_last": (False, "every train example is used, as in the "
+                       "embedded runner"),
+    "grad.grad_accum_count": (1, "one optimizer step per batch"),
 }
+
+# Keys a client's own config (FederatedScope's --client_cfg) may set
+# otherwise than the run's: where it runs. Every other shared key
+# decides the numbers, and every client trains alike, as in the embedded
+# runner.
+CLIENT_MAY_DIFFER = frozenset({"outdir", "expname", "verbose", "use_gpu",
+                               "rolora.threads"})
+
+
+def check_client_config(client_id: int, client_cfg: Any,
+                        run_cfg: Any) -> None:
+    """ConfigError naming the keys a client's config sets otherwise than
+    the run's (``--client_cfg``), which FederatedScope would merge into
+    that client's training without a word."""
+    mine, run = schema_view(client_cfg), schema_view(run_cfg)
+    changed = [f"{k} ({run[k]!r} for the run, {mine[k]!r} here)"
+               for k in SCHEMA if k not in CLIENT_MAY_DIFFER
+               and k not in _NOT_VALIDATED and k in mine and k in run
+               and mine[k] != run[k]]
+    if changed:
+        raise ConfigError(f"client {client_id}'s config changes "
+                          f"{'; '.join(changed)}; the plugin's methods "
+                          "train every client alike, as the embedded "
+                          "runner does (drop these keys from "
+                          "--client_cfg)")
 
 # Keys of the shared schema whose FederatedScope values mean something
 # the embedded runner does not express (device -1: pick a free GPU).

@@ -37,7 +37,11 @@ from federatedscope.core.workers import Client
 from federatedscope_rolora.core.residual import apply_payload
 from federatedscope_rolora.core.roles import RESIDUAL, role_of
 from federatedscope_rolora.core.server import build_update
-from federatedscope_rolora.fs.cfg_rolora import schema_view
+from federatedscope_rolora.fs.cfg_rolora import (
+    check_client_config,
+    run_config,
+    schema_view,
+)
 from federatedscope_rolora.fs.wire import (
     pack_failure,
     pack_scores,
@@ -77,6 +81,7 @@ class RoloraClient(Client):  # type: ignore[misc]
                          strategy, is_unseen_client, *args, **kwargs)
         if config is None:  # FederatedScope probes an empty instance
             return
+        check_client_config(ID, config, run_config())
         self.method = method_from_config(schema_view(config))
         self.adapter: dict[str, torch.Tensor] = {}
         # Test-only, as in the embedded runner's CLI: ``drift`` entries

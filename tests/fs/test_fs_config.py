@@ -32,6 +32,14 @@ BAD = {
     "data.type": "alpaca@llm",
     "rolora.prefix_cache": "'yes'",
     "rolora.prefix_cache_mb": "0",
+    # FederatedScope's trainer wrappers and options that change local
+    # training where the embedded runner cannot: they ran silently
+    "fedprox.use": "True",
+    "nbafl.use": "True",
+    "finetune.before_eval": "True",
+    "train.scheduler.type": "StepLR",
+    "dataloader.drop_last": "True",
+    "grad.grad_accum_count": "2",
 }
 
 PROBE = """\

@@ -676,6 +676,26 @@ def test_a_model_folder_with_an_at_sign_runs_in_the_plugin(
     assert [r["round"] for r in records] == [1]
 
 
+def test_a_client_config_that_changes_training_is_refused(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """FederatedScope merges --client_cfg into each client's config: a
+    learning rate of 1e-12 for every client used to run silently (nothing
+    learnt); the plugin's clients train alike, as the embedded runner's."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"total_round_num": 1})
+    cfg = write_config(tmp_path / "run.yaml", tree)
+    clients = write_config(tmp_path / "clients.yaml", {
+        f"client_{i}": {"train": {"optimizer": {"lr": 1.0e-12}}}
+        for i in (1, 2, 3)})
+
+    run = fs_main.run(cfg, "--client_cfg", str(clients), check=False)
+
+    assert run.proc.returncode != 0
+    assert "client 1's config changes train.optimizer.lr" in run.log
+    assert "rolora round 1" not in run.log
+
+
 def test_more_clients_than_train_examples_is_named(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path) -> None:
