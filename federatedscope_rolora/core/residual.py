@@ -177,21 +177,24 @@ class ResidualBook:
         """What a client holding version ``held`` (None: unknown) needs."""
         if held == self.version:
             return {}
-        zero = {name: t for k, total in self.total.items()
-                for name, t in ((f"{k}.set_u", total.new_zeros(
-                    total.shape[0], 0)), (f"{k}.set_v", total.new_zeros(
-                        0, total.shape[1])))}
         if self.version == 0:
-            return zero
+            return self._zero()
         chain = self._chain_from(0 if held is None else held)
         if chain is not None:
             # a client that holds nothing starts from zero, as the server
             # did, and adds the same increments in the same order
-            return {**(zero if held is None else {}),
+            return {**(self._zero() if held is None else {}),
                     **_chain_payload(chain)}
         if held == self.previous and self.last:   # a dense increment
             return _chain_payload([self.last])
         return {f"{k}.set": t.clone() for k, t in self.total.items()}
+
+    def _zero(self) -> dict[str, torch.Tensor]:
+        """A zero total as rank-0 factors: no byte on the wire."""
+        return {name: t for k, total in self.total.items()
+                for name, t in ((f"{k}.set_u", total.new_zeros(
+                    total.shape[0], 0)), (f"{k}.set_v", total.new_zeros(
+                        0, total.shape[1])))}
 
     def state_dict(self) -> dict[str, Any]:
         return {"total": {k: t.clone() for k, t in self.total.items()},
