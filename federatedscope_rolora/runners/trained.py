@@ -94,6 +94,8 @@ class Trained:
     # that never trained scores with; both empty for the other methods
     personal: dict[int, dict[str, torch.Tensor]]
     shared: dict[str, torch.Tensor]
+    # the run's summary.json, read once (empty if missing or damaged)
+    summary: dict[str, Any]
 
     def use_client(self, client_id: int) -> None:
         """Put client ``client_id``'s own tensors into the model (the
@@ -122,9 +124,10 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
     if not (adapter_dir / WEIGHTS_FILE).is_file():
         raise TrainedError(f"{str(adapter_dir)!r} holds no adapter weights "
                            f"({WEIGHTS_FILE})")
-    _check_finished(Path(run_dir))
-    _check_method(Path(run_dir), cfg)
-    task = _task_of_run(Path(run_dir), cfg)
+    summary = read_summary(Path(run_dir)) or {}
+    _check_finished(Path(run_dir), summary)
+    _check_method(Path(run_dir), cfg, summary)
+    task = _task_of_run(Path(run_dir), cfg, summary)
     from peft import PeftModel
 
     base, tokenizer = load_base(cfg.model_name, task.num_labels,
@@ -147,14 +150,15 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
               for k, v in adapter_parameters(model).items()
               if role_of(k) in kept}
     return Trained(model, tokenizer, cfg, task, _read_personal(adapter_dir),
-                   shared)
+                   shared, summary)
 
 
-def _check_method(run_dir: Path, cfg: Config) -> None:
+def _check_method(run_dir: Path, cfg: Config,
+                  summary: dict[str, Any]) -> None:
     """TrainedError if the config names another method than the run
     recorded: the model would be rebuilt wrongly (FedSA-LoRA's clients'
     B left out, FedEx-LoRA's residual read where none belongs)."""
-    recorded = (read_summary(run_dir) or {}).get("method")
+    recorded = summary.get("method")
     given = cfg["federate.method"]
     if isinstance(recorded, str) and recorded != given:
         raise TrainedError(
@@ -174,12 +178,11 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise TrainedError(f"{str(path)!r} cannot be read: {err}") from err
 
 
-def _check_finished(run_dir: Path) -> None:
+def _check_finished(run_dir: Path, summary: dict[str, Any]) -> None:
     """TrainedError if the run was continued past the rounds its adapter
     holds (``run --resume`` with more rounds, stopped before the end):
     ``adapter/`` and ``summary.json`` are then an earlier finish's, not
     the model of the run its config and metrics describe."""
-    summary = read_summary(run_dir) or {}
     done = summary.get("rounds")
     metrics = run_dir / METRICS_FILE
     if not isinstance(done, int) or not metrics.is_file():
@@ -198,13 +201,14 @@ def _check_finished(run_dir: Path) -> None:
             "finish it with run --resume")
 
 
-def _task_of_run(run_dir: Path, cfg: Config) -> TaskSpec:
+def _task_of_run(run_dir: Path, cfg: Config,
+                 summary: dict[str, Any]) -> TaskSpec:
     """The run's task as its files give it now; TrainedError where the
     run recorded other labels (your own data, edited since): the head's
     ids would be read under other names, by eval and in export's
     id2label, or not fit the head at all."""
     task = task_spec(cfg["data.type"], cfg["data.root"] or None)
-    recorded = (read_summary(run_dir) or {}).get("labels")
+    recorded = summary.get("labels")
     if isinstance(recorded, list) and recorded != list(task.label_names):
         raise TrainedError(
             f"data.type {task.name}: the run in {str(run_dir)!r} was "
@@ -266,7 +270,7 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
                         pad_token_id=int(trained.tokenizer.pad_token_id),
                         device=device)
 
-    recorded = read_summary(Path(run_dir)) or {}
+    recorded = trained.summary
     digests = recorded.get("data_digest")
     digests = digests if isinstance(digests, dict) else {}
     digest = digests.get("test")
@@ -379,7 +383,7 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
         "task": task.name, "base_model": cfg.model_name,
         "client": client,
         "labels": list(labels),
-        "recorded_final": (read_summary(Path(run_dir)) or {}).get("final"),
+        "recorded_final": trained.summary.get("final"),
     }
     with _filled_at(out_dir) as partial:
         merged.save_pretrained(str(partial))
