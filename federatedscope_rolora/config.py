@@ -342,30 +342,36 @@ def _lists(value: Any) -> Any:
     return value
 
 
+def read_yaml_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (empty for an empty file);
+    ConfigError naming the file if it is missing, unreadable, not YAML,
+    not a mapping, or gives a key twice in one mapping."""
+    path = Path(path)
+    try:
+        tree = _load_yaml(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {str(path)!r} not found") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: "
+                          f"{err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid "
+                          f"YAML: {err}") from err
+    if tree is None:
+        return {}
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"config file {str(path)!r} must hold a "
+                          "mapping at the top level")
+    return dict(tree)
+
+
 def load_config(path: str | Path | None,
                 overrides: Sequence[str] | Mapping[str, Any] = ()
                 ) -> Config:
     """Read a YAML file (or start from defaults) and apply overrides."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        try:
-            tree = _load_yaml(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise ConfigError(f"config file {str(path)!r} not found") \
-                from err
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file {str(path)!r} cannot be read: "
-                              f"{err}") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid "
-                              f"YAML: {err}") from err
-        if tree is None:
-            tree = {}
-        if not isinstance(tree, Mapping):
-            raise ConfigError(f"config file {str(path)!r} must hold a "
-                              "mapping at the top level")
-        values.update(_flatten(tree))
+        values.update(_flatten(read_yaml_file(path)))
     extra = overrides if isinstance(overrides, Mapping) \
         else parse_overrides(overrides)
     values.update(extra)

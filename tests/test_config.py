@@ -623,6 +623,44 @@ def test_a_key_given_twice_is_refused(tmp_path: Path, text: str,
         load_config(path)
 
 
+@pytest.mark.parametrize(("argv", "files"), [
+    (["--cfg", "a.yaml", "federate.total_round_num", "3"], ["a.yaml"]),
+    (["--cfg=a.yaml", "--client_cfg", "b.yaml"], ["a.yaml", "b.yaml"]),
+    (["--cl", "b.yaml"], ["b.yaml"]),       # argparse's prefix, as FS's
+    # after the first override FederatedScope reads everything as opts
+    (["--cfg", "a.yaml", "seed", "1", "--client_cfg", "b.yaml"],
+     ["a.yaml"]),
+    (["--cfg"], []),
+    (["-f", "kernel.json"], []),
+])
+def test_the_plugin_finds_the_files_federatedscope_reads(
+        argv: list[str], files: list[str]) -> None:
+    from federatedscope_rolora.fs.cfg_rolora import command_line_files
+
+    assert command_line_files(argv) == files
+
+
+def test_the_plugin_refuses_a_command_line_file_with_a_key_twice(
+        tmp_path: Path) -> None:
+    """FederatedScope's yacs loader keeps the last of two keys, and the
+    plugin sees only the merged config: it reads the files named on the
+    command line itself."""
+    from federatedscope_rolora.fs.cfg_rolora import check_command_line_files
+
+    good, twice = tmp_path / "good.yaml", tmp_path / "twice.yaml"
+    good.write_text("federate:\n  method: rolora\n", encoding="utf-8")
+    twice.write_text("federate:\n  method: flexlora\nfederate:\n"
+                     "  method: rolora\n", encoding="utf-8")
+
+    check_command_line_files(["--cfg", str(good)])
+    check_command_line_files(["--cfg", str(tmp_path / "missing.yaml")])
+    with pytest.raises(ConfigError, match=re.escape(
+            f"config file {str(twice)!r} is not valid YAML: key "
+            "'federate' is given twice (lines 1 and 3)")):
+        check_command_line_files(["--cfg", str(good),
+                                  "--client_cfg", str(twice)])
+
+
 def test_an_empty_section_is_named_as_one(tmp_path: Path) -> None:
     """It was 'unknown config key 'eval' (did you mean 'eval.freq'?)'."""
     path = tmp_path / "empty.yaml"

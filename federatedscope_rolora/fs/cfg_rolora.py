@@ -20,8 +20,11 @@ line, data builder) and at ``freeze()``.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
+import os
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +33,7 @@ from federatedscope_rolora.config import (
     ConfigError,
     build_config,
     config_warnings,
+    read_yaml_file,
 )
 from federatedscope_rolora.core.names import METHODS as CORE_METHODS
 from federatedscope_rolora.schema import (
@@ -144,6 +148,7 @@ _CN_INTERNALS = frozenset({"__help_info__", "__cfg_check_funcs__",
                            "is_ready_for_run"})
 _MISSING = object()
 _announced: set[str] = set()
+_checked_files: set[str] = set()
 _run_config: list[Any] = []
 
 
@@ -170,6 +175,7 @@ def check_cfg(cfg: Any) -> None:
     """Registered check function; a no-op for other methods."""
     if not uses_plugin(cfg):
         return
+    check_command_line_files(sys.argv[1:])
     _replace_fs_defaults(cfg)
     _refuse_unsupported(cfg)
     view = schema_view(cfg)
@@ -178,6 +184,36 @@ def check_cfg(cfg: Any) -> None:
         if warning not in _announced:
             _announced.add(warning)
             logger.warning("rolora plugin: %s", warning)
+
+
+def command_line_files(argv: list[str]) -> list[str]:
+    """The config files a FederatedScope command line names (``--cfg``,
+    ``--client_cfg``), parsed as FederatedScope's ``parse_args`` parses
+    them; none where it does not parse."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("--cfg", dest="cfg_file")
+    parser.add_argument("--client_cfg", dest="client_cfg_file")
+    parser.add_argument("--local_rank")
+    parser.add_argument("--help", nargs="?")
+    parser.add_argument("opts", nargs=argparse.REMAINDER)
+    try:
+        known, _ = parser.parse_known_args(argv)
+    except argparse.ArgumentError:
+        return []
+    return [f for f in (known.cfg_file, known.client_cfg_file) if f]
+
+
+def check_command_line_files(argv: list[str]) -> None:
+    """ConfigError naming the file and key where a config file on the
+    command line gives a key twice in one mapping: FederatedScope's yacs
+    loader keeps the last without a word (a second ``federate:`` block
+    would run another method), and the plugin sees only the merged
+    config, never the file. Each file is checked once per process."""
+    for path in command_line_files(argv):
+        if path in _checked_files or not os.path.isfile(path):
+            continue   # a missing file is FederatedScope's to report
+        read_yaml_file(path)
+        _checked_files.add(path)
 
 
 def _replace_fs_defaults(cfg: Any) -> None:

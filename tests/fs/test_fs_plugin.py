@@ -696,6 +696,28 @@ def test_a_client_config_that_changes_training_is_refused(
     assert "rolora round 1" not in run.log
 
 
+@pytest.mark.parametrize("fallback", [False, True],
+                         ids=["main.py", "fs-main"])
+def test_a_config_file_with_a_key_twice_is_refused(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, fallback: bool) -> None:
+    """FederatedScope's yacs loader kept the last of two ``federate:``
+    blocks without a word: this file ran LoRA. As in the embedded
+    runner, it is refused naming the key."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"total_round_num": 1})
+    cfg = write_config(tmp_path / "twice.yaml", tree)
+    cfg.write_text(cfg.read_text(encoding="utf-8")
+                   + "federate:\n  method: lora\n  total_round_num: 1\n",
+                   encoding="utf-8")
+
+    run = fs_main.run(cfg, check=False, fallback=fallback)
+
+    assert run.proc.returncode != 0
+    assert "key 'federate' is given twice" in run.log
+    assert "rolora round 1" not in run.log
+
+
 def test_more_clients_than_train_examples_is_named(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path) -> None:
