@@ -93,6 +93,7 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
     runs = {(method, seed): _seed_run(cfg, method, seed, several, resume)
             for method in methods for seed in seeds}
     _check_outdirs(runs.values(), resume)
+    _check_earlier_comparison(cfg.run_dir, resume)
     for method in methods:   # before any run: no method runs in vain
         check_method_fits(runs[method, seeds[0]])
     results: dict[str, Any] = {}
@@ -148,6 +149,25 @@ def _saved_seed(run_dir: Path) -> int | None:
         return int(load_config(run_dir / CONFIG_FILE)["seed"])
     except (ConfigError, OSError, KeyError, TypeError, ValueError):
         return None
+
+
+def _check_earlier_comparison(out: Path, resume: bool) -> None:
+    """OutdirError, before any run, if ``out`` holds an earlier
+    comparison and this one does not continue it (``resume``): its
+    table would be replaced by one of other methods or seeds, without
+    a word."""
+    path = out / COMPARISON_FILE
+    if resume or not path.exists():
+        return
+    try:
+        earlier = load_comparison(out)
+        what = (f" of {', '.join(earlier['methods'])} at seeds "
+                f"{', '.join(map(str, earlier['seeds']))}")
+    except (OSError, ValueError, KeyError, TypeError):
+        what = ""
+    raise OutdirError(f"outdir {str(out)!r} holds an earlier comparison"
+                      f"{what} ({COMPARISON_FILE}); continue or extend it "
+                      "with --resume, or give another outdir")
 
 
 def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:

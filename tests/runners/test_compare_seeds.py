@@ -242,3 +242,22 @@ def test_resume_uses_the_runs_of_a_comparison_with_fewer_or_more_seeds(
     assert back["methods"]["lora"]["final"] == \
         several["methods"]["lora"]["seeds"]["2"]["final"]
     assert (lora / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_a_new_comparison_into_an_earlier_ones_outdir_is_refused(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """Other methods into the same outdir used to run and replace the
+    earlier table; --resume still continues or extends it."""
+    cfg = tiny(tiny_model_dir, tiny_glue_root, tmp_path / "cmp", rounds=1)
+    compare(cfg, ["lora"], plots=False)
+    table = tmp_path / "cmp" / "comparison.md"
+    before = table.read_text(encoding="utf-8")
+
+    with pytest.raises(OutdirError, match=r"holds an earlier comparison "
+                       r"of lora at seeds 1 \(comparison.json\)"):
+        compare(cfg, ["ffa_lora"], plots=False)
+
+    assert table.read_text(encoding="utf-8") == before
+    assert not (tmp_path / "cmp" / "ffa_lora").exists()
+    extended = compare(cfg, ["lora", "ffa_lora"], resume=True, plots=False)
+    assert sorted(extended["methods"]) == ["ffa_lora", "lora"]
