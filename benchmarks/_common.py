@@ -395,11 +395,34 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.rows[row["key"]] = row
+        if not path.exists():
+            return
+        text = path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        seen: dict[str, int] = {}
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key = row["key"]
+            except (ValueError, KeyError, TypeError) as err:
+                if number == len(lines):
+                    # the last line, cut short by a crash mid-append: its
+                    # run is not stored and runs again
+                    print(f"{path}: line {number} is cut short ({err}); "
+                          "its run is taken as not stored",
+                          file=sys.stderr)
+                    continue
+                raise ValueError(f"{path}: line {number} is not a stored "
+                                 f"run ({err}); repair or delete that "
+                                 "line (its run then runs again)") from err
+            if key in seen:
+                print(f"{path}: run {key} is stored twice (lines "
+                      f"{seen[key]} and {number}); the later is used",
+                      file=sys.stderr)
+            seen[key] = number
+            self.rows[key] = row
 
     def __contains__(self, spec: object) -> bool:
         return isinstance(spec, RunSpec) and spec.key in self.rows
@@ -408,20 +431,43 @@ class Store:
         return self.rows.get(spec.key)
 
     def add(self, row: dict[str, Any]) -> None:
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # One write(2) on an O_APPEND descriptor: two suites appending to
         # one store (e.g. ``--only local`` beside ``--only pairs``) cannot
         # interleave their lines.
         data = (json.dumps(row) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT,
                      0o644)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)   # against another suite's cut
+            _cut_partial_line(fd)
             if os.write(fd, data) != len(data):
                 raise OSError(f"{self.path}: short write of a run line")
             os.fsync(fd)
         finally:
             os.close(fd)
         self.rows[row["key"]] = row
+
+
+def _cut_partial_line(fd: int) -> None:
+    """Drop the end of the file open at ``fd`` after its last newline:
+    half a row, which a crash mid-append left and the store took as not
+    stored (its run is run again)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    keep = size
+    while keep > 0:
+        start = max(0, keep - 65536)
+        block = os.pread(fd, keep - start, start)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            keep = start + cut + 1
+            break
+        keep = start
+    os.ftruncate(fd, keep)
 
 
 def under_way(store: Store, specs: list[RunSpec]) -> dict[str, str]:

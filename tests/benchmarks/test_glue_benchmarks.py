@@ -206,6 +206,46 @@ def test_suites_side_by_side_append_whole_lines(tmp_path: Path) -> None:
         f"{n}{i}" for n in "ab" for i in range(20))
 
 
+def test_a_line_cut_short_by_a_crash_is_not_stored_and_not_lost(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crash mid-append leaves half a line: that run is taken as not
+    stored (it runs again), the half line is dropped when the next row
+    is stored, and every whole row stays."""
+    common = load("_common")
+    path = tmp_path / "runs.jsonl"
+    common.Store(path).add({"key": "a", "final": {"acc": 0.5}})
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"key": "b", "fin')
+
+    store = common.Store(path)
+    assert sorted(store.rows) == ["a"]
+    assert "line 2 is cut short" in capsys.readouterr().err
+    store.add({"key": "b", "final": {"acc": 0.6}})
+
+    again = common.Store(path)
+    assert again.rows["b"]["final"] == {"acc": 0.6}
+    assert sorted(again.rows) == ["a", "b"]
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_a_damaged_stored_row_is_named_and_a_twice_stored_run_said(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = load("_common")
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"key": "a", "v": 1}\nnot json\n{"key": "b"}\n',
+                    encoding="utf-8")
+
+    with pytest.raises(ValueError, match="runs.jsonl: line 2 is not a "
+                       "stored run"):
+        common.Store(path)
+
+    path.write_text('{"key": "a", "v": 1}\n{"key": "a", "v": 2}\n',
+                    encoding="utf-8")
+    assert common.Store(path).rows["a"]["v"] == 2
+    assert "run a is stored twice (lines 1 and 2)" in \
+        capsys.readouterr().err
+
+
 def test_analytic_count_follows_the_phase() -> None:
     bench = load("glue_head_to_head")
     common = load("_common")
