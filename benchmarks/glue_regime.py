@@ -500,8 +500,11 @@ def report(plan: Plan, store: Store, lrs: dict[str, float], command: str,
              f"the last column says whether round {plan.base.rounds} of "
              f"each run equals the final accuracy of the "
              f"{plan.base.rounds}-round cell run of the same seed (the "
-             f"same run, stopped earlier), where both ran on the same "
-             f"device; n/a where not.", "", *long_lines, ""]
+             f"same run, stopped earlier): yes or NO where both ran on "
+             f"the same device; yes or differs (other CPU) where "
+             f"they ran on different CPU kinds (which round floats "
+             f"differently: a difference there is no failure); n/a "
+             f"where no cell run is stored.", "", *long_lines, ""]
     results = {"benchmark": "glue_regime", "command": command,
                "plan": asdict(plan), "best_lr": lrs,
                "coverage": coverage, "long_equals_cell": same_as_cell,
