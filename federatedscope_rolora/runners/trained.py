@@ -124,7 +124,14 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
     if not (adapter_dir / WEIGHTS_FILE).is_file():
         raise TrainedError(f"{str(adapter_dir)!r} holds no adapter weights "
                            f"({WEIGHTS_FILE})")
-    summary = read_summary(Path(run_dir)) or {}
+    summary = read_summary(Path(run_dir))
+    if summary is None:
+        # written last, after every file of adapter/: without it those
+        # may be half the set (a crash between two of them)
+        raise TrainedError(f"{str(run_dir)!r} holds no readable "
+                           f"{SUMMARY_FILE}, which a run writes when it "
+                           "has written all of its model: the run has "
+                           "not finished; continue it with run --resume")
     _check_finished(Path(run_dir), summary)
     _check_method(Path(run_dir), cfg, summary)
     task = _task_of_run(Path(run_dir), cfg, summary)

@@ -465,6 +465,30 @@ def test_a_run_continued_and_stopped_is_not_taken_for_finished(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_run_killed_while_writing_its_model_is_not_finished(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """Killed after adapter_model.safetensors was moved into adapter/ but
+    before FedEx-LoRA's residual (and summary.json, written last): eval
+    and export used to score the model without its residual, exit 0."""
+    cfg, summary = finished_run(tiny_model_dir, tiny_glue_root,
+                                tmp_path / "run", "fedex_lora")
+    (tmp_path / "run" / "adapter" / "fedex_residual.safetensors").unlink()
+    (tmp_path / "run" / "summary.json").unlink()
+
+    with pytest.raises(TrainedError, match="holds no readable summary.json"
+                       ".*has not finished; continue it with run --resume"):
+        score_run(tmp_path / "run", cfg)
+    with pytest.raises(TrainedError, match="has not finished"):
+        export_model(tmp_path / "run", cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+    run(cfg, resume=True)   # rewrites the model, residual included
+    scored = score_run(tmp_path / "run", cfg)
+    assert scored["eval"]["acc"] == summary["final"]["acc"]
+    assert scored["eval"]["loss"] == pytest.approx(summary["final"]["loss"],
+                                                   rel=1e-6)
+
+
 def test_eval_of_a_client_without_test_rows_says_so(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
     """Under ``lda`` a client may be dealt no test row; ``eval --client``
