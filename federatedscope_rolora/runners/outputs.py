@@ -180,8 +180,12 @@ class RunWriter:
         its checkpoint counts, and record the config it continues
         under (e.g. with more rounds)."""
         run_dir = cfg.run_dir
-        truncate_lines(run_dir / METRICS_FILE, metrics_lines)
-        _write_config_atomic(cfg, run_dir / CONFIG_FILE)
+        try:
+            truncate_lines(run_dir / METRICS_FILE, metrics_lines)
+            _write_config_atomic(cfg, run_dir / CONFIG_FILE)
+        except OSError as err:
+            raise OutdirError(f"outdir {str(run_dir)!r} cannot be "
+                              f"written: {err}") from err
         return cls(run_dir)
 
     def append_round(self, record: Mapping[str, Any]) -> None:
@@ -280,8 +284,9 @@ def read_metrics_head(run_dir: Path, lines: int
             # else the resumed run would fail in its summary, after
             # training and checkpointing rounds on top of it
             raise OutdirError(f"{path}:{number}: not the metrics record "
-                              f"of round {number} (its round, bytes or "
-                              "eval is missing or malformed)")
+                              f"of round {number} (its round, bytes, "
+                              "eval, eval_per_client or aggregation_gap "
+                              "is missing or malformed)")
         records.append(record)
     return records
 
@@ -297,7 +302,25 @@ def _is_record(record: Any, round_idx: int) -> bool:
                 isinstance(n, int) for n in by_role.values())
             for by_role in by_direction.values()):
         return False
-    return isinstance(record.get("eval", {}), dict)
+    if not _is_scores(record.get("eval", {})):
+        return False
+    personal = record.get("eval_per_client")
+    if personal is not None and not (
+            isinstance(personal, dict)
+            and _is_scores(personal.get("example_weighted"))):
+        return False
+    gap = record.get("aggregation_gap")
+    return gap is None or _is_number(gap)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_scores(scores: Any) -> bool:
+    """A metric name -> number (or null, a failed evaluation) mapping."""
+    return isinstance(scores, dict) and all(
+        v is None or _is_number(v) for v in scores.values())
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

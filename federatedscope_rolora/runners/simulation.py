@@ -376,8 +376,7 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
     """
     if not resume and holds_run(cfg.run_dir):
         RunWriter.create(cfg)  # raises OutdirError before a slow build
-    if not resume:
-        check_outdir(cfg.run_dir)
+    check_outdir(cfg.run_dir)   # a resume writes there too
     ckpt = resume_point(cfg) if resume else None
     lines = ckpt.metrics_lines if ckpt is not None else 0
     records = read_metrics_head(cfg.run_dir, lines) if resume else []

@@ -3,6 +3,7 @@ and nothing written to the outdir of a run that never started."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -319,8 +320,27 @@ def hollow_metrics(run_dir: Path) -> None:
     path.write_text('{"round": 1}\n' + lines[1] + "\n")
 
 
+def edit_first_record(change: Callable[[dict[str, Any]], None]
+                      ) -> Callable[[Path], None]:
+    def spoil(run_dir: Path) -> None:
+        path = run_dir / "metrics.jsonl"
+        lines = path.read_text().splitlines()
+        record = json.loads(lines[0])
+        change(record)
+        path.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    return spoil
+
+
 @pytest.mark.parametrize(("spoil", "named"), [
     (spoil_checkpoint, "state.safetensors' cannot be read"),
+    # valid records but for one value that the summary reads: the run
+    # trained round 3, then crashed in its summary (exit 1), every time
+    (edit_first_record(lambda r: r["eval"].update(acc="0.55")),
+     "metrics.jsonl:1: not the metrics record of round 1"),
+    (edit_first_record(lambda r: r.update(aggregation_gap="n/a")),
+     "metrics.jsonl:1: not the metrics record of round 1"),
+    (edit_first_record(lambda r: r.update(eval_per_client={})),
+     "metrics.jsonl:1: not the metrics record of round 1"),
     (cut_metrics, "holds 1 complete lines, fewer than the 2"),
     (spoil_metrics, "metrics.jsonl:1: not a metrics record"),
     # valid JSON, but the resumed run's summary would fail on it (exit 1)
@@ -343,6 +363,44 @@ def test_damaged_run_is_refused_on_resume_and_left_alone(
 
     assert code == 2
     assert named in line
+    assert {p: p.read_bytes() for p in run_dir.rglob("*")
+            if p.is_file()} == before
+
+
+def test_resume_into_an_outdir_that_cannot_be_written_is_named(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume checked only a new run's outdir: a read-only run folder
+    built the model and data, then failed writing config.yaml with a
+    traceback (exit 1). Root writes anywhere, so the check is given a
+    folder it reports not writable, and a write that fails."""
+    import os
+
+    from federatedscope_rolora.runners import outputs
+
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root,
+                    federate={"total_round_num": 1})
+    assert main(["run", "--cfg", str(cfg)]) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / "run"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    real_access = os.access
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: False
+                        if Path(path) == run_dir else real_access(path, mode))
+
+    code, line = run_cli(capsys, "--cfg", cfg, "--resume",
+                         "federate.total_round_num", "2")
+
+    assert code == 2
+    assert f"outdir {str(run_dir)!r} cannot be written" in line
+    monkeypatch.undo()
+    (run_dir / "config.yaml.tmp").mkdir()   # the write itself fails
+    code, line = run_cli(capsys, "--cfg", cfg, "--resume",
+                         "federate.total_round_num", "2")
+    assert code == 2
+    assert f"outdir {str(run_dir)!r} cannot be written" in line
+    (run_dir / "config.yaml.tmp").rmdir()
     assert {p: p.read_bytes() for p in run_dir.rglob("*")
             if p.is_file()} == before
 
