@@ -37,7 +37,10 @@ from federatedscope_rolora.config import (
 )
 from federatedscope_rolora.runners.outputs import (
     CHECKPOINT_DIR,
+    ADAPTER_DIR,
     CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
     replace_durably,
     temporary_path,
 )
@@ -265,6 +268,25 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
             from err
 
 
+def _check_no_lost_checkpoint(run_dir: Path) -> None:
+    """CheckpointError if a run without a checkpoint got further than a
+    kill before its first one leaves (at most round 1's metrics line):
+    its checkpoint was removed, and resuming from round 1 would cut its
+    metrics and overwrite its model and summary."""
+    metrics = run_dir / METRICS_FILE
+    lines = metrics.read_bytes().count(b"\n") if metrics.is_file() else 0
+    finished = [name for name in (SUMMARY_FILE, ADAPTER_DIR)
+                if (run_dir / name).exists()]
+    if lines > 1 or finished:
+        what = ", ".join([f"{METRICS_FILE} with {lines} rounds"] * (lines > 1)
+                         + finished)
+        raise CheckpointError(
+            f"cannot resume {str(run_dir)!r}: it holds {what} but no "
+            "checkpoint/ (removed?), so it cannot continue where it "
+            "stopped; restore checkpoint/, or start a new run in another "
+            "outdir (nothing here was changed)")
+
+
 def resume_point(cfg: Config) -> Checkpoint | None:
     """The checkpoint ``cfg``'s run continues from (None: from round 1,
     the run stopped before its first checkpoint), after checking that
@@ -276,6 +298,7 @@ def resume_point(cfg: Config) -> Checkpoint | None:
             raise CheckpointError(f"nothing to resume in {str(run_dir)!r}: "
                                   "no checkpoint and no run config; start "
                                   "the run without --resume")
+        _check_no_lost_checkpoint(run_dir)
         saved = _saved_config(run_dir)
     else:
         saved = ckpt.config

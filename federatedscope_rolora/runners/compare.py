@@ -25,8 +25,16 @@ from federatedscope_rolora.runners.outputs import (
     write_json_atomic,
     write_text_atomic,
 )
-from federatedscope_rolora.runners.setup import check_method_fits
-from federatedscope_rolora.runners.simulation import RoundCallback, run
+from federatedscope_rolora.runners.setup import (
+    check_method_fits,
+    data_digests,
+)
+from federatedscope_rolora.runners.simulation import (
+    RoundCallback,
+    check_same_data,
+    resume_checks,
+    run,
+)
 
 log = logging.getLogger("federatedscope_rolora")
 
@@ -172,18 +180,26 @@ def _check_earlier_comparison(out: Path, resume: bool) -> None:
 
 def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:
     """Before any run starts: OutdirError if a run's outdir holds a run
-    already (without ``resume``), CheckpointError if one cannot be
-    continued under its config (with ``resume``); else a run listed
-    before it would run in full, under a config the comparison then
-    refuses to go on with."""
+    already (without ``resume``) or cannot be written, CheckpointError
+    if one cannot be continued (with ``resume``: its config, metrics
+    lines or data are not the ones it ran under); else a run listed
+    before it would run in full, and the comparison then stop at it."""
+    digests: dict[str, dict[str, str]] = {}   # the methods share data
     for run_cfg in configs:
         if not holds_run(run_cfg.run_dir):
             check_outdir(run_cfg.run_dir)
             continue
-        if resume:
-            resume_point(run_cfg)
-        else:
+        if not resume:
             RunWriter.create(run_cfg)  # raises OutdirError
+        check_outdir(run_cfg.run_dir)
+        ckpt, _ = resume_checks(run_cfg)
+        if ckpt is not None:
+            data = json.dumps({k: run_cfg[k] for k in run_cfg if k not in
+                               ("federate.method", "outdir", "expname")},
+                              sort_keys=True, default=str)
+            if data not in digests:
+                digests[data] = data_digests(run_cfg)
+            check_same_data(run_cfg, ckpt, digests[data])
 
 
 def _readable(run_dir: Path, summary: dict[str, Any]) -> bool:

@@ -222,6 +222,21 @@ def data_digest(split: Split, parts: Sequence[Sequence[int]] = ()) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def _digests(subset: Split, parts: Sequence[Sequence[int]], test: Split
+             ) -> dict[str, str]:
+    return {"train": data_digest(subset, parts), "test": data_digest(test)}
+
+
+def data_digests(cfg: Config) -> dict[str, str]:
+    """The ``data_digest`` of the train examples as ``cfg`` deals them and
+    of its scored test rows, from the data alone (no model built), as
+    ``build_federation`` records them."""
+    train, test = load_task(cfg["data.type"], cfg["data.root"] or None,
+                            seed=cfg["seed"], holdout=cfg["rolora.holdout"])
+    subset, parts = split_train(cfg, train)
+    return _digests(subset, parts, scored_subset(cfg, test))
+
+
 def device_from_config(cfg: Config) -> torch.device:
     """CUDA device ``device`` with ``use_gpu`` where CUDA is there, else
     the CPU; ConfigError naming ``device`` if this machine lacks it."""
@@ -291,8 +306,7 @@ def build_federation(cfg: Config) -> Federation:
         client_indices={i + 1: rows for i, rows in enumerate(parts)},
         local=local_spec_from_config(cfg), device=device,
         sources={"train": train.source, "test": test.source},
-        digests={"train": data_digest(subset, parts),
-                 "test": data_digest(test)},
+        digests=_digests(subset, parts, test),
         prefix=prefix_cache_from_config(cfg, model, encoded, pad, device),
         scaling=lora.lora_alpha / lora.r, client_test=client_test,
     )

@@ -367,6 +367,36 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
     }
 
 
+def resume_checks(cfg: Config
+                  ) -> tuple[Checkpoint | None, list[dict[str, Any]]]:
+    """What a resume of ``cfg.run_dir`` checks before it builds anything
+    (reads only): the checkpoint matches the config, the metrics lines
+    it counts are whole records, and the last round can be summarised.
+    Returns the checkpoint and those records."""
+    ckpt = resume_point(cfg)
+    lines = ckpt.metrics_lines if ckpt is not None else 0
+    records = read_metrics_head(cfg.run_dir, lines)
+    total = cfg["federate.total_round_num"]
+    if records and len(records) == total and "eval" not in records[-1]:
+        raise CheckpointError(f"cannot resume {str(cfg.run_dir)!r}: round "
+                              f"{total} was not evaluated; set "
+                              "federate.total_round_num above it")
+    return ckpt, records
+
+
+def check_same_data(cfg: Config, ckpt: Checkpoint | None,
+                    digests: dict[str, str]) -> None:
+    """CheckpointError if the data ``digests`` (as the run would deal it
+    now) differ from those the checkpoint ran on."""
+    if ckpt is not None and (changed := data_differences(ckpt, digests)):
+        raise CheckpointError(
+            f"cannot resume {str(cfg.run_dir)!r}: its "
+            f"{' and '.join(changed)} differ from the examples it ran "
+            f"on to round {ckpt.round_idx}; the files under data.root "
+            "(or how they are read) changed since. Restore them, or "
+            "start a new run")
+
+
 def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
            state_hook: StateHook | None = None
            ) -> tuple[Simulation, RunWriter, list[dict[str, Any]], float]:
@@ -377,28 +407,15 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
     if not resume and holds_run(cfg.run_dir):
         RunWriter.create(cfg)  # raises OutdirError before a slow build
     check_outdir(cfg.run_dir)   # a resume writes there too
-    ckpt = resume_point(cfg) if resume else None
+    ckpt, records = resume_checks(cfg) if resume else (None, [])
     lines = ckpt.metrics_lines if ckpt is not None else 0
-    records = read_metrics_head(cfg.run_dir, lines) if resume else []
-    total = cfg["federate.total_round_num"]
-    if records and len(records) == total and "eval" not in records[-1]:
-        raise CheckpointError(f"cannot resume {str(cfg.run_dir)!r}: round "
-                              f"{total} was not evaluated; set "
-                              "federate.total_round_num above it")
     for warning in config_warnings(cfg):
         log.warning("%s", warning)
     try:
         fed = build_federation(cfg)
     except ValueError as err:
         raise SetupError(str(err)) from err
-    if ckpt is not None and (changed := data_differences(ckpt,
-                                                         fed.digests)):
-        raise CheckpointError(
-            f"cannot resume {str(cfg.run_dir)!r}: its "
-            f"{' and '.join(changed)} differ from the examples it ran "
-            f"on to round {ckpt.round_idx}; the files under data.root "
-            "(or how they are read) changed since. Restore them, or "
-            "start a new run")
+    check_same_data(cfg, ckpt, fed.digests)
     sim = Simulation(fed, update_hook, state_hook)
     if ckpt is not None:
         sim.restore(ckpt)

@@ -367,6 +367,32 @@ def test_damaged_run_is_refused_on_resume_and_left_alone(
             if p.is_file()} == before
 
 
+def test_resume_of_a_run_whose_checkpoint_was_removed_is_refused(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It restarted from round 1 without a word, cutting the metrics and
+    overwriting model and summary (a kill before the first checkpoint,
+    which leaves at most round 1's line, still restarts)."""
+    import shutil
+
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root,
+                    federate={"total_round_num": 2})
+    assert main(["run", "--cfg", str(cfg)]) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / "run"
+    shutil.rmtree(run_dir / "checkpoint")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    code, line = run_cli(capsys, "--cfg", cfg, "--resume",
+                         "federate.total_round_num", "3")
+
+    assert code == 2
+    assert ("holds metrics.jsonl with 2 rounds, summary.json, adapter but "
+            "no checkpoint/") in line
+    assert {p: p.read_bytes() for p in run_dir.rglob("*")
+            if p.is_file()} == before
+
+
 def test_resume_into_an_outdir_that_cannot_be_written_is_named(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str],

@@ -215,6 +215,45 @@ def test_every_run_is_checked_before_any_starts(
     assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == before
 
 
+def _spoil_lora_metrics(out: Path, glue: Path) -> None:
+    path = out / "lora" / "metrics.jsonl"
+    path.write_text("not json\n" + path.read_text(encoding="utf-8"),
+                    encoding="utf-8")
+
+
+def _edit_test_rows(out: Path, glue: Path) -> None:
+    path = glue / "SST-2" / "dev.tsv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n",
+                    encoding="utf-8")
+
+
+@pytest.mark.parametrize(("spoil", "named"), [
+    (_spoil_lora_metrics, r"lora/metrics.jsonl:1: not a metrics record"),
+    (_edit_test_rows, r"its test data \(sha256 .*\) differ"),
+])
+def test_a_run_that_cannot_continue_stops_the_comparison_before_any_runs(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        spoil: Any, named: str) -> None:
+    """What a resume checks after the config (the metrics lines it keeps,
+    the data it ran on) was found only when that run's turn came: rolora
+    trained every round first, then the comparison stopped."""
+    import shutil
+
+    from federatedscope_rolora.runners.checkpoint import CheckpointError
+
+    glue = tmp_path / "glue"
+    shutil.copytree(tiny_glue_root, glue)
+    cfg = tiny(tiny_model_dir, glue, tmp_path / "cmp")
+    compare(cfg, ["lora"], plots=False)
+    spoil(tmp_path / "cmp", glue)
+
+    with pytest.raises((OutdirError, CheckpointError), match=named):
+        compare(cfg, ["rolora", "lora"], resume=True, plots=False)
+
+    assert not (tmp_path / "cmp" / "rolora").exists()
+
+
 def test_resume_uses_the_runs_of_a_comparison_with_fewer_or_more_seeds(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
     """One seed writes ``lora/``, several ``lora/seed<s>``: going from
