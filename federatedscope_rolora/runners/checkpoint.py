@@ -82,6 +82,9 @@ class Checkpoint:
     # sha256 of the run's train and test examples (setup.data_digest);
     # empty in a checkpoint written before digests were kept
     data: dict[str, str] = field(default_factory=dict)
+    # setup.model_fingerprint of the model the run built; empty in a
+    # checkpoint written before it was kept
+    model: str = ""
 
 
 def capture_rng() -> dict[str, Any]:
@@ -147,6 +150,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
         "metrics_lines": ckpt.metrics_lines,
         "wall_seconds": ckpt.wall_seconds,
         "data": ckpt.data,
+        "model": ckpt.model,
     }
     path = checkpoint_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +218,7 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
         metrics_lines=int(meta["metrics_lines"]),
         wall_seconds=float(meta["wall_seconds"]),
         data=dict(meta.get("data") or {}),
+        model=str(meta.get("model") or ""),
     )
 
 

@@ -73,6 +73,9 @@ class Federation:
     # of the scored test rows; resume and eval check them against the run
     # (each client's test share follows from these and the config)
     digests: dict[str, str] = field(default_factory=dict)
+    # model_fingerprint of the model as built (base weights, head and
+    # adapter at their start): resume checks it against the run's
+    model_digest: str = ""
     prefix: PrefixCache | None = None   # None: every layer runs
     scaling: float = 1.0
     # per-client test shares (``rolora.per_client_eval``); empty: none
@@ -227,6 +230,31 @@ def _digests(subset: Split, parts: Sequence[Sequence[int]], test: Split
     return {"train": data_digest(subset, parts), "test": data_digest(test)}
 
 
+# Values of each tensor the model fingerprint reads, evenly spaced: a
+# changed weight file changes them (fine-tuned, rescaled, another
+# checkpoint of the same shapes) at the cost of a few ms, not a hash of
+# gigabytes.
+FINGERPRINT_VALUES = 4096
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's and buffer's name, shape, dtype and
+    ``FINGERPRINT_VALUES`` evenly spaced values (their bytes), as built."""
+    digest = hashlib.sha256()
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    with torch.no_grad():
+        for name, tensor in tensors:
+            flat = tensor.detach().reshape(-1)
+            picks = torch.linspace(0, max(flat.numel() - 1, 0),
+                                   min(flat.numel(), FINGERPRINT_VALUES),
+                                   device=flat.device).long()
+            values = flat[picks].contiguous().cpu()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|"
+                          .encode("utf-8"))
+            digest.update(values.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def data_digests(cfg: Config) -> dict[str, str]:
     """The ``data_digest`` of the train examples as ``cfg`` deals them and
     of its scored test rows, from the data alone (no model built), as
@@ -280,6 +308,7 @@ def build_federation(cfg: Config) -> Federation:
     lora = LoraSpec.from_args(cfg.lora)
     model, tokenizer = build_model(cfg.model_name, task.num_labels, lora,
                                    cfg["seed"])
+    fingerprint = model_fingerprint(model)
     method = method_from_config(cfg)
     if method.has_residual:
         check_residual_fits(model, cfg.model_name)
@@ -306,7 +335,7 @@ def build_federation(cfg: Config) -> Federation:
         client_indices={i + 1: rows for i, rows in enumerate(parts)},
         local=local_spec_from_config(cfg), device=device,
         sources={"train": train.source, "test": test.source},
-        digests=_digests(subset, parts, test),
+        digests=_digests(subset, parts, test), model_digest=fingerprint,
         prefix=prefix_cache_from_config(cfg, model, encoded, pad, device),
         scaling=lora.lora_alpha / lora.r, client_test=client_test,
     )

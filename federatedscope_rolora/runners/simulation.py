@@ -321,7 +321,8 @@ class Simulation:
             server=self.server.state_dict(),
             clients={c: dict(s) for c, s in self.clients.items()},
             rng=capture_rng(), metrics_lines=metrics_lines,
-            wall_seconds=wall_seconds, data=dict(self.fed.digests))
+            wall_seconds=wall_seconds, data=dict(self.fed.digests),
+            model=self.fed.model_digest)
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from ``ckpt``; CheckpointError if it does not fit this
@@ -363,6 +364,7 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
         "parameters": count_parameters(fed.model),
         "data_sources": fed.sources,
         "data_digest": fed.digests,
+        "model_digest": fed.model_digest,
         "prefix_cache": prefix_summary(cfg, fed.prefix),
     }
 
@@ -416,6 +418,14 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
     except ValueError as err:
         raise SetupError(str(err)) from err
     check_same_data(cfg, ckpt, fed.digests)
+    if ckpt is not None and ckpt.model and ckpt.model != fed.model_digest:
+        raise CheckpointError(
+            f"cannot resume {str(cfg.run_dir)!r}: the model built from "
+            f"model.type {cfg.model_name!r} differs from the one it ran "
+            f"on to round {ckpt.round_idx} (fingerprint "
+            f"{ckpt.model[:12]}... in the checkpoint, "
+            f"{fed.model_digest[:12]}... now); its files changed since. "
+            "Restore them, or start a new run")
     sim = Simulation(fed, update_hook, state_hook)
     if ckpt is not None:
         sim.restore(ckpt)

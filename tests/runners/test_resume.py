@@ -302,6 +302,45 @@ def test_resume_refuses_data_that_changed_since_the_checkpoint(
         read_summary(straight)["data_digest"]
 
 
+def test_resume_refuses_a_model_whose_weights_changed(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """One weight scaled by 1.01, same shapes, same path: the resume was
+    accepted and trained on from another model (no longer bit-identical
+    to a straight run); a hub name's files can change the same way."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    tree = make_tree(model, tiny_glue_root, tmp_path / "run")
+    cfg = build_config(flatten(tree))
+    with pytest.raises(Stop):
+        run(cfg, on_round=stop_after(2))
+    weights = model / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(str(weights))
+    name = next(k for k in sorted(tensors) if k.endswith("query.weight"))
+    tensors[name] = tensors[name] * 1.01
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    cfg_file = write_cfg_file(tmp_path / "tiny.yaml", tree)
+    before = {p: p.read_bytes() for p in cfg.run_dir.rglob("*")
+              if p.is_file()}
+
+    code = main(["run", "--cfg", str(cfg_file), "--resume"])
+
+    assert code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1
+    assert (f"the model built from model.type {str(model)!r} differs from "
+            "the one it ran on to round 2") in errors[0]
+    assert {p: p.read_bytes() for p in cfg.run_dir.rglob("*")
+            if p.is_file()} == before
+    weights.write_bytes(original)
+    assert main(["run", "--cfg", str(cfg_file), "--resume"]) == 0
+    assert read_summary(cfg.run_dir)["model_digest"] == \
+        load_checkpoint(cfg.run_dir).model
+
+
 def test_a_checkpoint_without_data_digests_still_resumes(
         straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path) -> None:
