@@ -189,7 +189,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.cfg, opts)
     if resume:
         cfg = cfg.replace(outdir=resume, expname="")
-    faults = parse_faults(os.environ.get(FAULTS_ENV, ""))
+    faults = parse_faults(os.environ.get(FAULTS_ENV, ""),
+                          cfg["federate.client_num"])
     progress = Progress(cfg["federate.method"],
                         cfg["federate.total_round_num"])
     summary = run(cfg, on_round=progress,

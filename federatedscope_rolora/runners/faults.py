@@ -8,6 +8,7 @@ is not a user setting and is documented as such.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Mapping
 
@@ -28,9 +29,13 @@ DRIFT = 1e-3
 Faults = Mapping[tuple[int, int], str]
 
 
-def parse_faults(text: str) -> dict[tuple[int, int], str]:
+def parse_faults(text: str, clients: int | None = None
+                 ) -> dict[tuple[int, int], str]:
     """``"3:2:raise,4:1:hang=2.5"``: client 2 raises in round 3, client 1
-    stalls 2.5 s in round 4. ConfigError naming the bad entry."""
+    stalls 2.5 s in round 4. ConfigError naming the bad entry: one that
+    could never fire (round or client under 1, a client past
+    ``clients``), a second entry for one round and client, a hang that
+    is not a finite number of seconds."""
     faults: dict[tuple[int, int], str] = {}
     for entry in filter(None, (e.strip() for e in text.split(","))):
         parts = entry.split(":")
@@ -38,13 +43,23 @@ def parse_faults(text: str) -> dict[tuple[int, int], str]:
         try:
             round_idx, client = int(parts[0]), int(parts[1])
             ok = len(parts) == 3 and kind[0] in FAULT_KINDS and (
-                not kind[2] or (kind[0] == "hang" and float(kind[2]) >= 0))
+                not kind[2] or (kind[0] == "hang"
+                                and 0 <= float(kind[2]) < math.inf))
         except (ValueError, IndexError):
             ok = False
         if not ok:
             raise ConfigError(f"{FAULTS_ENV}: bad entry {entry!r}; expected "
                               "ROUND:CLIENT:KIND with KIND one of "
                               f"{', '.join(FAULT_KINDS)} (hang=SECONDS)")
+        top = "" if clients is None else f"..{clients}"
+        if round_idx < 1 or client < 1 or (clients is not None
+                                           and client > clients):
+            raise ConfigError(f"{FAULTS_ENV}: entry {entry!r} never fires: "
+                              f"rounds count from 1, clients are 1{top}")
+        if (round_idx, client) in faults:
+            raise ConfigError(f"{FAULTS_ENV}: entry {entry!r}: client "
+                              f"{client} already has a fault in round "
+                              f"{round_idx}")
         faults[(round_idx, client)] = parts[2]
     return faults
 

@@ -289,6 +289,18 @@ def test_fault_spec_parses_and_names_a_bad_entry() -> None:
     assert parse_faults(" 3:2:raise, 4:1:hang=2.5 ,") == {
         (3, 2): "raise", (4, 1): "hang=2.5"}
     assert parse_faults("") == {}
-    for bad in ("3:2", "x:2:nan", "3:2:melt", "3:2:nan=1", "3:2:hang=-1"):
+    for bad in ("3:2", "x:2:nan", "3:2:melt", "3:2:nan=1", "3:2:hang=-1",
+                "3:2:hang=inf", "3:2:hang=1e400", "3:2:hang=nan"):
         with pytest.raises(ConfigError, match=f"{FAULTS_ENV}: bad entry"):
             parse_faults(bad)
+    # entries that could never fire, or a second one for the same client
+    # and round (the last used to win without a word)
+    for never in ("0:1:raise", "3:0:raise", "-1:2:nan"):
+        with pytest.raises(ConfigError, match="never fires"):
+            parse_faults(never, clients=3)
+    with pytest.raises(ConfigError, match=r"never fires: rounds count "
+                       r"from 1, clients are 1\.\.3"):
+        parse_faults("3:99:raise", clients=3)
+    with pytest.raises(ConfigError, match="client 2 already has a fault "
+                       "in round 3"):
+        parse_faults("3:2:raise,3:2:nan")
