@@ -8,6 +8,7 @@ stays frozen and is built once.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -90,6 +91,14 @@ def load_base(name: str, num_labels: int, seed: int
     path = resolve_model_path(name)
     if name.startswith(("/", ".", "~")) and not Path(path).is_dir():
         raise ModelError(f"model path {name!r} is not a directory")
+    if Path(path).is_dir():
+        # transformers reports a file it may not read as missing
+        unreadable = sorted(f.name for f in Path(path).iterdir()
+                            if f.is_file() and not os.access(f, os.R_OK))
+        if unreadable:
+            raise ModelError(f"model {name!r} (resolved to {path!r}): "
+                             f"cannot read {', '.join(unreadable)} "
+                             "(permissions)")
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:

@@ -81,3 +81,22 @@ def test_a_checkpoint_with_a_wrong_shaped_weight_is_refused(
     with pytest.raises(ModelError, match=r"wrong shape for its config: "
                        r"bert\.encoder\.layer\.0\.intermediate"):
         load_base(str(broken), 2, seed=0)
+
+
+def test_a_model_file_it_may_not_read_is_named_as_such(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers said "No such file or directory" of a weight file
+    without read permission. Root reads anything, so the check is given
+    a file it reports unreadable."""
+    import os
+
+    from federatedscope_rolora.training import models
+
+    real = os.access
+    monkeypatch.setattr(models.os, "access", lambda path, mode: False
+                        if Path(path).name == "model.safetensors"
+                        else real(path, mode))
+
+    with pytest.raises(ModelError, match=r"cannot read model\.safetensors "
+                       r"\(permissions\)"):
+        load_base(str(tiny_model_dir), 2, seed=0)
