@@ -46,11 +46,11 @@ def build(model_cfg: Any) -> torch.nn.Module:
     if cfg.rolora.threads:
         torch.set_num_threads(int(cfg.rolora.threads))
     lora = LoraSpec.from_args(dict(cfg.llm.adapter.args[0]))
-    num_labels = fs_task(cfg).num_labels
-    model, tokenizer = build_model(model_name(model_cfg.type), num_labels,
-                                   lora, int(cfg.seed))
+    task = fs_task(cfg)
+    model, tokenizer = build_model(model_name(model_cfg.type),
+                                   task.num_labels, lora, int(cfg.seed))
     check_tok_len(int(cfg.llm.tok_len), model, tokenizer,
-                  model_name(model_cfg.type))
+                  model_name(model_cfg.type), len(task.text_columns))
     settings = schema_view(cfg)
     if method_from_config(settings).has_residual:
         check_residual_fits(model, model_name(model_cfg.type))

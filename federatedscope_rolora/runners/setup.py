@@ -314,7 +314,8 @@ def build_federation(cfg: Config) -> Federation:
         check_residual_fits(model, cfg.model_name)
     device = device_from_config(cfg)
     max_len = cfg["llm.tok_len"]
-    check_tok_len(max_len, model, tokenizer, cfg.model_name)
+    check_tok_len(max_len, model, tokenizer, cfg.model_name,
+                  len(task.text_columns))
     try:
         model.to(device)
     except (RuntimeError, MemoryError) as err:   # e.g. out of GPU memory

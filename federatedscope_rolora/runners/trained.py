@@ -266,7 +266,8 @@ def score_run(run_dir: Path, cfg: Config, per_client: bool = False,
     trained = load_trained(run_dir, cfg)
     train, test = _scored_rows(cfg)
     max_len = cfg["llm.tok_len"]
-    check_tok_len(max_len, trained.model, trained.tokenizer, cfg.model_name)
+    check_tok_len(max_len, trained.model, trained.tokenizer, cfg.model_name,
+                  len(trained.task.text_columns))
     device = device_from_config(cfg)
     trained.model.to(device)
 

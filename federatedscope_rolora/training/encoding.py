@@ -35,6 +35,35 @@ def _as_lists(rows: Any) -> list[list[int]]:
     return [[int(token) for token in row] for row in rows]
 
 
+def pair_separator(tokenizer: Any) -> str | None:
+    """The token put before a pair's second text where the tokenizer marks
+    no boundary between the two (GPT-2's byte-level BPE joins them into
+    one text): its sep token, else its eos token. None where it marks
+    pairs itself (BERT's [SEP], RoBERTa's </s></s>, Llama's BOS).
+    ValueError if it marks none and has neither token."""
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    if count is None or count(pair=True) > count(pair=False):
+        return None
+    sep = getattr(tokenizer, "sep_token", None) or \
+        getattr(tokenizer, "eos_token", None)
+    if not sep:
+        raise ValueError("the tokenizer marks no boundary between the two "
+                         "texts of a pair and has no sep or eos token to "
+                         "put there; a sentence-pair task cannot be told "
+                         "apart from one joined text")
+    return str(sep)
+
+
+def min_tok_len(tokenizer: Any, texts: int) -> int:
+    """The smallest ``llm.tok_len`` that keeps one token of each of the
+    ``texts`` (1 or 2) texts beside the special tokens the tokenizer adds
+    (and the separator ``pair_separator`` puts in)."""
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    specials = 0 if count is None else int(count(pair=texts == 2))
+    separator = texts == 2 and pair_separator(tokenizer) is not None
+    return specials + texts + int(separator)
+
+
 def encode(split: Split, tokenizer: Any, max_length: int) -> EncodedDataset:
     """Tokenise every example of ``split`` (as pairs for two-column tasks),
     truncated to ``max_length`` tokens, without padding."""
@@ -49,6 +78,8 @@ def encode(split: Split, tokenizer: Any, max_length: int) -> EncodedDataset:
             "a tokenizer takes one text or a pair"
         )
     columns = [list(column) for column in zip(*split.texts, strict=True)]
+    if width == 2 and (sep := pair_separator(tokenizer)) is not None:
+        columns[1] = [sep + text for text in columns[1]]
     encoded = tokenizer(*columns, truncation=True, max_length=max_length)
     type_ids = encoded.get("token_type_ids")
     return EncodedDataset(

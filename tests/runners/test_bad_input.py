@@ -97,6 +97,11 @@ def test_bad_glue_file_is_named_with_its_line(
     # client in its first forward pass
     (("llm.tok_len", "65"),
      ["'llm.tok_len' (65) exceeds the 64 tokens model"]),
+    # truncation was skipped (every client failed at its first batch), or
+    # [CLS][SEP] was all the model saw
+    (("llm.tok_len", "2"),
+     ["'llm.tok_len' (2) leaves no room for a text beside the special "
+      "tokens model", "give at least 3"]),
     (("seed", "-1"), ["config key 'seed'", "must be in [0, 2**32)"]),
     # torch: "Overflow when unpacking long long", naming no key
     (("rolora.threads", "100000000000000000000"),

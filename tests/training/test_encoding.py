@@ -13,6 +13,8 @@ from federatedscope_rolora.training.encoding import (
     batch_indices,
     collate,
     encode,
+    min_tok_len,
+    pair_separator,
 )
 from federatedscope_rolora.training.glue import Split
 
@@ -59,6 +61,52 @@ def test_encode_pairs_marks_second_segment(tokenizer: Any) -> None:
         [CLS, *_ids("the cat"), SEP, *_ids("a dog ran"), SEP]
     ]
     assert encoded.token_type_ids == [[0, 0, 0, 0, 1, 1, 1, 1]]
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A byte-level BPE tokenizer with GPT-2's post-processor: it adds no
+    special token, to single texts or to pairs."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import GPT2TokenizerFast
+
+    eos = "<|endoftext|>"
+    inner = Tokenizer(models.BPE())
+    inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    inner.decoder = decoders.ByteLevel()
+    inner.post_processor = processors.ByteLevel(trim_offsets=False)
+    inner.train_from_iterator(
+        ["is it good? it is. the movie was good"] * 50,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=[eos],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return GPT2TokenizerFast(tokenizer_object=inner, eos_token=eos,
+                             bos_token=eos, unk_token=eos)
+
+
+def test_a_pair_gets_a_separator_where_the_tokenizer_marks_none(
+        gpt2_tokenizer: Any, tokenizer: Any) -> None:
+    """GPT-2's tokenizer joined a pair into one text: ("is it good?",
+    "it is.") was the same ids as "is it good?it is."."""
+    eos = gpt2_tokenizer.eos_token_id
+    pair = encode(Split([("is it good?", "it is.")], [0], "t"),
+                  gpt2_tokenizer, 32).input_ids[0]
+    first = gpt2_tokenizer("is it good?")["input_ids"]
+    second = gpt2_tokenizer("it is.")["input_ids"]
+
+    assert pair == [*first, eos, *second]
+    assert pair_separator(gpt2_tokenizer) == gpt2_tokenizer.eos_token
+    assert pair_separator(tokenizer) is None      # BERT marks pairs itself
+    assert min_tok_len(gpt2_tokenizer, 2) == 3    # a, the separator, b
+    assert min_tok_len(tokenizer, 2) == 5         # [CLS] a [SEP] b [SEP]
+    assert min_tok_len(tokenizer, 1) == 3
 
 
 def test_encode_truncates_without_padding(tokenizer: Any) -> None:
