@@ -572,15 +572,25 @@ def plot_gaps(plan: Plan, store: Store, lrs: dict[str, float],
                 points = [(g["round"], g[field]) for g in rounds
                           if g.get(field) is not None]
                 if points:
+                    # markers and dashes apart: LoRA's and FedEx-LoRA's
+                    # drift lie on top of each other
+                    k = plan.methods.index(method)
                     axes[i][j].plot([p[0] for p in points],
-                                    [p[1] for p in points], marker=".",
+                                    [p[1] for p in points],
+                                    marker="osD^vP"[k % 6], ms=3,
+                                    linestyle=("-", "--", ":", "-.")[k % 4],
                                     label=method)
-        for j, field in enumerate(("aggregation gap", "client drift")):
-            axes[i][j].set_title(f"{task}, {clients} clients: {field}")
+        for j, field in enumerate(("aggregation gap (log scale: the exact "
+                                   "merges sit at float precision)",
+                                   "client drift")):
+            axes[i][j].set_title(f"{task}, {clients} clients: {field}",
+                                 fontsize=9)
             axes[i][j].set_xlabel("round")
             axes[i][j].grid(alpha=0.3)
+            if axes[i][j].get_legend_handles_labels()[0]:
+                axes[i][j].legend(fontsize=7)
         if axes[i][0].get_legend_handles_labels()[0]:
-            axes[i][0].legend(fontsize=7)
+            axes[i][0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
