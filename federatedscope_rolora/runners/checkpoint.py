@@ -36,8 +36,8 @@ from federatedscope_rolora.config import (
     load_config,
 )
 from federatedscope_rolora.runners.outputs import (
-    CHECKPOINT_DIR,
     ADAPTER_DIR,
+    CHECKPOINT_DIR,
     CONFIG_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
@@ -280,11 +280,12 @@ def _check_no_lost_checkpoint(run_dir: Path) -> None:
     metrics and overwrite its model and summary."""
     metrics = run_dir / METRICS_FILE
     lines = metrics.read_bytes().count(b"\n") if metrics.is_file() else 0
-    finished = [name for name in (SUMMARY_FILE, ADAPTER_DIR)
-                if (run_dir / name).exists()]
-    if lines > 1 or finished:
-        what = ", ".join([f"{METRICS_FILE} with {lines} rounds"] * (lines > 1)
-                         + finished)
+    held = [name for name in (SUMMARY_FILE, ADAPTER_DIR)
+            if (run_dir / name).exists()]
+    if lines > 1:
+        held.insert(0, f"{METRICS_FILE} with {lines} rounds")
+    if held:
+        what = ", ".join(held)
         raise CheckpointError(
             f"cannot resume {str(run_dir)!r}: it holds {what} but no "
             "checkpoint/ (removed?), so it cannot continue where it "

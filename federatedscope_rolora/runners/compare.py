@@ -183,7 +183,7 @@ def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:
     already (without ``resume``) or cannot be written, CheckpointError
     if one cannot be continued (with ``resume``: its config, metrics
     lines or data are not the ones it ran under); else a run listed
-    before it would run in full, and the comparison then stop at it."""
+    before it would run in full before the comparison stopped at it."""
     digests: dict[str, dict[str, str]] = {}   # the methods share data
     for run_cfg in configs:
         if not holds_run(run_cfg.run_dir):

@@ -250,7 +250,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
                                    device=flat.device).long()
             values = flat[picks].contiguous().cpu()
             digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|"
-                          .encode("utf-8"))
+                          .encode())
             digest.update(values.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
