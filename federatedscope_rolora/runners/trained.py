@@ -51,6 +51,7 @@ from federatedscope_rolora.training.encoding import (
     EncodedDataset,
     collate,
     encode,
+    pair_separator,
 )
 from federatedscope_rolora.training.glue import (
     Split,
@@ -392,6 +393,10 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
         "client": client,
         "labels": list(labels),
         "recorded_final": trained.summary.get("final"),
+        # a pair's two texts reach this tokenizer as (first, SEP + second)
+        # where it marks no boundary itself (GPT-2's); null where it does
+        "pair_separator": pair_separator(trained.tokenizer)
+        if len(task.text_columns) == 2 else None,
     }
     with _filled_at(out_dir) as partial:
         merged.save_pretrained(str(partial))

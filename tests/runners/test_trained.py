@@ -288,6 +288,7 @@ def test_the_export_is_the_runs_model_without_peft(
     assert config["id2label"] == {"0": "0", "1": "1"}  # SST-2's names
     assert record["check"]["rows"] == 16
     assert record["check"]["max_abs_logit_diff"] < 1e-4
+    assert record["pair_separator"] is None   # one text, and BERT's anyway
     assert json.loads((tmp_path / "out" / EXPORT_RECORD).read_text()) == \
         record
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
