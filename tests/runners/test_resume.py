@@ -263,6 +263,21 @@ def test_resume_refuses_a_config_that_differs_naming_the_key(
     assert not (tmp_path / "elsewhere").exists()
 
 
+def refused_resume(cfg_file: Path, run_dir: Path,
+                   capsys: pytest.CaptureFixture[str]) -> str:
+    """``run --resume``'s one error line; asserts exit 2 and that no file
+    of the run changed."""
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    code = main(["run", "--cfg", str(cfg_file), "--resume"])
+
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(errors) == 1, errors
+    assert {p: p.read_bytes() for p in run_dir.rglob("*")
+            if p.is_file()} == before
+    return errors[0]
+
+
 @pytest.mark.parametrize("edited", ["train.tsv", "dev.tsv"])
 def test_resume_refuses_data_that_changed_since_the_checkpoint(
         straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
@@ -281,19 +296,12 @@ def test_resume_refuses_data_that_changed_since_the_checkpoint(
     tsv.write_text("\n".join([header, f"{text}\t{1 - int(label)}", *rest])
                    + "\n", encoding="utf-8")
     cfg_file = write_cfg_file(tmp_path / "tiny.yaml", tree)
-    before = {p: p.read_bytes() for p in cfg.run_dir.rglob("*")
-              if p.is_file()}
 
-    code = main(["run", "--cfg", str(cfg_file), "--resume"])
+    error = refused_resume(cfg_file, cfg.run_dir, capsys)
 
-    assert code == 2
-    errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 1
     which = "train" if edited == "train.tsv" else "test"
-    assert f"its {which} data (sha256 " in errors[0]
-    assert "differ from the examples it ran on to round 2" in errors[0]
-    assert {p: p.read_bytes() for p in cfg.run_dir.rglob("*")
-            if p.is_file()} == before
+    assert f"its {which} data (sha256 " in error
+    assert "differ from the examples it ran on to round 2" in error
     # Put back, the same files resume to the straight run.
     tsv.write_text(original, encoding="utf-8")
     assert main(["run", "--cfg", str(cfg_file), "--resume"]) == 0
@@ -323,18 +331,11 @@ def test_resume_refuses_a_model_whose_weights_changed(
     tensors[name] = tensors[name] * 1.01
     save_file(tensors, str(weights), metadata={"format": "pt"})
     cfg_file = write_cfg_file(tmp_path / "tiny.yaml", tree)
-    before = {p: p.read_bytes() for p in cfg.run_dir.rglob("*")
-              if p.is_file()}
 
-    code = main(["run", "--cfg", str(cfg_file), "--resume"])
+    error = refused_resume(cfg_file, cfg.run_dir, capsys)
 
-    assert code == 2
-    errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 1
     assert (f"the model built from model.type {str(model)!r} differs from "
-            "the one it ran on to round 2") in errors[0]
-    assert {p: p.read_bytes() for p in cfg.run_dir.rglob("*")
-            if p.is_file()} == before
+            "the one it ran on to round 2") in error
     weights.write_bytes(original)
     assert main(["run", "--cfg", str(cfg_file), "--resume"]) == 0
     assert read_summary(cfg.run_dir)["model_digest"] == \
