@@ -95,7 +95,8 @@ class Trained:
     # that never trained scores with; both empty for the other methods
     personal: dict[int, dict[str, torch.Tensor]]
     shared: dict[str, torch.Tensor]
-    # the run's summary.json, read once (empty if missing or damaged)
+    # the run's summary.json, read once (load_trained refuses a run
+    # without a readable one)
     summary: dict[str, Any]
 
     def use_client(self, client_id: int) -> None:
