@@ -410,7 +410,6 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
         RunWriter.create(cfg)  # raises OutdirError before a slow build
     check_outdir(cfg.run_dir)   # a resume writes there too
     ckpt, records = resume_checks(cfg) if resume else (None, [])
-    lines = ckpt.metrics_lines if ckpt is not None else 0
     for warning in config_warnings(cfg):
         log.warning("%s", warning)
     try:
@@ -430,7 +429,8 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
     if ckpt is not None:
         sim.restore(ckpt)
         log.info("resuming %s after round %d", cfg.run_dir, ckpt.round_idx)
-    writer = RunWriter.reopen(cfg, lines) if resume \
+    # the records are the checkpoint's metrics lines, one a line
+    writer = RunWriter.reopen(cfg, len(records)) if resume \
         else RunWriter.create(cfg)
     return sim, writer, records, ckpt.wall_seconds if ckpt else 0.0
 
