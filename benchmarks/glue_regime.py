@@ -554,6 +554,7 @@ def plot_gaps(plan: Plan, store: Store, lrs: dict[str, float],
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from _glue_plots import MARKERS  # imports matplotlib itself
     except ImportError:
         return
     clients = max(plan.clients)
@@ -577,7 +578,7 @@ def plot_gaps(plan: Plan, store: Store, lrs: dict[str, float],
                     k = plan.methods.index(method)
                     axes[i][j].plot([p[0] for p in points],
                                     [p[1] for p in points],
-                                    marker="osD^vP"[k % 6], ms=3,
+                                    marker=MARKERS[method], ms=3,
                                     linestyle=("-", "--", ":", "-.")[k % 4],
                                     label=method)
         for j, field in enumerate(("aggregation gap (log scale: the exact "
