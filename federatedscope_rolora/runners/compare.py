@@ -28,10 +28,12 @@ from federatedscope_rolora.runners.outputs import (
 from federatedscope_rolora.runners.setup import (
     check_method_fits,
     data_digests,
+    model_digest,
 )
 from federatedscope_rolora.runners.simulation import (
     RoundCallback,
     check_same_data,
+    check_same_model,
     resume_checks,
     run,
 )
@@ -182,9 +184,12 @@ def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:
     """Before any run starts: OutdirError if a run's outdir holds a run
     already (without ``resume``) or cannot be written, CheckpointError
     if one cannot be continued (with ``resume``: its config, metrics
-    lines or data are not the ones it ran under); else a run listed
-    before it would run in full before the comparison stopped at it."""
+    lines, data or model are not the ones it ran under); else a run
+    listed before it would run in full before the comparison stopped at
+    it, and a finished one, read back, would sit in one table beside
+    runs on other data or another model."""
     digests: dict[str, dict[str, str]] = {}   # the methods share data
+    models: dict[str, str] = {}               # and the model
     for run_cfg in configs:
         if not holds_run(run_cfg.run_dir):
             check_outdir(run_cfg.run_dir)
@@ -193,13 +198,18 @@ def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:
             RunWriter.create(run_cfg)  # raises OutdirError
         check_outdir(run_cfg.run_dir)
         ckpt, _ = resume_checks(run_cfg)
-        if ckpt is not None:
-            data = json.dumps({k: run_cfg[k] for k in run_cfg if k not in
-                               ("federate.method", "outdir", "expname")},
-                              sort_keys=True, default=str)
-            if data not in digests:
-                digests[data] = data_digests(run_cfg)
-            check_same_data(run_cfg, ckpt, digests[data])
+        if ckpt is None:
+            continue
+        shared = json.dumps({k: run_cfg[k] for k in run_cfg if k not in
+                             ("federate.method", "outdir", "expname")},
+                            sort_keys=True, default=str)
+        if shared not in digests:
+            digests[shared] = data_digests(run_cfg)
+        check_same_data(run_cfg, ckpt, digests[shared])
+        if ckpt.model:
+            if shared not in models:
+                models[shared] = model_digest(run_cfg)
+            check_same_model(run_cfg, ckpt, models[shared])
 
 
 def _readable(run_dir: Path, summary: dict[str, Any]) -> bool:

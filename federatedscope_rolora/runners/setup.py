@@ -255,6 +255,15 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def model_digest(cfg: Config) -> str:
+    """The ``model_digest`` ``build_federation`` records for ``cfg``: the
+    model built (adapter and head from the seed), no data read."""
+    task = task_spec(cfg["data.type"], cfg["data.root"] or None)
+    model, _ = build_model(cfg.model_name, task.num_labels,
+                           LoraSpec.from_args(cfg.lora), cfg["seed"])
+    return model_fingerprint(model)
+
+
 def data_digests(cfg: Config) -> dict[str, str]:
     """The ``data_digest`` of the train examples as ``cfg`` deals them and
     of its scored test rows, from the data alone (no model built), as

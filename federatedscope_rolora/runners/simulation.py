@@ -399,6 +399,20 @@ def check_same_data(cfg: Config, ckpt: Checkpoint | None,
             "start a new run")
 
 
+def check_same_model(cfg: Config, ckpt: Checkpoint | None,
+                     digest: str) -> None:
+    """CheckpointError if the model ``cfg`` builds now (its ``digest``,
+    setup.model_fingerprint) is not the one the checkpoint ran on."""
+    if ckpt is not None and ckpt.model and ckpt.model != digest:
+        raise CheckpointError(
+            f"cannot resume {str(cfg.run_dir)!r}: the model built from "
+            f"model.type {cfg.model_name!r} differs from the one it ran "
+            f"on to round {ckpt.round_idx} (fingerprint "
+            f"{ckpt.model[:12]}... in the checkpoint, "
+            f"{digest[:12]}... now); its files changed since. "
+            "Restore them, or start a new run")
+
+
 def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
            state_hook: StateHook | None = None
            ) -> tuple[Simulation, RunWriter, list[dict[str, Any]], float]:
@@ -417,14 +431,7 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
     except ValueError as err:
         raise SetupError(str(err)) from err
     check_same_data(cfg, ckpt, fed.digests)
-    if ckpt is not None and ckpt.model and ckpt.model != fed.model_digest:
-        raise CheckpointError(
-            f"cannot resume {str(cfg.run_dir)!r}: the model built from "
-            f"model.type {cfg.model_name!r} differs from the one it ran "
-            f"on to round {ckpt.round_idx} (fingerprint "
-            f"{ckpt.model[:12]}... in the checkpoint, "
-            f"{fed.model_digest[:12]}... now); its files changed since. "
-            "Restore them, or start a new run")
+    check_same_model(cfg, ckpt, fed.model_digest)
     sim = Simulation(fed, update_hook, state_hook)
     if ckpt is not None:
         sim.restore(ckpt)

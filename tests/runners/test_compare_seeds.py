@@ -254,6 +254,39 @@ def test_a_run_that_cannot_continue_stops_the_comparison_before_any_runs(
     assert not (tmp_path / "cmp" / "rolora").exists()
 
 
+def test_a_finished_run_on_other_model_weights_stops_the_comparison(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """The model's files changed after lora finished (one weight scaled,
+    same shapes, same path): rolora trained on the new weights and lora,
+    read back, stood beside it in one table, trained on the old ones."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from federatedscope_rolora.runners.checkpoint import CheckpointError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = tiny(model, tiny_glue_root, tmp_path / "cmp")
+    compare(cfg, ["lora"], plots=False)
+    weights = model / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(str(weights))
+    name = next(k for k in sorted(tensors) if k.endswith("query.weight"))
+    tensors[name] = tensors[name] * 1.01
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+
+    with pytest.raises(CheckpointError, match=r"cmp/lora': the model built "
+                       r"from model.type .* differs from the one it ran on "
+                       r"to round 2"):
+        compare(cfg, ["rolora", "lora"], resume=True, plots=False)
+    assert not (tmp_path / "cmp" / "rolora").exists()
+
+    weights.write_bytes(original)
+    result = compare(cfg, ["rolora", "lora"], resume=True, plots=False)
+    assert set(result["methods"]) == {"rolora", "lora"}
+
+
 def test_resume_uses_the_runs_of_a_comparison_with_fewer_or_more_seeds(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
     """One seed writes ``lora/``, several ``lora/seed<s>``: going from
