@@ -233,7 +233,7 @@ def _columns_and_labels(rows: Any, path: str
             f"(and an optional {', '.join(_ID_COLUMNS)}); the header has "
             f"{', '.join(texts) or 'none'}")
     at = header.index("label")
-    labels: set[str] = set()
+    labels: dict[str, int] = {}   # label -> the line it first appears on
     for row in rows:
         if not row:
             continue
@@ -241,11 +241,27 @@ def _columns_and_labels(rows: Any, path: str
             raise DataError(f"{path}:{rows.line_num}: expected "
                             f"{len(header)} tab-separated columns, found "
                             f"{len(row)}")
-        if not row[at]:
-            raise DataError(f"{path}:{rows.line_num}: empty label; every "
-                            "row of your own data needs one")
-        labels.add(row[at])
-    return texts, labels
+        if not row[at].strip():
+            raise DataError(f"{path}:{rows.line_num}: empty label "
+                            f"{row[at]!r}; every row of your own data "
+                            "needs one")
+        labels.setdefault(row[at], rows.line_num)
+    _check_spacing(labels, path)
+    return texts, set(labels)
+
+
+def _check_spacing(labels: dict[str, int], path: str) -> None:
+    """DataError if two labels differ only by the spaces around them
+    ('pos' and 'pos '): each would be a class of its own, and the model
+    would learn to tell them apart."""
+    seen: dict[str, str] = {}
+    for label in sorted(labels, key=labels.__getitem__):
+        other = seen.setdefault(label.strip(), label)
+        if other != label:
+            raise DataError(
+                f"{path}:{labels[label]}: label {label!r} differs from "
+                f"label {other!r} (line {labels[other]}) only by spaces; "
+                "they would be two classes. Write each label one way")
 
 
 @dataclass

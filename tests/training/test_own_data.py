@@ -93,6 +93,11 @@ def test_a_file_that_cannot_be_a_task_is_named(
     ("a\tx\n\nb\n", r"train.tsv:4: expected 2 tab-separated columns, "
      r"found 1"),
     ("a\tx\nb\t\nc\ty\n", r"train.tsv:3: empty label"),
+    ("a\tx\nb\t \nc\ty\n", r"train.tsv:3: empty label ' '"),
+    # 'y ' was a third class beside 'y', learnt apart from it
+    ("a\tx\nb\ty\nc\tx\nd\ty \n",
+     r"train.tsv:5: label 'y ' differs from label 'y' \(line 3\) only by "
+     r"spaces"),
 ])
 def test_a_bad_train_row_is_named_with_its_line(
         tmp_path: Path, rows: str, fragment: str) -> None:
