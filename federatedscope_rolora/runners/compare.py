@@ -16,11 +16,11 @@ from federatedscope_rolora.runners.checkpoint import resume_point
 from federatedscope_rolora.runners.outputs import (
     CONFIG_FILE,
     OutdirError,
-    RunWriter,
     check_outdir,
     holds_run,
     read_metrics_head,
     read_summary,
+    refuse_existing_run,
     write_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -195,7 +195,7 @@ def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:
             check_outdir(run_cfg.run_dir)
             continue
         if not resume:
-            RunWriter.create(run_cfg)  # raises OutdirError
+            refuse_existing_run(run_cfg.run_dir)
         check_outdir(run_cfg.run_dir)
         ckpt, _ = resume_checks(run_cfg)
         if ckpt is None:

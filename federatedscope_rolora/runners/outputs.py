@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -112,6 +115,15 @@ def holds_run(run_dir: Path) -> bool:
     return bool(run_files(run_dir))
 
 
+def refuse_existing_run(run_dir: Path) -> None:
+    """OutdirError naming what ``run_dir`` holds, if it holds a run."""
+    if holds_run(run_dir):
+        raise OutdirError(f"outdir {str(run_dir)!r} already holds a run "
+                          f"({', '.join(run_files(run_dir))}); "
+                          "choose another outdir, or continue that run "
+                          "with --resume")
+
+
 def check_outdir(run_dir: Path) -> None:
     """OutdirError if no run could be written in ``run_dir``: it, or the
     nearest folder above it that exists, is a file, or that folder is
@@ -151,34 +163,91 @@ def truncate_lines(path: Path, lines: int) -> None:
         os.truncate(path, end)
 
 
-class RunWriter:
-    """Appends one metrics line per round; writes config and summary."""
+class RunDirLock:
+    """One process at a time writes a run folder: an exclusive ``flock``
+    on the folder, taken before anything there is read for a resume or
+    written, and held until the run ends (the kernel drops it when the
+    process dies, so a killed run leaves no stale lock). Two processes
+    on one outdir (a command started twice, a resume beside the run it
+    continues) appended the same rounds twice and overwrote each
+    other's checkpoint. A filesystem that cannot lock a folder (some
+    network mounts) leaves it unguarded rather than refusing the run."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock if the folder exists and it is not held yet;
+        OutdirError if another process holds it."""
+        if self._fd is not None or not self.run_dir.is_dir():
+            return
+        fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise OutdirError(
+                    f"outdir {str(self.run_dir)!r} is in use: another "
+                    "process is writing a run there (the same command "
+                    "started twice, or a run still going that this one "
+                    "would continue); wait for it to end, or choose "
+                    "another outdir") from None
+            return    # no locks on this filesystem
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _remove_scratch(run_dir: Path) -> None:
+    """Remove the scratch folders ``write_files_durably`` left beside
+    the adapter when a run was killed while writing it (a full copy of
+    the adapter each). Called under the run's lock, so no other process
+    is writing one."""
+    for path in run_dir.glob(f".{ADAPTER_DIR}.*"):
+        if path.is_dir() and re.fullmatch(rf"\.{ADAPTER_DIR}\.\w{{8}}",
+                                          path.name):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class RunWriter:
+    """Appends one metrics line per round; writes config and summary;
+    holds the run folder's lock until ``close``."""
+
+    def __init__(self, run_dir: Path, lock: RunDirLock | None = None
+                 ) -> None:
+        self.run_dir = run_dir
+        self.lock = lock or RunDirLock(run_dir)
 
     @classmethod
-    def create(cls, cfg: Config) -> RunWriter:
+    def create(cls, cfg: Config, lock: RunDirLock | None = None
+               ) -> RunWriter:
+        """Start the run in ``cfg.run_dir`` (its config.yaml), under
+        ``lock`` (taken here once the folder exists)."""
         run_dir = cfg.run_dir
-        if holds_run(run_dir):
-            raise OutdirError(f"outdir {str(run_dir)!r} already holds a run "
-                              f"({', '.join(run_files(run_dir))}); "
-                              "choose another outdir, or continue that run "
-                              "with --resume")
+        lock = lock or RunDirLock(run_dir)
+        refuse_existing_run(run_dir)
         check_outdir(run_dir)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            refuse_existing_run(run_dir)  # written while this one was built
             _write_config_atomic(cfg, run_dir / CONFIG_FILE)
         except OSError as err:
             raise OutdirError(f"outdir {str(run_dir)!r} cannot be "
                               f"written: {err}") from err
-        return cls(run_dir)
+        return cls(run_dir, lock)
 
     @classmethod
-    def reopen(cls, cfg: Config, metrics_lines: int) -> RunWriter:
-        """Continue the run in ``cfg.run_dir``: keep the metrics lines
-        its checkpoint counts, and record the config it continues
-        under (e.g. with more rounds)."""
+    def reopen(cls, cfg: Config, metrics_lines: int, lock: RunDirLock
+               ) -> RunWriter:
+        """Continue the run in ``cfg.run_dir`` (under ``lock``, held):
+        keep the metrics lines its checkpoint counts, and record the
+        config it continues under (e.g. with more rounds)."""
         run_dir = cfg.run_dir
         try:
             truncate_lines(run_dir / METRICS_FILE, metrics_lines)
@@ -186,7 +255,11 @@ class RunWriter:
         except OSError as err:
             raise OutdirError(f"outdir {str(run_dir)!r} cannot be "
                               f"written: {err}") from err
-        return cls(run_dir)
+        _remove_scratch(run_dir)
+        return cls(run_dir, lock)
+
+    def close(self) -> None:
+        self.lock.release()
 
     def append_round(self, record: Mapping[str, Any]) -> None:
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:

@@ -47,10 +47,11 @@ from federatedscope_rolora.runners.checkpoint import (
     save_checkpoint,
 )
 from federatedscope_rolora.runners.outputs import (
+    RunDirLock,
     RunWriter,
     check_outdir,
-    holds_run,
     read_metrics_head,
+    refuse_existing_run,
     round_results,
     write_files_durably,
 )
@@ -420,25 +421,32 @@ def _start(cfg: Config, resume: bool, update_hook: UpdateHook | None,
     (bad data or model, a checkpoint that does not match) writes
     nothing. Returns the records and seconds of the rounds already run.
     """
-    if not resume and holds_run(cfg.run_dir):
-        RunWriter.create(cfg)  # raises OutdirError before a slow build
+    if not resume:
+        refuse_existing_run(cfg.run_dir)   # before a slow build
     check_outdir(cfg.run_dir)   # a resume writes there too
-    ckpt, records = resume_checks(cfg) if resume else (None, [])
-    for warning in config_warnings(cfg):
-        log.warning("%s", warning)
+    lock = RunDirLock(cfg.run_dir)
+    lock.acquire()     # before the checkpoint is read: no one writes it
     try:
-        fed = build_federation(cfg)
-    except ValueError as err:
-        raise SetupError(str(err)) from err
-    check_same_data(cfg, ckpt, fed.digests)
-    check_same_model(cfg, ckpt, fed.model_digest)
-    sim = Simulation(fed, update_hook, state_hook)
-    if ckpt is not None:
-        sim.restore(ckpt)
-        log.info("resuming %s after round %d", cfg.run_dir, ckpt.round_idx)
-    # the records are the checkpoint's metrics lines, one a line
-    writer = RunWriter.reopen(cfg, len(records)) if resume \
-        else RunWriter.create(cfg)
+        ckpt, records = resume_checks(cfg) if resume else (None, [])
+        for warning in config_warnings(cfg):
+            log.warning("%s", warning)
+        try:
+            fed = build_federation(cfg)
+        except ValueError as err:
+            raise SetupError(str(err)) from err
+        check_same_data(cfg, ckpt, fed.digests)
+        check_same_model(cfg, ckpt, fed.model_digest)
+        sim = Simulation(fed, update_hook, state_hook)
+        if ckpt is not None:
+            sim.restore(ckpt)
+            log.info("resuming %s after round %d", cfg.run_dir,
+                     ckpt.round_idx)
+        # the records are the checkpoint's metrics lines, one a line
+        writer = RunWriter.reopen(cfg, len(records), lock) if resume \
+            else RunWriter.create(cfg, lock)
+    except BaseException:
+        lock.release()
+        raise
     return sim, writer, records, ckpt.wall_seconds if ckpt else 0.0
 
 
@@ -451,6 +459,17 @@ def run(cfg: Config, *, on_round: RoundCallback | None = None,
     Returns the summary written to the outdir."""
     sim, writer, records, before = _start(cfg, resume, update_hook,
                                           state_hook)
+    try:
+        return _rounds(cfg, sim, writer, records, before, on_round)
+    finally:
+        writer.close()
+
+
+def _rounds(cfg: Config, sim: Simulation, writer: RunWriter,
+            records: list[dict[str, Any]], before: float,
+            on_round: RoundCallback | None) -> dict[str, Any]:
+    """The rounds after ``records`` to the last, then the adapter and
+    the summary."""
     start = time.perf_counter()
     for round_idx in range(len(records) + 1,
                            cfg["federate.total_round_num"] + 1):

@@ -36,7 +36,11 @@ from federatedscope_rolora.runners.checkpoint import (
     save_checkpoint,
 )
 from federatedscope_rolora.runners.faults import FAULTS_ENV
-from federatedscope_rolora.runners.outputs import read_metrics
+from federatedscope_rolora.runners.outputs import (
+    OutdirError,
+    RunDirLock,
+    read_metrics,
+)
 from federatedscope_rolora.runners.simulation import run
 from tests.conftest import tiny_config_tree
 
@@ -229,6 +233,92 @@ def test_kill_9_mid_round_then_resume_matches_the_straight_run(
 
     assert done.returncode == 0, done.stderr
     assert_same_run(run_dir, straight)
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_run_still_going_is_refused(
+        straight: Path, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same command started twice, or a --resume beside the run it
+    would continue: both wrote the run folder, the same rounds were
+    appended twice and each overwrote the other's checkpoint. The
+    running CLI (stalled in round 2) holds the folder; once it is
+    killed, the resume goes on to the straight run."""
+    run_dir = tmp_path / "run"
+    cfg_file = write_cfg_file(tmp_path / "tiny.yaml", make_tree(
+        tiny_model_dir, tiny_glue_root, run_dir))
+    env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "federatedscope_rolora", "run", "--cfg",
+         str(cfg_file)], env={**env, FAULTS_ENV: "2:1:hang=60"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not round_1_saved(run_dir):   # then it stalls in round 2
+            assert proc.poll() is None, "the run ended before round 2"
+            assert time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.05)
+
+        error = refused_resume(cfg_file, run_dir, capsys)
+        assert f"outdir {str(run_dir)!r} is in use: another process is " \
+            "writing a run there" in error
+        assert main(["run", "--cfg", str(cfg_file)]) == 2
+        assert "already holds a run" in capsys.readouterr().err
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+    assert main(["run", "--cfg", str(cfg_file), "--resume"]) == 0
+    assert_same_run(run_dir, straight)
+
+
+def test_resume_removes_the_scratch_folder_of_a_killed_adapter_write(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """A kill while the adapter was written left its scratch copy (as
+    mkdtemp names it) beside it for good; a folder of another name is
+    not the run's and stays."""
+    cfg = make_cfg(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                   federate={"total_round_num": 2})
+    with pytest.raises(Stop):
+        run(cfg, on_round=stop_after(1))
+    scratch = cfg.run_dir / ".adapter.k3_x9q0a"
+    scratch.mkdir()
+    (scratch / "adapter_model.safetensors").write_bytes(b"half")
+    mine = cfg.run_dir / ".adapter.notes"
+    mine.mkdir()
+
+    run(cfg, resume=True)
+
+    assert not scratch.exists() and mine.is_dir()
+
+
+def round_1_saved(run_dir: Path) -> bool:
+    """Round 1's checkpoint is whole and nothing is being written."""
+    try:
+        saved = load_checkpoint(run_dir)
+    except Exception:   # caught mid-write
+        return False
+    return saved is not None and saved.round_idx == 1 and \
+        not any(run_dir.rglob("*.tmp"))
+
+
+def test_the_run_folder_is_free_again_when_a_run_ends(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """In one process (compare, a notebook) the lock goes with the run,
+    whether it finished or stopped."""
+    cfg = make_cfg(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                   federate={"total_round_num": 2})
+    with pytest.raises(Stop):
+        run(cfg, on_round=stop_after(1))
+    run(cfg, resume=True)
+
+    lock = RunDirLock(cfg.run_dir)
+    lock.acquire()
+    with pytest.raises(OutdirError, match="is in use"):
+        run(cfg.replace(federate__total_round_num=3), resume=True)
+    lock.release()
+    run(cfg.replace(federate__total_round_num=3), resume=True)
 
 
 @pytest.mark.parametrize(("override", "named"), [
