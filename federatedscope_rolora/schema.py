@@ -160,7 +160,11 @@ SCHEMA: dict[str, Field] = {
                                           **_NONNEG),
     "train.optimizer.momentum": Field(0.0, NUMBER, "SGD momentum",
                                       **_NONNEG),
-    "train.is_enable_half": Field(False, bool, FS_ONLY),
+    "train.is_enable_half": Field(False, bool, FS_ONLY + "; must be "
+                                  "False (the adapter trains and travels "
+                                  "in float32; FederatedScope's half "
+                                  "precision made every update fail "
+                                  "validation)", choices=(False,)),
     "grad.grad_clip": Field(-1.0, NUMBER, "max gradient norm; <= 0 (e.g. "
                             "-1): no clipping",
                             check=_finite, check_help="must be a "
@@ -172,7 +176,10 @@ SCHEMA: dict[str, Field] = {
                        "after the last)", **_POS),
     "eval.metrics": Field(["acc"], list, FS_ONLY + "; the task decides "
                           "the metrics (acc, f1, mcc)"),
-    "eval.split": Field(["test"], list, FS_ONLY),
+    "eval.split": Field(["test"], list, FS_ONLY + "; must hold 'test' "
+                        "(the global adapter is scored on the test set)",
+                        check=lambda v: "test" in v,
+                        check_help="must hold 'test'"),
     "eval.best_res_update_round_wise_key": Field("test_acc", str, FS_ONLY),
     "eval.count_flops": Field(False, bool, FS_ONLY),
     "trainer.type": Field("rolora_trainer", str, FS_ONLY + "; must be "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 import sys
@@ -123,16 +124,36 @@ CLIENT_MAY_DIFFER = frozenset({"outdir", "expname", "verbose", "use_gpu",
                                "rolora.threads"})
 
 
+def shared_settings(cfg: Any) -> str:
+    """The keys every client shares with the run (all of the schema's
+    but ``CLIENT_MAY_DIFFER``), as JSON: what a client sends up with its
+    update in distributed mode, where each process reads its own YAML."""
+    view = schema_view(cfg)
+    return json.dumps({k: view[k] for k in SCHEMA
+                       if k not in CLIENT_MAY_DIFFER and k in view},
+                      sort_keys=True, default=str)
+
+
+def settings_changes(mine: str, run: str) -> list[str]:
+    """``KEY (run's value for the run, this one's here)`` for each key of
+    two ``shared_settings`` that differs (an adapter spelt otherwise,
+    ``lora_dropout: 0.0`` written out, is the same adapter)."""
+    from federatedscope_rolora.runners.checkpoint import same_adapter
+
+    ours, theirs = json.loads(mine), json.loads(run)
+    return [f"{k} ({theirs.get(k)!r} for the run, {ours.get(k)!r} here)"
+            for k in sorted(set(ours) | set(theirs))
+            if ours.get(k) != theirs.get(k)
+            and not same_adapter(k, theirs.get(k), ours.get(k))]
+
+
 def check_client_config(client_id: int, client_cfg: Any,
                         run_cfg: Any) -> None:
     """ConfigError naming the keys a client's config sets otherwise than
     the run's (``--client_cfg``), which FederatedScope would merge into
     that client's training without a word."""
-    mine, run = schema_view(client_cfg), schema_view(run_cfg)
-    changed = [f"{k} ({run[k]!r} for the run, {mine[k]!r} here)"
-               for k in SCHEMA if k not in CLIENT_MAY_DIFFER
-               and k not in _NOT_VALIDATED and k in mine and k in run
-               and mine[k] != run[k]]
+    changed = settings_changes(shared_settings(client_cfg),
+                               shared_settings(run_cfg))
     if changed:
         raise ConfigError(f"client {client_id}'s config changes "
                           f"{'; '.join(changed)}; the plugin's methods "
@@ -255,11 +276,29 @@ def _check_types(cfg: Any) -> None:
         fs_task(cfg)
     except DataError as err:
         raise ConfigError(f"config key 'data.type': {err}") from err
+    _check_best_key(cfg)
     if not model_type_ok(cfg.model.type):
         raise ConfigError(f"config key 'model.type' is {cfg.model.type!r}; "
                           f"federate.method {method} needs a "
                           "sequence-classification checkpoint, "
                           f"NAME{MODEL_SUFFIX} or a bare name or path")
+
+
+def _check_best_key(cfg: Any) -> None:
+    """ConfigError unless ``eval.best_res_update_round_wise_key`` names a
+    result FederatedScope tracks for the run: the test split's loss,
+    avg_loss or total, or a metric of ``eval.metrics``. Another one
+    stopped FederatedScope at the server's start (not in eval.metrics)
+    or after round 1 (a val_ key: there is no val split), with a
+    traceback."""
+    key = str(cfg.eval.best_res_update_round_wise_key)
+    allowed = [f"test_{m}" for m in (*cfg.eval.metrics, "loss", "avg_loss",
+                                     "total")]
+    if key not in allowed:
+        raise ConfigError(
+            f"config key 'eval.best_res_update_round_wise_key' is {key!r}; "
+            f"FederatedScope tracks {', '.join(allowed)} for this run "
+            "(the test split, and the metrics of eval.metrics)")
 
 
 def schema_view(cfg: Any) -> Config:

@@ -41,6 +41,7 @@ from federatedscope_rolora.fs.cfg_rolora import (
     check_client_config,
     run_config,
     schema_view,
+    shared_settings,
 )
 from federatedscope_rolora.fs.wire import (
     pack_failure,
@@ -83,6 +84,9 @@ class RoloraClient(Client):  # type: ignore[misc]
             return
         check_client_config(ID, config, run_config())
         self.method = method_from_config(schema_view(config))
+        # sent up with every update: the server checks them (a
+        # distributed client reads its own YAML)
+        self.settings = shared_settings(config)
         self.adapter: dict[str, torch.Tensor] = {}
         # Test-only, as in the embedded runner's CLI: ``drift`` entries
         # of ROLORA_TEST_FAULTS change this client's frozen tensors.
@@ -136,7 +140,7 @@ class RoloraClient(Client):  # type: ignore[misc]
                               int(self.trainer.ctx.num_train_data),
                               float(results.get("train_avg_loss",
                                                 float("nan"))))
-        return pack_update(update, seconds)
+        return pack_update(update, seconds, self.settings)
 
     def _synced(self, payload: dict[str, torch.Tensor]
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -55,6 +55,7 @@ from federatedscope_rolora.fs.cfg_rolora import (
     fs_task,
     model_name,
     schema_view,
+    shared_settings,
 )
 from federatedscope_rolora.fs.data import test_digest
 from federatedscope_rolora.fs.records import RunRecorder
@@ -153,6 +154,7 @@ class RoloraServer(Server):  # type: ignore[misc]
         if config is None:  # FederatedScope probes an empty instance
             return
         self.settings = schema_view(config)
+        self.shared = shared_settings(config)
         self.task = fs_task(config)
         self.adapter_server = AdapterServer(
             method_from_config(self.settings),
@@ -209,7 +211,8 @@ class RoloraServer(Server):  # type: ignore[misc]
             update = None
             try:
                 update, seconds = unpack_update(client_id, round_idx,
-                                                buffer[client_id])
+                                                buffer[client_id],
+                                                self.shared)
                 train_seconds += seconds
                 self._check_deadline(seconds)
                 self.adapter_server.receive(update)

@@ -36,6 +36,10 @@ from federatedscope.core.auxiliaries.utils import b64serializer, param2tensor
 
 from federatedscope_rolora.core.server import ClientUpdate
 from federatedscope_rolora.core.validation import InvalidUpdate
+from federatedscope_rolora.fs.cfg_rolora import (
+    CLIENT_MAY_DIFFER,
+    settings_changes,
+)
 
 Upload = tuple[int, Any, dict[str, Any]]
 
@@ -44,9 +48,14 @@ class ClientFailed(InvalidUpdate):
     """The client's local update raised; the message is its error."""
 
 
-def pack_update(update: ClientUpdate, seconds: float) -> Upload:
+def pack_update(update: ClientUpdate, seconds: float, settings: str
+                ) -> Upload:
+    """``settings``: the client's ``shared_settings`` (JSON), checked by
+    the server against its own (distributed mode: each process reads
+    its own YAML)."""
     meta = {"fingerprint": update.frozen_fingerprint,
-            "loss": float(update.train_loss), "seconds": float(seconds)}
+            "loss": float(update.train_loss), "seconds": float(seconds),
+            "settings": settings}
     return (update.num_examples, update.tensors, meta)
 
 
@@ -65,10 +74,11 @@ def unpack_payload(content: Any) -> dict[str, torch.Tensor]:
     return {str(k): param2tensor(v) for k, v in content.items()}
 
 
-def unpack_update(client_id: int, round_idx: int, content: Any
-                  ) -> tuple[ClientUpdate, float]:
+def unpack_update(client_id: int, round_idx: int, content: Any,
+                  settings: str) -> tuple[ClientUpdate, float]:
     """The client's update and the seconds its local update took;
-    InvalidUpdate (naming the client) if it is malformed or a failure."""
+    InvalidUpdate (naming the client) if it is malformed or a failure,
+    or if the client ran under other ``settings`` than the server's."""
     who = f"client {client_id}, round {round_idx}"
     if not isinstance(content, (list, tuple)) or len(content) != 3:
         raise InvalidUpdate(f"{who}: malformed upload (expected num_examples"
@@ -85,6 +95,7 @@ def unpack_update(client_id: int, round_idx: int, content: Any
         raise ClientFailed(tensors)
     if not isinstance(tensors, Mapping):
         raise InvalidUpdate(f"{who}: malformed upload tensors")
+    _check_settings(who, meta.get("settings"), settings)
     update = ClientUpdate(
         client_id=client_id, round_idx=round_idx,
         tensors={str(k): _tensor(who, k, v) for k, v in tensors.items()},
@@ -92,6 +103,26 @@ def unpack_update(client_id: int, round_idx: int, content: Any
         frozen_fingerprint=str(meta.get("fingerprint", "")),
         train_loss=_number(who, meta, "loss", math.nan))
     return update, seconds
+
+
+def _check_settings(who: str, sent: Any, settings: str) -> None:
+    """InvalidUpdate naming each key the client ran with otherwise than
+    the server: in distributed mode each process reads its own YAML, and
+    a client with another learning rate or data subset trained into the
+    run without a word."""
+    if not isinstance(sent, str):
+        raise InvalidUpdate(f"{who}: upload meta holds no settings")
+    try:
+        changed = settings_changes(sent, settings)
+    except (ValueError, AttributeError) as err:
+        raise InvalidUpdate(f"{who}: unreadable upload settings ({err})"
+                            ) from None
+    if changed:
+        raise InvalidUpdate(
+            f"{who}: the client ran under another config than the "
+            f"server's: {'; '.join(changed)}; every process of a run "
+            "needs the same values but for where it runs (distribute.*, "
+            f"{', '.join(sorted(CLIENT_MAY_DIFFER))})")
 
 
 def _number(who: str, meta: Mapping[str, Any], name: str,

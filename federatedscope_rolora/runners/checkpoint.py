@@ -234,7 +234,7 @@ def config_differences(saved: Mapping[str, Any], cfg: Mapping[str, Any]
         # A key newer than the checkpoint: its run had the default.
         default = SCHEMA[key].default if key in SCHEMA else absent
         before, after = saved.get(key, default), now.get(key, absent)
-        if before != after and not _same_lora(key, before, after):
+        if before != after and not same_adapter(key, before, after):
             out.append(f"{key}: {before!r} in the checkpoint, {after!r} "
                        "now")
     return out
@@ -251,7 +251,7 @@ def data_differences(ckpt: Checkpoint, digests: Mapping[str, str]
             if ckpt.data[name] != digests.get(name)]
 
 
-def _same_lora(key: str, before: Any, after: Any) -> bool:
+def same_adapter(key: str, before: Any, after: Any) -> bool:
     """Whether two values of ``llm.adapter.args`` describe the same
     adapter: one spelling a setting out at its default (``lora_dropout:
     0.0``, ``layers_to_transform: 4`` for ``[4]``) is the other."""

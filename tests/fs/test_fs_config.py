@@ -40,6 +40,10 @@ BAD = {
     "train.scheduler.type": "StepLR",
     "dataloader.drop_last": "True",
     "grad.grad_accum_count": "2",
+    # passed both checks, then crashed inside FederatedScope
+    "train.is_enable_half": "True",
+    "eval.split": "['val']",
+    "eval.best_res_update_round_wise_key": "test_f1",
 }
 
 PROBE = """\

@@ -257,10 +257,13 @@ def test_sampled_clients_with_their_own_models_stay_in_sync(
 def run_distributed(fs_main: FsMain, tiny_model_dir: Path,
                     tiny_glue_root: Path, tmp_path: Path,
                     free_ports: list[int], rounds: dict[str, Any],
-                    env: dict[str, str] | None = None
+                    env: dict[str, str] | None = None,
+                    own: dict[int, dict[str, Any]] | None = None
                     ) -> tuple[list[int], dict[str, str]]:
     """A server and two clients, three processes talking gRPC on
-    127.0.0.1; their exit codes and the tails of their logs."""
+    127.0.0.1; their exit codes and the tails of their logs. ``own``:
+    config sections of one process's YAML, by its index (0 the
+    server)."""
     procs = []
     try:
         for index, port in enumerate(free_ports):
@@ -273,7 +276,8 @@ def run_distributed(fs_main: FsMain, tiny_model_dir: Path,
                             "server_host": "127.0.0.1",
                             "server_port": free_ports[0],
                             "client_host": "127.0.0.1",
-                            "client_port": port})
+                            "client_port": port},
+                **(own or {}).get(index, {}))
             cfg = write_config(tmp_path / f"{role}{index}.yaml", tree)
             log = tmp_path / f"{role}{index}.log"
             procs.append(fs_main.start(cfg, log=log, env=env))
@@ -337,6 +341,36 @@ def test_distributed_mode_on_loopback(
         tmp_path / "dist" / "server0" / "adapter",
         [f"{tmp_path / 'dist' / f'client{i}' / 'adapter'}@{i}"
          for i in (1, 2)])
+
+
+def test_a_distributed_client_under_another_config_is_left_out(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, free_ports: list[int]) -> None:
+    """Each process reads its own YAML: the second client's learning rate
+    of 0.5 trained into the run without a word. Its updates are now
+    refused, naming the key, every round; the run goes on with the
+    other client (rolora.min_received 1)."""
+    rounds = {"client_num": 2, "total_round_num": 2}
+    fast = {"train": {"local_update_steps": 4,
+                      "optimizer": {"type": "AdamW", "lr": 0.5}}}
+
+    codes, logs = run_distributed(fs_main, tiny_model_dir, tiny_glue_root,
+                                  tmp_path, free_ports, rounds,
+                                  own={2: fast})
+
+    assert codes == [0, 0, 0], logs
+    records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")
+    # IDs go by join order: the client left out is the one that joined
+    # with lr 0.5, whichever ID it got
+    left_out = {c for record in records for c in record["rejected"]}
+    assert len(left_out) == 1, records
+    client = int(left_out.pop())
+    for record in records:
+        assert "ran under another config than the server's: " \
+            "train.optimizer.lr (0.01 for the run, 0.5 here)" in \
+            record["rejected"][str(client)]
+        assert record["clients"] == [3 - client]
+    assert len(records) == 2
 
 
 DRIFT = {"ROLORA_TEST_FAULTS": "3:2:drift"}

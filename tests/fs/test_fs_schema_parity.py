@@ -95,8 +95,7 @@ CASES: dict[str, tuple[list[str] | None, list[str]]] = {
         ["train.optimizer.type", "'SGD'", "train.optimizer.momentum",
          "0.9"],
         ["train.optimizer.momentum", "0.9"]),
-    "train.is_enable_half": (["train.is_enable_half", "True"],
-                             ["train.is_enable_half", "'half'"]),
+    "train.is_enable_half": (NO_VALID, ["train.is_enable_half", "True"]),
     "grad.grad_clip": (["grad.grad_clip", "1.0"],
                        ["grad.grad_clip", "'none'"]),
     "dataloader.batch_size": (["dataloader.batch_size", "8"],
@@ -109,7 +108,7 @@ CASES: dict[str, tuple[list[str] | None, list[str]]] = {
     "eval.metrics": (["eval.metrics", "['acc', 'f1']"],
                      ["eval.metrics", "'acc'"]),
     "eval.split": (["eval.split", "['val', 'test']"],
-                   ["eval.split", "'test'"]),
+                   ["eval.split", "['val']"]),
     "eval.best_res_update_round_wise_key": (
         ["eval.best_res_update_round_wise_key", "'test_loss'"],
         ["eval.best_res_update_round_wise_key", "3"]),

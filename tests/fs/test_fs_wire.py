@@ -5,6 +5,7 @@ bit for bit: standalone hands objects over, gRPC encodes every value
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -32,6 +33,10 @@ from federatedscope_rolora.fs.wire import (  # noqa: E402
 
 pytestmark = pytest.mark.fs
 
+ADAPTER = {"r": 2, "lora_alpha": 16, "target_modules": ["query", "value"]}
+SETTINGS = json.dumps({"train.optimizer.lr": 0.01, "seed": 1,
+                       "llm.adapter.args": [ADAPTER]}, sort_keys=True)
+
 
 def over_grpc(content: object, msg_type: str = "model_para") -> object:
     sent = Message(msg_type=msg_type, sender=1, receiver=[0], state=2,
@@ -57,11 +62,11 @@ def test_an_update_arrives_exactly(transport: str) -> None:
     update = an_update()
     # gRPC encodes the sent dict in place, as FederatedScope does
     expected = {k: v.clone() for k, v in update.tensors.items()}
-    content = pack_update(update, seconds=1.25)
+    content = pack_update(update, seconds=1.25, settings=SETTINGS)
     if transport == "grpc":
         content = over_grpc(content)  # type: ignore[assignment]
 
-    received, seconds = unpack_update(1, 3, content)
+    received, seconds = unpack_update(1, 3, content, SETTINGS)
 
     assert received.tensors.keys() == expected.keys()
     for key, tensor in expected.items():
@@ -88,12 +93,12 @@ def test_a_client_failure_is_an_update_left_out_with_its_error() -> None:
     content = over_grpc(pack_failure(ValueError("out of memory"), 2.0))
 
     with pytest.raises(ClientFailed, match="raised ValueError: out of"):
-        unpack_update(2, 1, content)
+        unpack_update(2, 1, content, SETTINGS)
 
 
 def test_a_malformed_upload_names_the_client() -> None:
     with pytest.raises(InvalidUpdate, match="client 2, round 1"):
-        unpack_update(2, 1, ["not", "an update"])
+        unpack_update(2, 1, ["not", "an update"], SETTINGS)
 
 
 @pytest.mark.parametrize("meta", [
@@ -104,23 +109,26 @@ def test_bad_upload_meta_is_refused_naming_the_field(
         meta: dict[str, object]) -> None:
     """A malformed number raised ValueError/TypeError out of the
     server's round, and NaN seconds passed every deadline check."""
-    num_examples, tensors, good = pack_update(an_update(), seconds=1.0)
+    num_examples, tensors, good = pack_update(an_update(), seconds=1.0,
+                                           settings=SETTINGS)
 
     with pytest.raises(InvalidUpdate, match="client 2, round 1: upload "
                        f"meta '{next(iter(meta))}' must be"):
-        unpack_update(2, 1, (num_examples, tensors, {**good, **meta}))
+        unpack_update(2, 1, (num_examples, tensors, {**good, **meta}),
+                      SETTINGS)
 
 
 @pytest.mark.parametrize("value", ["not-base64!!", "AAAA"])
 def test_a_tensor_that_cannot_be_decoded_is_refused(value: object) -> None:
     """gRPC sends tensors as base64 pickles; a string that is not one
     raised out of the server's round."""
-    num_examples, tensors, meta = pack_update(an_update(), seconds=1.0)
+    num_examples, tensors, meta = pack_update(an_update(), seconds=1.0,
+                                           settings=SETTINGS)
     bad = {**tensors, "m.lora_B.default.weight": value}
 
     with pytest.raises(InvalidUpdate, match="client 2, round 1: tensor "
                        "'m.lora_B.default.weight' cannot be decoded"):
-        unpack_update(2, 1, (num_examples, bad, meta))
+        unpack_update(2, 1, (num_examples, bad, meta), SETTINGS)
 
 
 def test_the_finish_message_carries_no_weights_and_travels() -> None:
@@ -164,3 +172,41 @@ def test_no_test_rows_and_a_failed_evaluation() -> None:
     with pytest.raises(InvalidUpdate, match="client 3: evaluation failed: "
                        "ValueError: boom"):
         unpack_scores(3, failed)
+
+
+@pytest.mark.parametrize("transport", ["standalone", "grpc"])
+def test_a_client_under_another_config_is_refused_naming_the_keys(
+        transport: str) -> None:
+    """Distributed mode: each process reads its own YAML, and a client
+    with another learning rate (or seed, which deals its data) trained
+    into the run without a word."""
+    theirs = json.dumps({**json.loads(SETTINGS), "train.optimizer.lr": 0.5,
+                         "seed": 3})
+    content = pack_update(an_update(), seconds=1.0, settings=theirs)
+    if transport == "grpc":
+        content = over_grpc(content)  # type: ignore[assignment]
+
+    with pytest.raises(InvalidUpdate, match=r"client 2, round 1: the "
+                       r"client ran under another config than the "
+                       r"server's: seed \(1 for the run, 3 here\); "
+                       r"train.optimizer.lr \(0.01 for the run, 0.5 here\)"):
+        unpack_update(2, 1, content, SETTINGS)
+
+
+def test_an_adapter_spelt_out_at_its_defaults_is_the_same_config() -> None:
+    spelt = json.dumps({**json.loads(SETTINGS), "llm.adapter.args": [
+        {**ADAPTER, "lora_dropout": 0.0}]})
+
+    update, _ = unpack_update(2, 1, pack_update(an_update(), seconds=1.0,
+                                                settings=spelt), SETTINGS)
+
+    assert update.client_id == 2
+
+
+def test_an_upload_without_settings_is_refused() -> None:
+    num_examples, tensors, meta = pack_update(an_update(), seconds=1.0,
+                                              settings=SETTINGS)
+    del meta["settings"]
+
+    with pytest.raises(InvalidUpdate, match="upload meta holds no settings"):
+        unpack_update(2, 1, (num_examples, tensors, meta), SETTINGS)
