@@ -36,6 +36,7 @@ from federatedscope_rolora.runners.outputs import (
     ADAPTER_DIR,
     METRICS_FILE,
     SUMMARY_FILE,
+    read_metrics,
     read_summary,
     write_json_atomic,
 )
@@ -70,6 +71,7 @@ from federatedscope_rolora.training.models import (
 from federatedscope_rolora.training.residual import (
     PERSONAL_FILE,
     RESIDUAL_FILE,
+    personal_file_of,
 )
 
 
@@ -98,18 +100,34 @@ class Trained:
     # the run's summary.json, read once (load_trained refuses a run
     # without a readable one)
     summary: dict[str, Any]
+    # where the files were read from, and the clients whose updates the
+    # run accepted in some round (metrics.jsonl's "clients")
+    run_dir: Path = Path()
+    trained_clients: frozenset[int] = frozenset()
 
     def use_client(self, client_id: int) -> None:
         """Put client ``client_id``'s own tensors into the model (the
         shared ones if it never trained); nothing to do for a method that
-        keeps no model per client."""
+        keeps no model per client. TrainedError if it trained but the
+        run's ``adapter/`` holds no tensors of its: the shared initial B
+        would stand in for its own without a word."""
         clients = self.cfg["federate.client_num"]
         if not 1 <= client_id <= clients:
             raise TrainedError(f"client {client_id}: the run had clients "
                                f"1..{clients}")
-        if self.shared:
-            load_adapter_state(self.model,
-                               self.personal.get(client_id, self.shared))
+        if not self.shared:
+            return
+        if client_id not in self.personal and \
+                client_id in self.trained_clients:
+            raise TrainedError(
+                f"client {client_id} trained in the run in "
+                f"{str(self.run_dir)!r}, but its adapter/ holds no B of "
+                f"its ({PERSONAL_FILE}, or the plugin's "
+                f"{personal_file_of(client_id)}); in distributed mode, or "
+                "with an outdir of its own, a client saves it in its own "
+                "run directory's adapter/: copy it here")
+        load_adapter_state(self.model,
+                           self.personal.get(client_id, self.shared))
 
 
 def load_trained(run_dir: Path, cfg: Config) -> Trained:
@@ -152,14 +170,34 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
                            f"{str(adapter_dir)!r} onto "
                            f"{cfg.model_name!r}: {err}"
                            ) from err
-    _fold_saved_residual(model, adapter_dir / RESIDUAL_FILE)
+    method = method_from_config(cfg)
+    residual = adapter_dir / RESIDUAL_FILE
+    if method.has_residual and not residual.is_file():
+        raise TrainedError(
+            f"{str(adapter_dir)!r} holds no {RESIDUAL_FILE}: FedEx-LoRA's "
+            "residual, the part of the merged update the adapter cannot "
+            "hold, without which the model is not the run's; copy the "
+            "whole adapter/ folder")
+    _fold_saved_residual(model, residual)
     model.eval()
-    kept = method_from_config(cfg).plan(1).kept_roles
+    kept = method.plan(1).kept_roles
     shared = {k: v.detach().clone()
               for k, v in adapter_parameters(model).items()
               if role_of(k) in kept}
     return Trained(model, tokenizer, cfg, task, _read_personal(adapter_dir),
-                   shared, summary)
+                   shared, summary, Path(run_dir),
+                   _trained_clients(Path(run_dir)) if shared else
+                   frozenset())
+
+
+def _trained_clients(run_dir: Path) -> frozenset[int]:
+    """The clients whose update some round accepted (metrics.jsonl)."""
+    try:
+        records = read_metrics(run_dir)
+    except (OSError, ValueError) as err:
+        raise TrainedError(f"{str(run_dir / METRICS_FILE)!r} cannot be "
+                           f"read: {err}") from err
+    return frozenset(int(c) for r in records for c in r.get("clients", ()))
 
 
 def _check_method(run_dir: Path, cfg: Config,

@@ -134,6 +134,38 @@ def test_a_config_of_another_method_is_refused(
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.parametrize(("method", "removed", "command", "named"), [
+    ("fedex_lora", "fedex_residual.safetensors", ["eval"],
+     "holds no fedex_residual.safetensors: FedEx-LoRA's residual"),
+    ("fedex_lora", "fedex_residual.safetensors", ["export"],
+     "holds no fedex_residual.safetensors"),
+    ("fedsa_lora", "personal.safetensors", ["eval", "--per-client"],
+     r"client 1 trained in the run in .*, but its adapter/ holds no B of "
+     r"its \(personal.safetensors, or the plugin's "
+     r"personal_client1.safetensors\)"),
+    ("fedsa_lora", "personal.safetensors", ["export", "--client", "2"],
+     "client 2 trained in the run"),
+])
+def test_a_model_file_left_behind_is_named_not_scored_without(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        method: str, removed: str, command: list[str], named: str) -> None:
+    """Copying only PEFT's files (the usual way to move an adapter), or
+    a plugin client's B saved in its own outdir: eval scored, and export
+    wrote and checked, the model without the residual or with the
+    initial B, exit 0."""
+    import re
+
+    finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run", method)
+    (tmp_path / "run" / "adapter" / removed).unlink()
+    extra = [str(tmp_path / "model")] if command[0] == "export" else []
+
+    done = cli(*command, tmp_path / "run", *extra)
+
+    assert done.returncode == 2, done.stderr
+    assert re.search(named, done.stderr), done.stderr
+    assert not (tmp_path / "model").exists()
+
+
 @pytest.mark.parametrize("damage", [
     "adapter_model.safetensors", "personal.safetensors",
     "adapter_config.json", "missing weights", "summary digest",
