@@ -22,13 +22,15 @@ from federatedscope_rolora.fs.cfg_rolora import (
     schema_view,
 )
 from federatedscope_rolora.fs.prefix import prepare
-from federatedscope_rolora.runners.setup import method_from_config
+from federatedscope_rolora.runners.setup import (
+    check_method_model,
+    method_from_config,
+)
 from federatedscope_rolora.training.models import (
     LoraSpec,
     build_model,
     check_tok_len,
 )
-from federatedscope_rolora.training.residual import check_residual_fits
 
 
 def build(model_cfg: Any) -> torch.nn.Module:
@@ -52,7 +54,7 @@ def build(model_cfg: Any) -> torch.nn.Module:
     check_tok_len(int(cfg.llm.tok_len), model, tokenizer,
                   model_name(model_cfg.type), len(task.text_columns))
     settings = schema_view(cfg)
-    if method_from_config(settings).has_residual:
-        check_residual_fits(model, model_name(model_cfg.type))
+    check_method_model(model, method_from_config(settings),
+                       model_name(model_cfg.type))
     prepare(settings, model)
     return model

@@ -19,6 +19,7 @@ import torch
 from federatedscope_rolora.config import Config, ConfigError, splitter_alpha
 from federatedscope_rolora.core.methods import Method, make_method
 from federatedscope_rolora.core.names import PERSONAL_METHODS
+from federatedscope_rolora.core.roles import role_of
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import (
     Split,
@@ -30,6 +31,7 @@ from federatedscope_rolora.training.local import LocalSpec
 from federatedscope_rolora.training.models import (
     LoraSpec,
     ModelError,
+    adapter_parameters,
     build_model,
     check_tok_len,
 )
@@ -287,16 +289,47 @@ def device_from_config(cfg: Config) -> torch.device:
     return torch.device("cpu")
 
 
+def _never_trained(method: Method) -> set[str]:
+    """The factors (lora_A, lora_B) no round of ``method`` trains."""
+    cycle = 2 * getattr(method, "period", 1)   # RoLoRA: both phases
+    trained = set().union(*(method.plan(t).trained_roles
+                            for t in range(1, cycle + 1)))
+    return {"lora_A", "lora_B"} - trained
+
+
+def check_method_model(model: torch.nn.Module, method: Method,
+                       name: str) -> None:
+    """ModelError if ``method`` cannot train this model's adapter:
+    FedEx-LoRA's residual must fit every adapted layer, and a factor the
+    method never trains must not start at zero. PEFT starts an
+    embedding's lora_embedding_A at zero (a Linear's lora_B): FFA-LoRA,
+    which freezes A, then trained nothing there, every round, without a
+    word (B's gradient is zero with A)."""
+    if method.has_residual:
+        check_residual_fits(model, name)
+    zero = sorted({k.rpartition(".lora_")[0].rpartition(".")[2]
+                   for k, p in adapter_parameters(model).items()
+                   if role_of(k) in _never_trained(method)
+                   and not bool(p.detach().any())})
+    if zero:
+        raise ModelError(
+            f"{method.name} never trains lora_A, but PEFT starts it at "
+            f"zero in {', '.join(zero)} of {name!r} (embedding layers), "
+            "so nothing there would learn; target Linear layers only "
+            "(e.g. query, value), or use another method")
+
+
 def check_method_fits(cfg: Config) -> None:
     """What ``build_federation`` checks of ``cfg``'s method alone, for a
-    comparison to refuse before its first run: FedEx-LoRA's residual
-    must fit every adapted layer (a model is built, without data)."""
-    if not method_from_config(cfg).has_residual:
+    comparison to refuse before its first run (``check_method_model``;
+    a model is built, without data)."""
+    method = method_from_config(cfg)
+    if not (method.has_residual or _never_trained(method)):
         return
     task = task_spec(cfg["data.type"], cfg["data.root"] or None)
     model, _ = build_model(cfg.model_name, task.num_labels,
                            LoraSpec.from_args(cfg.lora), cfg["seed"])
-    check_residual_fits(model, cfg.model_name)
+    check_method_model(model, method, cfg.model_name)
 
 
 def build_federation(cfg: Config) -> Federation:
@@ -319,8 +352,7 @@ def build_federation(cfg: Config) -> Federation:
                                    cfg["seed"])
     fingerprint = model_fingerprint(model)
     method = method_from_config(cfg)
-    if method.has_residual:
-        check_residual_fits(model, cfg.model_name)
+    check_method_model(model, method, cfg.model_name)
     device = device_from_config(cfg)
     max_len = cfg["llm.tok_len"]
     check_tok_len(max_len, model, tokenizer, cfg.model_name,

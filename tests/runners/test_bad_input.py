@@ -154,6 +154,30 @@ def test_fedex_lora_on_a_layer_it_cannot_fold_into_is_refused_first(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_ffa_lora_on_an_embedding_is_refused_before_it_trains_nothing(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """PEFT starts an embedding's lora_embedding_A at zero: FFA-LoRA,
+    which never trains A, ran every round with B's gradient zero and its
+    test loss unchanged, exit 0."""
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+    adapter = ["llm.adapter.args", "[{r: 4, lora_alpha: 8, target_modules: "
+               "[word_embeddings, query]}]"]
+    method = ["federate.method", "ffa_lora"] if command == "run" else \
+        ["--methods", "lora,ffa_lora"]
+    if command == "compare":
+        code = main(["compare", "--cfg", str(cfg), *method, *adapter])
+        line = capsys.readouterr().err.strip()
+    else:
+        code, line = run_cli(capsys, "--cfg", cfg, *method, *adapter)
+
+    assert code == 2
+    assert "ffa_lora never trains lora_A, but PEFT starts it at zero in " \
+        "word_embeddings of" in line, line
+    assert not (tmp_path / "run").exists()
+
+
 def test_compare_refuses_fedex_lora_before_any_method_runs(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
