@@ -317,12 +317,17 @@ def parse_value(key: str, raw: str) -> Any:
     """One override's value, in either form a user may have in hand:
     a Python literal, as FederatedScope's command line takes it
     (``"[{'r': 2}]"``, ``None``), else YAML (``"[{r: 2}]"``, ``null``).
-    Tuples become lists, as YAML would give them."""
+    Tuples become lists, as YAML would give them. The value of a text
+    key (``outdir``, ``expname``, ``data.root``, ...) that is no Python
+    literal is the text itself, as FederatedScope takes it: YAML cut
+    ``run #2`` at its comment and read ``2024-01-02`` as a date."""
     try:
         return _lists(ast.literal_eval(raw.strip()))
     except (ValueError, SyntaxError, TypeError, MemoryError,
             RecursionError):
         pass
+    if key in SCHEMA and SCHEMA[key].kind is str:
+        return raw
     try:
         value = _load_yaml(raw)
     except yaml.YAMLError as err:

@@ -323,8 +323,21 @@ def test_override_empty_value_is_the_empty_string() -> None:
 
 
 def test_override_unparsable_value_is_named() -> None:
-    with pytest.raises(ConfigError, match="override 'outdir': cannot parse"):
-        parse_overrides(["outdir", "a: b: c"])
+    with pytest.raises(ConfigError, match="override 'federate.client_num': "
+                       "cannot parse"):
+        parse_overrides(["federate.client_num", "a: b: c"])
+
+
+@pytest.mark.parametrize(("key", "raw"), [
+    ("outdir", "/tmp/run #2"),      # YAML cut it at the comment: /tmp/run
+    ("expname", "2024-01-02"),      # a date, then 'must be str'
+    ("expname", "12:30"),           # 750 (YAML 1.1 sexagesimal)
+    ("data.root", "a: b: c"),       # a YAML error; a fine folder name
+    ("model.type", "models/bert #v2"),
+])
+def test_a_text_override_is_taken_as_written(key: str, raw: str) -> None:
+    """As FederatedScope takes it: a Python literal, else the text."""
+    assert load_config(None, [key, raw])[key] == raw
 
 
 @pytest.mark.parametrize("raw", ["null", "~", "NULL"])
