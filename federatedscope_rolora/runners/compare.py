@@ -40,6 +40,8 @@ from federatedscope_rolora.runners.simulation import (
 
 log = logging.getLogger("federatedscope_rolora")
 
+PLOT_FILES = ("accuracy_vs_round.png", "accuracy_vs_upload.png")
+
 COMPARISON_FILE = "comparison.json"
 TABLE_FILE = "comparison.md"
 
@@ -103,7 +105,7 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
     runs = {(method, seed): _seed_run(cfg, method, seed, several, resume)
             for method in methods for seed in seeds}
     _check_outdirs(runs.values(), resume)
-    _check_earlier_comparison(cfg.run_dir, resume)
+    _check_earlier_comparison(cfg.run_dir, resume, methods, seeds)
     for method in methods:   # before any run: no method runs in vain
         check_method_fits(runs[method, seeds[0]])
     results: dict[str, Any] = {}
@@ -129,6 +131,9 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
     if plots:
         comparison["plots"] = draw_plots(comparison, out)
         write_json_atomic(out / COMPARISON_FILE, comparison)
+    else:   # an earlier comparison's would show other runs
+        for name in PLOT_FILES:
+            (out / name).unlink(missing_ok=True)
     return comparison
 
 
@@ -161,23 +166,36 @@ def _saved_seed(run_dir: Path) -> int | None:
         return None
 
 
-def _check_earlier_comparison(out: Path, resume: bool) -> None:
+def _check_earlier_comparison(out: Path, resume: bool,
+                              methods: Sequence[str], seeds: Sequence[int]
+                              ) -> None:
     """OutdirError, before any run, if ``out`` holds an earlier
-    comparison and this one does not continue it (``resume``): its
-    table would be replaced by one of other methods or seeds, without
-    a word."""
+    comparison and this one does not continue it (``resume``) or, with
+    ``resume``, leaves out some of its methods or seeds: its table would
+    be replaced by one of other methods or seeds, without a word."""
     path = out / COMPARISON_FILE
-    if resume or not path.exists():
+    if not path.exists():
         return
     try:
         earlier = load_comparison(out)
-        what = (f" of {', '.join(earlier['methods'])} at seeds "
-                f"{', '.join(map(str, earlier['seeds']))}")
+        had = (list(earlier["methods"]), [int(s) for s in earlier["seeds"]])
     except (OSError, ValueError, KeyError, TypeError):
-        what = ""
-    raise OutdirError(f"outdir {str(out)!r} holds an earlier comparison"
-                      f"{what} ({COMPARISON_FILE}); continue or extend it "
-                      "with --resume, or give another outdir")
+        had = None
+    what = "" if had is None else \
+        f" of {', '.join(had[0])} at seeds {', '.join(map(str, had[1]))}"
+    if not resume:
+        raise OutdirError(f"outdir {str(out)!r} holds an earlier comparison"
+                          f"{what} ({COMPARISON_FILE}); continue or extend "
+                          "it with --resume, or give another outdir")
+    left = [] if had is None else \
+        [m for m in had[0] if m not in methods] + \
+        [f"seed {s}" for s in had[1] if s not in seeds]
+    if left:
+        raise OutdirError(f"outdir {str(out)!r} holds an earlier comparison"
+                          f"{what}; --resume continues or extends it, and "
+                          f"this one leaves out {', '.join(left)}: give "
+                          "them too (their runs are read back), or another "
+                          "outdir")
 
 
 def _check_outdirs(configs: Iterable[Config], resume: bool) -> None:
@@ -468,8 +486,8 @@ def draw_plots(comparison: dict[str, Any], out: Path) -> list[str]:
                                 ("D", ":"), ("v", "-"), ("P", "--")],
                       strict=True))
     for name, x_key, x_label, scale in (
-            ("accuracy_vs_round.png", "round", "round", 1.0),
-            ("accuracy_vs_upload.png", "bytes_up_cumulative",
+            (PLOT_FILES[0], "round", "round", 1.0),
+            (PLOT_FILES[1], "bytes_up_cumulative",
              "MB uploaded (all clients)", 1e-6)):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         metric = "metric"

@@ -305,8 +305,11 @@ def test_resume_uses_the_runs_of_a_comparison_with_fewer_or_more_seeds(
     assert several["methods"]["lora"]["seeds"]["1"]["final"] == \
         one["methods"]["lora"]["final"]
 
-    # and back: seed 2 alone is read from lora/seed2, not run in lora/
-    # (which holds seed 1's run: another seed is not taken for it)
+    # and back, where the several-seed comparison stopped before its
+    # table (with the table there, a subset is refused: see below): seed
+    # 2 alone is read from lora/seed2, not run in lora/ (which holds seed
+    # 1's run: another seed is not taken for it)
+    (tmp_path / "cmp" / "comparison.json").unlink()
     stamp2 = (lora / "seed2" / "summary.json").stat().st_mtime_ns
     back = compare(cfg, ["lora"], seeds=[2], resume=True, plots=False)
 
@@ -333,3 +336,31 @@ def test_a_new_comparison_into_an_earlier_ones_outdir_is_refused(
     assert not (tmp_path / "cmp" / "ffa_lora").exists()
     extended = compare(cfg, ["lora", "ffa_lora"], resume=True, plots=False)
     assert sorted(extended["methods"]) == ["ffa_lora", "lora"]
+
+
+def test_resume_with_fewer_methods_or_seeds_keeps_the_earlier_table(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """--resume with a subset replaced the table (and plots) of lora and
+    ffa_lora at seeds 1 and 2 by one of lora at seed 1."""
+    cfg = tiny(tiny_model_dir, tiny_glue_root, tmp_path / "cmp", rounds=1)
+    compare(cfg, ["lora", "ffa_lora"], seeds=[1, 2])
+    out = tmp_path / "cmp"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert "accuracy_vs_round.png" in before
+
+    for methods, seeds, left in ((["lora"], [1, 2], "ffa_lora"),
+                                 (["lora", "ffa_lora"], [2], "seed 1")):
+        with pytest.raises(OutdirError, match=r"holds an earlier comparison "
+                           r"of lora, ffa_lora at seeds 1, 2; --resume "
+                           rf"continues or extends it, and this one leaves "
+                           rf"out {left}"):
+            compare(cfg, methods, seeds=seeds, resume=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()
+            if p.is_file()} == before
+
+    # the same comparison without plots: the earlier ones are not left
+    # to stand beside a table they no longer draw
+    compare(cfg, ["lora", "ffa_lora", "rolora"], seeds=[1, 2], resume=True,
+            plots=False)
+    assert not (out / "accuracy_vs_round.png").exists()
+    assert not (out / "accuracy_vs_upload.png").exists()
