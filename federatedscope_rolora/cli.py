@@ -94,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="OUTDIR",
                 help="continue the run in OUTDIR (default: the config's "
                 "outdir) from its last checkpoint; the config may change "
-                "only in outdir, rounds, threads, eval.freq, fault "
-                "tolerance and the prefix cache's memory limit")
+                "only in where it runs and writes (outdir, expname, "
+                "verbose, use_gpu, device, threads), rounds, eval.freq, "
+                "fault tolerance and the prefix cache's memory limit")
         if name == "compare":
             cmd.add_argument("--methods", default="rolora,lora,ffa_lora",
                              help="comma-separated methods, or all "
@@ -276,12 +277,17 @@ def _options_first(args: argparse.Namespace, where: str,
                    places: str = "") -> None:
     """ConfigError if an option (``--seeds``) stands among the trailing
     ``KEY VALUE`` overrides, where it would be read as a config key."""
+    if args.opts[:1] == ["--"]:   # the usual end-of-options marker
+        args.opts = args.opts[1:]
     flags = [o for o in args.opts[::2] if o.startswith("-")]
     if flags:
         usage = " ".join(filter(None, (
             f"federatedscope-rolora {args.command} [OPTIONS]", places,
             "[KEY VALUE ...]")))
-        raise ConfigError(f"{flags[0]}: options go {where} ({usage})")
+        raise ConfigError(f"{flags[0]} stands among the KEY VALUE "
+                          f"overrides: options go {where} ({usage}; "
+                          f"federatedscope-rolora {args.command} --help "
+                          "lists them)")
 
 
 def _trained_config(args: argparse.Namespace, places: str) -> Config:

@@ -479,8 +479,10 @@ def _rounds(cfg: Config, sim: Simulation, writer: RunWriter,
             kept = f"The checkpoint of round {round_idx - 1} is intact" \
                 if round_idx > 1 else "No round was finished"
             raise RoundFailed(f"{err}. {kept}: fix the cause, then "
-                              f"continue with --resume {writer.run_dir}"
-                              ) from None
+                              f"continue with --resume {writer.run_dir} "
+                              "(a cause in the config, such as the "
+                              "learning rate, needs a new run: another "
+                              "outdir, or this one removed)") from None
         writer.append_round(record)
         records.append(record)
         save_checkpoint(writer.run_dir, sim.snapshot(

@@ -463,6 +463,8 @@ def test_resume_into_an_outdir_that_cannot_be_written_is_named(
 @pytest.mark.parametrize("argv", [
     ["compare", "federate.total_round_num", "1", "--seeds", "0,1"],
     ["run", "federate.total_round_num", "1", "--resume"],
+    # not one of run's options: the message must not say it is
+    ["run", "federate.total_round_num", "1", "--seeds", "0"],
 ])
 def test_an_option_after_the_overrides_is_named_as_one(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
@@ -475,9 +477,23 @@ def test_an_option_after_the_overrides_is_named_as_one(
 
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1
-    assert f"{argv[3]}: options go before the KEY VALUE overrides" \
-        in lines[0]
+    assert f"{argv[3]} stands among the KEY VALUE overrides: options go " \
+        "before the KEY VALUE overrides" in lines[0]
+    assert f"federatedscope-rolora {argv[0]} --help lists them" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_the_end_of_options_marker_may_lead_the_overrides(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--`` before the overrides was refused as a misplaced option."""
+    cfg = write_cfg(tmp_path, tiny_model_dir, tiny_glue_root)
+
+    code = main(["run", "--cfg", str(cfg), "--", "federate.total_round_num",
+                 "1"])
+
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "summary.json").is_file()
 
 
 def test_a_folder_holding_a_config_or_summary_is_not_written_over(

@@ -230,7 +230,8 @@ def test_cli_eval_prints_the_score_beside_the_runs(
     assert json.loads(as_json.stdout)["eval"]["acc"] == acc
     assert "note:" not in done.stderr
     assert misplaced.returncode == 2
-    assert "--json: options go before RUN_DIR" in misplaced.stderr
+    assert ("--json stands among the KEY VALUE overrides: options go "
+            "before RUN_DIR") in misplaced.stderr
 
 
 def test_eval_says_when_the_test_rows_are_not_the_runs(
@@ -386,7 +387,8 @@ def test_cli_export(tiny_model_dir: Path, tiny_glue_root: Path,
     assert again.returncode == 2
     assert "exists and is not an empty directory" in again.stderr
     assert misplaced.returncode == 2
-    assert "--client: options go before RUN_DIR" in misplaced.stderr
+    assert ("--client stands among the KEY VALUE overrides: options "
+            "go before RUN_DIR") in misplaced.stderr
 
 
 def test_export_refuses_a_negative_check_rows(
