@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from federatedscope_rolora.config import ConfigError
 from federatedscope_rolora.fs.cfg_rolora import (
     fs_task,
     model_name,
@@ -134,6 +135,8 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
     # every client has an example, where ours gives up after 1,000
     # draws).
     deal_train(view, train.encoded.labels)
+    _check_test_labels(config, train.encoded.labels, test.encoded.labels)
+    _check_client_entries(config, client_cfgs)
     remember_inputs(view, [train.encoded, test.encoded],
                     train.pad_token_id)
     # The splitters draw from numpy's global generator. FederatedScope
@@ -145,6 +148,56 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
     setup_seed(config.seed)
     config.model.num_labels = fs_task(config).num_labels
     return _for_this_process(data, config), config
+
+
+def _check_test_labels(config: Any, train: Sequence[int],
+                       test: Sequence[int]) -> None:
+    """ConfigError where FederatedScope's ``lda`` splitter would deal
+    the test rows by the train rows' label shares
+    (``data.consistent_label_distribution``) but the two hold other
+    labels: it stopped in a bare AssertionError (the embedded runner
+    deals no test rows unless it scores each client's share)."""
+    if str(config.data.splitter).lower() != "lda" or \
+            not config.data.get("consistent_label_distribution", True):
+        return
+    names = fs_task(config).label_names
+    only_train = sorted(set(train) - set(test))
+    only_test = sorted(set(test) - set(train))
+    if not (only_train or only_test):
+        return
+    what = "; ".join(f"{where}: {', '.join(names[i] for i in ids)}"
+                     for where, ids in (("only in the train rows",
+                                         only_train),
+                                        ("only in the test rows",
+                                         only_test)) if ids)
+    raise ConfigError(
+        f"data.splitter lda deals the {len(test)} test rows like the "
+        f"{len(train)} train rows, label by label, so both need the same "
+        f"labels ({what}); raise rolora.eval_samples or "
+        "rolora.train_samples, or give dev.tsv rows of every label")
+
+
+def _check_client_entries(config: Any, client_cfgs: Any) -> None:
+    """ConfigError naming the ``--client_cfg`` entries that are not
+    ``client_1`` .. ``client_N``, or the clients it leaves out:
+    FederatedScope ignored an unknown one (``client1``, ``client_4`` of
+    3) and stopped in a bare AssertionError at a missing one."""
+    if client_cfgs is None:
+        return
+    want = [f"client_{i}" for i in
+            range(1, int(config.federate.client_num) + 1)]
+    given = [k for k in client_cfgs if not str(k).startswith("__")
+             and k != "is_ready_for_run"]
+    unknown = [k for k in given if k not in want]
+    missing = [k for k in want if k not in given]
+    if unknown or missing:
+        parts = ([f"entries {', '.join(unknown)} name no client"]
+                 if unknown else []) + \
+            ([f"it has no entry for {', '.join(missing)}"] if missing else [])
+        raise ConfigError(
+            f"--client_cfg: {'; '.join(parts)}; FederatedScope needs one "
+            f"entry per client, client_1 .. client_{len(want)} "
+            "(federate.client_num)")
 
 
 def _for_this_process(data: Any, config: Any) -> Any:

@@ -710,6 +710,55 @@ def test_a_model_folder_with_an_at_sign_runs_in_the_plugin(
     assert [r["round"] for r in records] == [1]
 
 
+@pytest.mark.parametrize(("entries", "named"), [
+    # FederatedScope: a bare AssertionError ("'a' (cur type NoneType)
+    # must be an instance of CfgNode")
+    (["client_1"], "it has no entry for client_2, client_3"),
+    # FederatedScope ignored them, exit 0
+    (["client_1", "client_2", "client_3", "client4"],
+     "entries client4 name no client"),
+])
+def test_a_client_config_file_must_name_each_client_once(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, entries: list[str], named: str) -> None:
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"total_round_num": 1})
+    cfg = write_config(tmp_path / "run.yaml", tree)
+    clients = write_config(tmp_path / "clients.yaml", {
+        name: {"use_gpu": False} for name in entries})
+
+    run = fs_main.run(cfg, "--client_cfg", str(clients), check=False)
+
+    assert run.proc.returncode != 0
+    assert f"--client_cfg: {named}; FederatedScope needs one entry per " \
+        "client, client_1 .. client_3" in run.log
+    assert "rolora round 1" not in run.log
+
+
+def test_an_lda_test_split_missing_a_label_is_named(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """FederatedScope deals the test rows by the train rows' label
+    shares: one test row holds one label, and its splitter stopped in a
+    bare AssertionError."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"total_round_num": 1},
+                   data={"root": str(tiny_glue_root), "type": "sst2@glue",
+                         "splitter": "lda",
+                         "splitter_args": [{"alpha": 1.0}]},
+                   rolora={"head": "frozen", "threads": 1,
+                           "eval_samples": 1})
+    cfg = write_config(tmp_path / "lda.yaml", tree)
+
+    run = fs_main.run(cfg, check=False)
+
+    assert run.proc.returncode != 0
+    assert "data.splitter lda deals the 1 test rows like the 240 train " \
+        "rows, label by label, so both need the same labels (only in the " \
+        "train rows: " in run.log
+    assert "rolora round 1" not in run.log
+
+
 def test_a_client_config_that_changes_training_is_refused(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path) -> None:
