@@ -297,8 +297,10 @@ def _trained_config(args: argparse.Namespace, places: str) -> Config:
     from federatedscope_rolora.runners.outputs import CONFIG_FILE
 
     _options_first(args, f"before {places.split()[0]}", places)
+    # A distributed run's YAML names where each process ran
+    # (``distribute:``), which scoring its files does not need.
     return load_config(args.cfg or Path(args.run_dir) / CONFIG_FILE,
-                       args.opts)
+                       args.opts, ignore=("distribute",))
 
 
 def _export(args: argparse.Namespace) -> int:

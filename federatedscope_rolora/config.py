@@ -371,12 +371,15 @@ def read_yaml_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None,
-                overrides: Sequence[str] | Mapping[str, Any] = ()
-                ) -> Config:
-    """Read a YAML file (or start from defaults) and apply overrides."""
+                overrides: Sequence[str] | Mapping[str, Any] = (),
+                ignore: Iterable[str] = ()) -> Config:
+    """Read a YAML file (or start from defaults) and apply overrides;
+    the file's top-level sections named in ``ignore`` are left out."""
     values: dict[str, Any] = {}
     if path is not None:
-        values.update(_flatten(read_yaml_file(path)))
+        tree = read_yaml_file(path)
+        values.update(_flatten({k: v for k, v in tree.items()
+                                if k not in set(ignore)}))
     extra = overrides if isinstance(overrides, Mapping) \
         else parse_overrides(overrides)
     values.update(extra)

@@ -234,6 +234,31 @@ def test_cli_eval_prints_the_score_beside_the_runs(
             "before RUN_DIR") in misplaced.stderr
 
 
+def test_eval_takes_the_yaml_a_distributed_run_ran_with(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """The README says to pass the YAML a run used; a distributed
+    process's has a ``distribute:`` section, refused as unknown keys."""
+    import yaml
+
+    _, summary = finished_run(tiny_model_dir, tiny_glue_root,
+                              tmp_path / "run", "lora")
+    tree = tiny_config_tree(tiny_model_dir, tiny_glue_root, tmp_path / "run",
+                            federate={"method": "lora",
+                                      "total_round_num": 3,
+                                      "mode": "distributed"},
+                            distribute={"use": True, "role": "server",
+                                        "server_host": "127.0.0.1",
+                                        "server_port": 50051,
+                                        "data_idx": 0})
+    server = tmp_path / "server.yaml"
+    server.write_text(yaml.safe_dump(tree), encoding="utf-8")
+
+    done = cli("eval", "--cfg", server, "--json", tmp_path / "run")
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["eval"]["acc"] == summary["final"]["acc"]
+
+
 def test_eval_says_when_the_test_rows_are_not_the_runs(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
     glue = tmp_path / "glue"
