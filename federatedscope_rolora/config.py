@@ -84,6 +84,12 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
+def flatten_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A config file's nested mapping as dotted keys (``federate.method``);
+    ConfigError for a key that is not a string."""
+    return _flatten(tree)
+
+
 def _flatten(tree: Mapping[str, Any], prefix: str = ""
              ) -> dict[str, Any]:
     flat: dict[str, Any] = {}

@@ -34,6 +34,7 @@ from federatedscope_rolora.config import (
     ConfigError,
     build_config,
     config_warnings,
+    flatten_tree,
     read_yaml_file,
 )
 from federatedscope_rolora.core.names import METHODS as CORE_METHODS
@@ -197,6 +198,7 @@ def check_cfg(cfg: Any) -> None:
     if not uses_plugin(cfg):
         return
     check_command_line_files(sys.argv[1:])
+    _refuse_explicit_fs_defaults(cfg, sys.argv[1:])
     _replace_fs_defaults(cfg)
     _refuse_unsupported(cfg)
     view = schema_view(cfg)
@@ -207,10 +209,9 @@ def check_cfg(cfg: Any) -> None:
             logger.warning("rolora plugin: %s", warning)
 
 
-def command_line_files(argv: list[str]) -> list[str]:
-    """The config files a FederatedScope command line names (``--cfg``,
-    ``--client_cfg``), parsed as FederatedScope's ``parse_args`` parses
-    them; none where it does not parse."""
+def _parse_command_line(argv: list[str]) -> argparse.Namespace | None:
+    """A FederatedScope command line, parsed as its ``parse_args`` parses
+    it; None where it does not parse."""
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     parser.add_argument("--cfg", dest="cfg_file")
     parser.add_argument("--client_cfg", dest="client_cfg_file")
@@ -220,8 +221,49 @@ def command_line_files(argv: list[str]) -> list[str]:
     try:
         known, _ = parser.parse_known_args(argv)
     except argparse.ArgumentError:
+        return None
+    return known
+
+
+def command_line_files(argv: list[str]) -> list[str]:
+    """The config files a FederatedScope command line names (``--cfg``,
+    ``--client_cfg``); none where it does not parse."""
+    known = _parse_command_line(argv)
+    if known is None:
         return []
     return [f for f in (known.cfg_file, known.client_cfg_file) if f]
+
+
+def keys_set_on_command_line(argv: list[str]) -> set[str]:
+    """The keys the run's ``--cfg`` file and ``KEY VALUE`` opts set."""
+    known = _parse_command_line(argv)
+    if known is None:
+        return set()
+    keys = {str(k) for k in (known.opts or [])[::2]}
+    if known.cfg_file and os.path.isfile(known.cfg_file):
+        keys.update(flatten_tree(read_yaml_file(known.cfg_file)))
+    return keys
+
+
+def _refuse_explicit_fs_defaults(cfg: Any, argv: list[str]) -> None:
+    """ConfigError where the config sets, itself, one of
+    ``FS_DEFAULTS_REPLACED``'s keys to FederatedScope's default and the
+    embedded runner refuses that value (``llm.adapter.use: False``): the
+    plugin replaced it without a word, and one file meant two things."""
+    replaced = [k for k, (fs_default, _) in FS_DEFAULTS_REPLACED.items()
+                if _get(cfg, k) == fs_default]
+    if not replaced:
+        return
+    written = keys_set_on_command_line(argv)
+    for key in replaced:
+        if key not in written:
+            continue
+        try:
+            build_config({key: FS_DEFAULTS_REPLACED[key][0]})
+        except ConfigError as err:
+            raise ConfigError(f"{err} (set in the config; the plugin "
+                              "replaces only FederatedScope's default, "
+                              "left unset)") from None
 
 
 def check_command_line_files(argv: list[str]) -> None:

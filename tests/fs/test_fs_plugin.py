@@ -759,6 +759,42 @@ def test_an_lda_test_split_missing_a_label_is_named(
     assert "rolora round 1" not in run.log
 
 
+@pytest.mark.parametrize(("where", "key", "value", "named"), [
+    ("file", "llm.adapter.use", False,
+     "config key 'llm.adapter.use' must be True"),
+    ("command line", "trainer.type", "general",
+     "config key 'trainer.type' must be one of rolora_trainer"),
+    ("file", "data.splitter", "", "config key 'data.splitter' must be one "
+     "of iid, lda"),
+])
+def test_fs_defaults_the_embedded_runner_refuses_are_refused_written_out(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, where: str, key: str, value: Any, named: str
+        ) -> None:
+    """The plugin replaces FederatedScope's default where it cannot work;
+    written in the config it was replaced too, without a word, where the
+    embedded runner refuses the same file (one file, two meanings)."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"total_round_num": 1})
+    opts: list[str] = []
+    if where == "file":
+        *sections, leaf = key.split(".")
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    else:
+        opts = [key, repr(value)]
+    cfg = write_config(tmp_path / "run.yaml", tree)
+
+    run = fs_main.run(cfg, *opts, check=False)
+
+    assert run.proc.returncode != 0
+    assert f"{named}" in run.log and "(set in the config; the plugin " \
+        "replaces only FederatedScope's default, left unset)" in run.log
+    assert "rolora round 1" not in run.log
+
+
 def test_a_client_config_that_changes_training_is_refused(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path) -> None:

@@ -164,9 +164,12 @@ NOT_COMPARED = {
 NOT_COMPARABLE = {
     "federate.method invalid": "another method is FederatedScope's own "
                                "business (fedavg, ...), not the plugin's",
-    "llm.adapter.use invalid": "False is FederatedScope's default: the "
-                               "plugin cannot tell it from an unset key "
-                               "and sets True",
+    "llm.adapter.use invalid": "False is FederatedScope's default, which "
+                               "this probe (merging files, with no command "
+                               "line) cannot tell from an unset key; under "
+                               "main.py the plugin reads the --cfg file "
+                               "and refuses it written there "
+                               "(test_fs_plugin.py -k written_out)",
 }
 # Known differences, kept visible: the plugin refuses these by name.
 # (``rolora.per_client_eval: always`` was one until the plugin scored
