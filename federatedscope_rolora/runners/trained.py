@@ -412,6 +412,11 @@ def export_model(run_dir: Path, cfg: Config, out_dir: Path,
             f"{method} keeps one B per client and its global adapter "
             "holds none of them; export one client's model with --client "
             f"ID (1..{cfg['federate.client_num']})")
+    if client is not None and not trained.shared:
+        raise TrainedError(
+            f"--client {client}: {method} trains one model, the global "
+            "adapter, which every client scores; export it without "
+            "--client (only FedSA-LoRA's clients keep models of their own)")
     if client is not None:
         trained.use_client(client)
     max_len = cfg["llm.tok_len"]

@@ -386,6 +386,10 @@ def test_export_overwrites_nothing_and_leaves_nothing_when_refused(
 
     with pytest.raises(TrainedError, match="not an empty directory"):
         export_model(tmp_path / "run", cfg, tmp_path / "taken")
+    # it was exported as "client 2's model": the global adapter
+    with pytest.raises(TrainedError, match="--client 2: rolora trains one "
+                       "model, the global adapter"):
+        export_model(tmp_path / "run", cfg, tmp_path / "c2", client=2)
     # a written copy that does not match the run's model is not exported
     monkeypatch.setattr(module, "EXPORT_TOLERANCE", -1.0)
     with pytest.raises(TrainedError, match="nothing was exported"):
