@@ -174,6 +174,22 @@ def learning_rates(plan: Plan, h2h_plan: h2h.Plan, h2h_store: Store,
     return h2h.best_lrs(h2h_plan, h2h_store)
 
 
+def known_rates(plan: Plan, h2h_plan: h2h.Plan, h2h_store: Store,
+                glue_root: Path) -> tuple[Plan, dict[str, float]]:
+    """``plan`` cut to the methods whose SST-2 grid has run, and their
+    rates (a report over every stored run cannot place the others)."""
+    lrs: dict[str, float] = {}
+    for method in plan.methods:
+        try:
+            lrs.update(learning_rates(replace(plan, methods=(method,)),
+                                      h2h_plan, h2h_store, glue_root, None,
+                                      run=False))
+        except RuntimeError:   # its grid is incomplete
+            continue
+    return replace(plan, methods=tuple(m for m in plan.methods
+                                       if m in lrs)), lrs
+
+
 def device_name(use_gpu: bool) -> str:
     """Where the runs go: CUDA device 0 with ``use_gpu``, else the CPU
     with the vector instructions torch's kernels use (CPUs that differ
@@ -681,8 +697,11 @@ def main(argv: list[str] | None = None) -> int:
             print("--gpu: torch sees no CUDA device here", file=sys.stderr)
             return 2
     plan = QUICK if args.quick else FULL
-    plan = replace(plan, base=plan.base.with_(model=args.model),
-                   methods=methods)
+    plan = replace(plan, base=plan.base.with_(model=args.model))
+    # the report covers every stored run of the whole plan; --methods,
+    # --seeds, --clients and --tasks choose only what runs now
+    whole = plan
+    plan = replace(plan, methods=methods)
     try:
         if args.seeds:
             plan = replace(plan, seeds=_listed(args.seeds, int))
@@ -712,16 +731,23 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         run_parts(plan, parts, lrs, store, args.glue_root, status,
                   args.jobs, args.gpu)
+    # and seeds, client counts or tasks given beyond the plan's
+    whole = replace(whole, **{
+        name: tuple(dict.fromkeys((*getattr(whole, name),
+                                   *getattr(plan, name))))
+        for name in ("seeds", "clients", "tasks")})
+    if whole != plan:
+        whole, lrs = known_rates(whole, h2h_plan, h2h_store, args.glue_root)
     command = " ".join(["python benchmarks/glue_regime.py", *argv])
-    by_seed = chance(plan, args.glue_root)
-    text, results = report(plan, store, lrs, command, by_seed)
+    by_seed = chance(whole, args.glue_root)
+    text, results = report(whole, store, lrs, command, by_seed)
     results["chance"] = by_seed
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1)
                                            + "\n")
-    plot_gaps(plan, store, lrs, args.out / f"{stem}_gaps.png")
+    plot_gaps(whole, store, lrs, args.out / f"{stem}_gaps.png")
     plot_long(plan, store, lrs, args.out / f"{stem}_long.png")
     return 0
 
