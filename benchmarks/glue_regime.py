@@ -732,10 +732,11 @@ def main(argv: list[str] | None = None) -> int:
         run_parts(plan, parts, lrs, store, args.glue_root, status,
                   args.jobs, args.gpu)
     # and seeds, client counts or tasks given beyond the plan's
-    whole = replace(whole, **{
-        name: tuple(dict.fromkeys((*getattr(whole, name),
-                                   *getattr(plan, name))))
-        for name in ("seeds", "clients", "tasks")})
+    whole = replace(whole,
+                    seeds=tuple(dict.fromkeys((*whole.seeds, *plan.seeds))),
+                    clients=tuple(dict.fromkeys((*whole.clients,
+                                                 *plan.clients))),
+                    tasks=tuple(dict.fromkeys((*whole.tasks, *plan.tasks))))
     if whole != plan:
         whole, lrs = known_rates(whole, h2h_plan, h2h_store, args.glue_root)
     command = " ".join(["python benchmarks/glue_regime.py", *argv])
