@@ -169,3 +169,18 @@ def tiny_cfg_file(tiny_model_dir: Path, tiny_glue_root: Path,
                             tmp_path / "run")
     path.write_text(yaml.safe_dump(tree), encoding="utf-8")
     return path
+
+
+def rescale_a_weight(model_dir: Path) -> bytes:
+    """Scale one query weight of the model in ``model_dir`` by 1.01 (same
+    shapes, same path: another model all the same); its file's original
+    bytes, to put back."""
+    from safetensors.torch import load_file, save_file
+
+    weights = model_dir / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(str(weights))
+    name = next(k for k in sorted(tensors) if k.endswith("query.weight"))
+    tensors[name] = tensors[name] * 1.01
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    return original

@@ -15,7 +15,7 @@ from federatedscope_rolora.config import Config, ConfigError, build_config
 from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.runners.compare import compare, parse_seeds
 from federatedscope_rolora.runners.outputs import OutdirError
-from tests.conftest import tiny_config_tree
+from tests.conftest import rescale_a_weight, tiny_config_tree
 
 pytestmark = pytest.mark.slow
 
@@ -261,20 +261,13 @@ def test_a_finished_run_on_other_model_weights_stops_the_comparison(
     read back, stood beside it in one table, trained on the old ones."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
-
     from federatedscope_rolora.runners.checkpoint import CheckpointError
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     cfg = tiny(model, tiny_glue_root, tmp_path / "cmp")
     compare(cfg, ["lora"], plots=False)
-    weights = model / "model.safetensors"
-    original = weights.read_bytes()
-    tensors = load_file(str(weights))
-    name = next(k for k in sorted(tensors) if k.endswith("query.weight"))
-    tensors[name] = tensors[name] * 1.01
-    save_file(tensors, str(weights), metadata={"format": "pt"})
+    original = rescale_a_weight(model)
 
     with pytest.raises(CheckpointError, match=r"cmp/lora': the model built "
                        r"from model.type .* differs from the one it ran on "
@@ -282,7 +275,7 @@ def test_a_finished_run_on_other_model_weights_stops_the_comparison(
         compare(cfg, ["rolora", "lora"], resume=True, plots=False)
     assert not (tmp_path / "cmp" / "rolora").exists()
 
-    weights.write_bytes(original)
+    (model / "model.safetensors").write_bytes(original)
     result = compare(cfg, ["rolora", "lora"], resume=True, plots=False)
     assert set(result["methods"]) == {"rolora", "lora"}
 

@@ -42,7 +42,7 @@ from federatedscope_rolora.runners.outputs import (
     read_metrics,
 )
 from federatedscope_rolora.runners.simulation import run
-from tests.conftest import tiny_config_tree
+from tests.conftest import rescale_a_weight, tiny_config_tree
 
 
 class Stop(Exception):
@@ -406,27 +406,20 @@ def test_resume_refuses_a_model_whose_weights_changed(
     """One weight scaled by 1.01, same shapes, same path: the resume was
     accepted and trained on from another model (no longer bit-identical
     to a straight run); a hub name's files can change the same way."""
-    from safetensors.torch import load_file, save_file
-
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     tree = make_tree(model, tiny_glue_root, tmp_path / "run")
     cfg = build_config(flatten(tree))
     with pytest.raises(Stop):
         run(cfg, on_round=stop_after(2))
-    weights = model / "model.safetensors"
-    original = weights.read_bytes()
-    tensors = load_file(str(weights))
-    name = next(k for k in sorted(tensors) if k.endswith("query.weight"))
-    tensors[name] = tensors[name] * 1.01
-    save_file(tensors, str(weights), metadata={"format": "pt"})
+    original = rescale_a_weight(model)
     cfg_file = write_cfg_file(tmp_path / "tiny.yaml", tree)
 
     error = refused_resume(cfg_file, cfg.run_dir, capsys)
 
     assert (f"the model built from model.type {str(model)!r} differs from "
             "the one it ran on to round 2") in error
-    weights.write_bytes(original)
+    (model / "model.safetensors").write_bytes(original)
     assert main(["run", "--cfg", str(cfg_file), "--resume"]) == 0
     assert read_summary(cfg.run_dir)["model_digest"] == \
         load_checkpoint(cfg.run_dir).model
