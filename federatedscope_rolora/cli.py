@@ -243,12 +243,17 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     head = f"{cfg['federate.method']} on {cfg.task}"
     recorded = result["recorded"] or {}
+    changed = _scoring_changes(run_dir, cfg)
+    if changed:
+        print("federatedscope-rolora: note: scored under other values "
+              f"than the run's config.yaml: {'; '.join(changed)}; the "
+              "run's figures beside are of its own", file=sys.stderr)
     if result["same_rows"] is False:
         print("federatedscope-rolora: note: these test rows differ from "
               "the ones the run was scored on (its summary's "
-              "data_digest): the data files changed, or are read from "
-              "another data.root, so its figures are not comparable",
-              file=sys.stderr)
+              "data_digest): the data files changed, are read from "
+              "another data.root, or the config draws other rows, so its "
+              "figures are not comparable", file=sys.stderr)
     if "eval_per_client" in result:
         means = result["eval_per_client"]
         scores = ", ".join(
@@ -288,6 +293,32 @@ def _options_first(args: argparse.Namespace, where: str,
                           f"overrides: options go {where} ({usage}; "
                           f"federatedscope-rolora {args.command} --help "
                           "lists them)")
+
+
+# Keys whose value changes what eval scores (the model's inputs, the
+# test rows, the clients' shares), beside the method, which
+# runners/trained.py compares itself.
+SCORING_KEYS = ("seed", "data.type", "model.type", "llm.tok_len",
+                "llm.adapter.args", "rolora.eval_samples",
+                "rolora.train_samples", "rolora.holdout",
+                "federate.client_num", "data.splitter",
+                "data.splitter_args")
+
+
+def _scoring_changes(run_dir: Path, cfg: Config) -> list[str]:
+    """``KEY (X in the run, Y here)`` for each of ``SCORING_KEYS`` where
+    ``cfg`` (the eval's ``--cfg`` and overrides) differs from the run's
+    own config.yaml; none if that cannot be read."""
+    from federatedscope_rolora.runners.checkpoint import same_adapter
+    from federatedscope_rolora.runners.outputs import CONFIG_FILE
+
+    try:
+        ran = load_config(run_dir / CONFIG_FILE, ignore=("distribute",))
+    except (ConfigError, OSError):
+        return []
+    return [f"{k} ({ran[k]!r} in the run, {cfg[k]!r} here)"
+            for k in SCORING_KEYS
+            if ran[k] != cfg[k] and not same_adapter(k, ran[k], cfg[k])]
 
 
 def _trained_config(args: argparse.Namespace, places: str) -> Config:

@@ -234,6 +234,23 @@ def test_cli_eval_prints_the_score_beside_the_runs(
             "before RUN_DIR") in misplaced.stderr
 
 
+def test_eval_under_other_scoring_values_says_so(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """Shorter inputs scored other numbers beside the run's own, with no
+    word; the test-rows note blamed the data files for an eval_samples
+    override."""
+    finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run", "lora")
+
+    shorter = cli("eval", tmp_path / "run", "llm.tok_len", "12")
+    fewer = cli("eval", tmp_path / "run", "rolora.eval_samples", "40")
+
+    assert shorter.returncode == 0, shorter.stderr
+    assert "note: scored under other values than the run's config.yaml: " \
+        "llm.tok_len (16 in the run, 12 here)" in shorter.stderr
+    assert "rolora.eval_samples (" in fewer.stderr
+    assert "or the config draws other rows" in fewer.stderr
+
+
 def test_eval_takes_the_yaml_a_distributed_run_ran_with(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
     """The README says to pass the YAML a run used; a distributed
