@@ -11,6 +11,7 @@ to its longest row, which saves what padding would waste.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,11 @@ from federatedscope_rolora.fs.cfg_rolora import (
     schema_view,
 )
 from federatedscope_rolora.fs.prefix import remember_inputs
-from federatedscope_rolora.runners.setup import data_digest, deal_train
+from federatedscope_rolora.runners.setup import (
+    data_digest,
+    deal_train,
+    sample_warnings,
+)
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import Split, load_task
 from federatedscope_rolora.training.models import resolve_model_path
@@ -36,6 +41,8 @@ IDS, MASK, TYPES = 0, 1, 2
 # The sha256 of the scored test rows (setup.data_digest), kept by the data
 # builder for the summary, which ``eval`` checks its rows against.
 _test_digest: list[str] = []
+
+logger = logging.getLogger("federatedscope.rolora")
 
 
 def test_digest() -> dict[str, str]:
@@ -109,6 +116,9 @@ def glue_rows(config: Any) -> tuple[GlueRows, GlueRows]:
     root = config.data.root or None
     train, test = load_task(str(config.data.type), root, seed=config.seed,
                             holdout=config.rolora.holdout)
+    for warning in sample_warnings(config.rolora.train_samples, len(train),
+                                   config.rolora.eval_samples, len(test)):
+        logger.warning("rolora plugin: %s", warning)
     train = _subset(train, config.rolora.train_samples, config.seed)
     test = _subset(test, config.rolora.eval_samples, config.seed + 1)
     _test_digest[:] = [data_digest(test)]

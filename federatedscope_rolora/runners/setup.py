@@ -141,6 +141,21 @@ def split_test_per_client(cfg: Config, train: Split, test: Split
                            seed + 2, shares)
 
 
+def sample_warnings(train_samples: int, train_rows: int,
+                    eval_samples: int, test_rows: int) -> list[str]:
+    """What a run should say where ``rolora.train_samples`` or
+    ``rolora.eval_samples`` asks for more rows than the data holds: it
+    takes them all (summary.json records how many), which a reader of
+    the config would not guess."""
+    return [f"rolora.{key} is {asked}, but the {what} holds {have} rows: "
+            f"all {have} are used"
+            for key, asked, have, what in (
+                ("train_samples", train_samples, train_rows,
+                 "train split"),
+                ("eval_samples", eval_samples, test_rows, "test split"))
+            if asked and asked > have]
+
+
 def split_train(cfg: Config, train: Split) -> tuple[Split, list[list[int]]]:
     """The fixed-size train subset and its rows per client.
 
@@ -345,6 +360,9 @@ def build_federation(cfg: Config) -> Federation:
     task = task_spec(cfg["data.type"], root)
     train, test = load_task(cfg["data.type"], root, seed=cfg["seed"],
                             holdout=cfg["rolora.holdout"])
+    for warning in sample_warnings(cfg["rolora.train_samples"], len(train),
+                                   cfg["rolora.eval_samples"], len(test)):
+        log.warning("%s", warning)
     subset, parts = split_train(cfg, train)
     test = scored_subset(cfg, test)
     lora = LoraSpec.from_args(cfg.lora)

@@ -134,6 +134,29 @@ def test_bad_config_value_is_named(
     assert not (tmp_path / "run").exists()
 
 
+def test_more_samples_than_rows_is_said(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """rolora.train_samples 1000 on 240 rows trained on 240 without a
+    word (summary.json recorded it); a reader of the config would think
+    1,000."""
+    import logging
+
+    from federatedscope_rolora.config import load_config
+    from federatedscope_rolora.runners.simulation import run
+
+    cfg = load_config(write_cfg(tmp_path, tiny_model_dir, tiny_glue_root),
+                      ["rolora.train_samples", "1000",
+                       "federate.total_round_num", "1"])
+    with caplog.at_level(logging.WARNING, "federatedscope_rolora"):
+        run(cfg)
+
+    logged = [r.getMessage() for r in caplog.records]
+    assert "rolora.train_samples is 1000, but the train split holds 240 " \
+        "rows: all 240 are used" in logged
+    assert not any("eval_samples" in m for m in logged)
+
+
 def test_fedex_lora_on_a_layer_it_cannot_fold_into_is_refused_first(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
