@@ -749,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1)
                                            + "\n")
     plot_gaps(whole, store, lrs, args.out / f"{stem}_gaps.png")
-    plot_long(plan, store, lrs, args.out / f"{stem}_long.png")
+    plot_long(whole, store, lrs, args.out / f"{stem}_long.png")
     return 0
 
 

@@ -238,16 +238,16 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = _trained_config(args, "RUN_DIR")
     result = score_run(run_dir, cfg, per_client=args.per_client,
                        client=args.client)
-    if args.json:
-        print(json.dumps(result, indent=1))
-        return 0
-    head = f"{cfg['federate.method']} on {cfg.task}"
-    recorded = result["recorded"] or {}
     changed = _scoring_changes(run_dir, cfg)
     if changed:
         print("federatedscope-rolora: note: scored under other values "
               f"than the run's config.yaml: {'; '.join(changed)}; the "
               "run's figures beside are of its own", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    head = f"{cfg['federate.method']} on {cfg.task}"
+    recorded = result["recorded"] or {}
     if result["same_rows"] is False:
         print("federatedscope-rolora: note: these test rows differ from "
               "the ones the run was scored on (its summary's "
@@ -318,7 +318,21 @@ def _scoring_changes(run_dir: Path, cfg: Config) -> list[str]:
         return []
     return [f"{k} ({ran[k]!r} in the run, {cfg[k]!r} here)"
             for k in SCORING_KEYS
-            if ran[k] != cfg[k] and not same_adapter(k, ran[k], cfg[k])]
+            if _spelt(k, ran[k]) != _spelt(k, cfg[k])
+            and not same_adapter(k, ran[k], cfg[k])]
+
+
+def _spelt(key: str, value: object) -> object:
+    """One spelling of a value written several ways: ``sst2`` and
+    ``sst2@glue``, a model with or without ``@huggingface_seqcls``."""
+    from federatedscope_rolora.schema import model_path
+
+    if key == "data.type":
+        task, _, kind = str(value).partition("@")
+        return task.lower(), (kind or "glue").lower()
+    if key == "model.type":
+        return model_path(str(value))
+    return value
 
 
 def _trained_config(args: argparse.Namespace, places: str) -> Config:

@@ -125,13 +125,31 @@ CLIENT_MAY_DIFFER = frozenset({"outdir", "expname", "verbose", "use_gpu",
                                "rolora.threads"})
 
 
-def shared_settings(cfg: Any) -> str:
+# Keys a process of a distributed run may set otherwise than the server:
+# beside where it runs, the data's path on its machine, and what only the
+# server reads (rounds, sampling, evaluation, fault tolerance, weighting,
+# outputs). Every other key decides what a client trains.
+PROCESS_MAY_DIFFER = CLIENT_MAY_DIFFER | frozenset({
+    "device", "data.root", "dataloader.num_workers",
+    "rolora.prefix_cache_mb", "rolora.eval_batch_size",
+    "federate.total_round_num", "federate.sample_client_rate",
+    "federate.sample_client_num", "federate.make_global_eval",
+    "federate.save_to", "federate.share_local_model", "eval.freq",
+    "eval.metrics", "eval.split", "eval.best_res_update_round_wise_key",
+    "eval.count_flops", "rolora.min_received", "rolora.client_deadline_s",
+    "rolora.per_client_eval", "rolora.weighting"})
+
+
+def shared_settings(cfg: Any,
+                    may_differ: frozenset[str] = CLIENT_MAY_DIFFER) -> str:
     """The keys every client shares with the run (all of the schema's
-    but ``CLIENT_MAY_DIFFER``), as JSON: what a client sends up with its
-    update in distributed mode, where each process reads its own YAML."""
+    but ``may_differ``), as JSON: what a client's config is checked on
+    (``--client_cfg``: ``CLIENT_MAY_DIFFER``), and what it sends up with
+    its update for a distributed run's server to check
+    (``PROCESS_MAY_DIFFER``: each process reads its own YAML)."""
     view = schema_view(cfg)
     return json.dumps({k: view[k] for k in SCHEMA
-                       if k not in CLIENT_MAY_DIFFER and k in view},
+                       if k not in may_differ and k in view},
                       sort_keys=True, default=str)
 
 

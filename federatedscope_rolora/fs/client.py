@@ -38,6 +38,7 @@ from federatedscope_rolora.core.residual import apply_payload
 from federatedscope_rolora.core.roles import RESIDUAL, role_of
 from federatedscope_rolora.core.server import build_update
 from federatedscope_rolora.fs.cfg_rolora import (
+    PROCESS_MAY_DIFFER,
     check_client_config,
     run_config,
     schema_view,
@@ -86,7 +87,7 @@ class RoloraClient(Client):  # type: ignore[misc]
         self.method = method_from_config(schema_view(config))
         # sent up with every update: the server checks them (a
         # distributed client reads its own YAML)
-        self.settings = shared_settings(config)
+        self.settings = shared_settings(config, PROCESS_MAY_DIFFER)
         self.adapter: dict[str, torch.Tensor] = {}
         # Test-only, as in the embedded runner's CLI: ``drift`` entries
         # of ROLORA_TEST_FAULTS change this client's frozen tensors.

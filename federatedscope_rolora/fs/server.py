@@ -52,6 +52,7 @@ from federatedscope_rolora.core.server import (
 from federatedscope_rolora.core.validation import InvalidUpdate
 from federatedscope_rolora.fs import prefix
 from federatedscope_rolora.fs.cfg_rolora import (
+    PROCESS_MAY_DIFFER,
     fs_task,
     model_name,
     schema_view,
@@ -154,7 +155,7 @@ class RoloraServer(Server):  # type: ignore[misc]
         if config is None:  # FederatedScope probes an empty instance
             return
         self.settings = schema_view(config)
-        self.shared = shared_settings(config)
+        self.shared = shared_settings(config, PROCESS_MAY_DIFFER)
         self.task = fs_task(config)
         self.adapter_server = AdapterServer(
             method_from_config(self.settings),

@@ -38,7 +38,7 @@ from federatedscope.core.auxiliaries.utils import b64serializer, param2tensor
 from federatedscope_rolora.core.server import ClientUpdate
 from federatedscope_rolora.core.validation import InvalidUpdate
 from federatedscope_rolora.fs.cfg_rolora import (
-    CLIENT_MAY_DIFFER,
+    PROCESS_MAY_DIFFER,
     settings_changes,
 )
 
@@ -122,8 +122,9 @@ def _check_settings(who: str, sent: Any, settings: str) -> None:
         raise InvalidUpdate(
             f"{who}: the client ran under another config than the "
             f"server's: {'; '.join(changed)}; every process of a run "
-            "needs the same values but for where it runs (distribute.*, "
-            f"{', '.join(sorted(CLIENT_MAY_DIFFER))})")
+            "needs the same values of the keys that decide what a client "
+            "trains (all but distribute.* and "
+            f"{', '.join(sorted(PROCESS_MAY_DIFFER))})")
 
 
 def _number(who: str, meta: Mapping[str, Any], name: str,

@@ -354,9 +354,17 @@ def test_a_distributed_client_under_another_config_is_left_out(
     fast = {"train": {"local_update_steps": 4,
                       "optimizer": {"type": "AdamW", "lr": 0.5}}}
 
+    # what only the server reads, or only where a process runs, may
+    # differ: the other client's updates are accepted
+    server_only = {"rolora": {"client_deadline_s": 1000.0,
+                              "min_received": 1}}
+    elsewhere = {"rolora": {"eval_batch_size": 8},
+                 "dataloader": {"num_workers": 0}}
+
     codes, logs = run_distributed(fs_main, tiny_model_dir, tiny_glue_root,
                                   tmp_path, free_ports, rounds,
-                                  own={2: fast})
+                                  own={0: server_only, 1: elsewhere,
+                                       2: fast})
 
     assert codes == [0, 0, 0], logs
     records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")

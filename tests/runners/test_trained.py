@@ -242,13 +242,16 @@ def test_eval_under_other_scoring_values_says_so(
     finished_run(tiny_model_dir, tiny_glue_root, tmp_path / "run", "lora")
 
     shorter = cli("eval", tmp_path / "run", "llm.tok_len", "12")
-    fewer = cli("eval", tmp_path / "run", "rolora.eval_samples", "40")
+    fewer = cli("eval", "--json", tmp_path / "run", "rolora.eval_samples",
+                "40")
+    spelt = cli("eval", tmp_path / "run", "data.type", "sst2")
 
     assert shorter.returncode == 0, shorter.stderr
     assert "note: scored under other values than the run's config.yaml: " \
         "llm.tok_len (16 in the run, 12 here)" in shorter.stderr
-    assert "rolora.eval_samples (" in fewer.stderr
-    assert "or the config draws other rows" in fewer.stderr
+    assert "rolora.eval_samples (" in fewer.stderr   # --json too
+    assert json.loads(fewer.stdout)["same_rows"] is False
+    assert spelt.returncode == 0 and "note:" not in spelt.stderr
 
 
 def test_eval_takes_the_yaml_a_distributed_run_ran_with(
