@@ -275,10 +275,16 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 def model_digest(cfg: Config) -> str:
     """The ``model_digest`` ``build_federation`` records for ``cfg``: the
     model built (adapter and head from the seed), no data read."""
+    return model_fingerprint(_model_alone(cfg))
+
+
+def _model_alone(cfg: Config) -> torch.nn.Module:
+    """The model ``cfg`` builds (adapter and head from the seed), without
+    its data, for the checks made before a comparison's first run."""
     task = task_spec(cfg["data.type"], cfg["data.root"] or None)
     model, _ = build_model(cfg.model_name, task.num_labels,
                            LoraSpec.from_args(cfg.lora), cfg["seed"])
-    return model_fingerprint(model)
+    return model
 
 
 def data_digests(cfg: Config) -> dict[str, str]:
@@ -322,10 +328,10 @@ def check_method_model(model: torch.nn.Module, method: Method,
     word (B's gradient is zero with A)."""
     if method.has_residual:
         check_residual_fits(model, name)
+    never = _never_trained(method)
     zero = sorted({k.rpartition(".lora_")[0].rpartition(".")[2]
                    for k, p in adapter_parameters(model).items()
-                   if role_of(k) in _never_trained(method)
-                   and not bool(p.detach().any())})
+                   if role_of(k) in never and not bool(p.detach().any())})
     if zero:
         raise ModelError(
             f"{method.name} never trains lora_A, but PEFT starts it at "
@@ -341,10 +347,7 @@ def check_method_fits(cfg: Config) -> None:
     method = method_from_config(cfg)
     if not (method.has_residual or _never_trained(method)):
         return
-    task = task_spec(cfg["data.type"], cfg["data.root"] or None)
-    model, _ = build_model(cfg.model_name, task.num_labels,
-                           LoraSpec.from_args(cfg.lora), cfg["seed"])
-    check_method_model(model, method, cfg.model_name)
+    check_method_model(_model_alone(cfg), method, cfg.model_name)
 
 
 def build_federation(cfg: Config) -> Federation:
