@@ -188,7 +188,8 @@ _CN_INTERNALS = frozenset({"__help_info__", "__cfg_check_funcs__",
                            "is_ready_for_run"})
 _MISSING = object()
 _announced: set[str] = set()
-_checked_files: set[str] = set()
+# Each config file named on the command line, read once per process
+_file_trees: dict[str, dict[str, Any]] = {}
 _run_config: list[Any] = []
 
 
@@ -258,8 +259,8 @@ def keys_set_on_command_line(argv: list[str]) -> set[str]:
     if known is None:
         return set()
     keys = {str(k) for k in (known.opts or [])[::2]}
-    if known.cfg_file and os.path.isfile(known.cfg_file):
-        keys.update(flatten_tree(read_yaml_file(known.cfg_file)))
+    if known.cfg_file:
+        keys.update(_keys_of(known.cfg_file))
     return keys
 
 
@@ -291,10 +292,22 @@ def check_command_line_files(argv: list[str]) -> None:
     would run another method), and the plugin sees only the merged
     config, never the file. Each file is checked once per process."""
     for path in command_line_files(argv):
-        if path in _checked_files or not os.path.isfile(path):
-            continue   # a missing file is FederatedScope's to report
-        read_yaml_file(path)
-        _checked_files.add(path)
+        _tree_of(path)
+
+
+def _keys_of(path: str) -> set[str]:
+    """The dotted keys of the config file ``path``, read (and checked
+    for a key given twice) once per process; none for a missing file,
+    which is FederatedScope's to report."""
+    return set(flatten_tree(_tree_of(path)))
+
+
+def _tree_of(path: str) -> dict[str, Any]:
+    if path not in _file_trees:
+        if not os.path.isfile(path):
+            return {}
+        _file_trees[path] = read_yaml_file(path)
+    return _file_trees[path]
 
 
 def _replace_fs_defaults(cfg: Any) -> None:
