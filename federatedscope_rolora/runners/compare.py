@@ -16,6 +16,7 @@ from federatedscope_rolora.runners.checkpoint import resume_point
 from federatedscope_rolora.runners.outputs import (
     CONFIG_FILE,
     OutdirError,
+    RunDirLock,
     check_outdir,
     holds_run,
     read_metrics_head,
@@ -248,15 +249,22 @@ def _run_or_continue(cfg: Config, resume: bool,
     or return its summary if it finished under this very config."""
     if not (resume and holds_run(cfg.run_dir)):
         return run(cfg, on_round=callback)
-    ckpt = resume_point(cfg)  # CheckpointError if the config differs
-    total = cfg["federate.total_round_num"]
-    if ckpt is not None and ckpt.round_idx == total:
-        # missing or damaged: the resumed run writes it again
-        summary = read_summary(cfg.run_dir)
-        if summary is not None and summary.get("rounds") == total and \
-                _readable(cfg.run_dir, summary):
-            log.info("%s: finished already, read back", cfg.run_dir)
-            return summary
+    # read under the run's lock: a `run --resume` going on in the
+    # member (more rounds) would be read back half-written
+    lock = RunDirLock(cfg.run_dir)
+    lock.acquire()   # OutdirError if another process is writing it
+    try:
+        ckpt = resume_point(cfg)  # CheckpointError if the config differs
+        total = cfg["federate.total_round_num"]
+        if ckpt is not None and ckpt.round_idx == total:
+            # missing or damaged: the resumed run writes it again
+            summary = read_summary(cfg.run_dir)
+            if summary is not None and summary.get("rounds") == total \
+                    and _readable(cfg.run_dir, summary):
+                log.info("%s: finished already, read back", cfg.run_dir)
+                return summary
+    finally:
+        lock.release()   # run() takes its own
     return run(cfg, on_round=callback, resume=True)
 
 

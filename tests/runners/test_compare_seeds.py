@@ -14,7 +14,7 @@ import pytest
 from federatedscope_rolora.config import Config, ConfigError, build_config
 from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.runners.compare import compare, parse_seeds
-from federatedscope_rolora.runners.outputs import OutdirError
+from federatedscope_rolora.runners.outputs import OutdirError, RunDirLock
 from tests.conftest import rescale_a_weight, tiny_config_tree
 
 pytestmark = pytest.mark.slow
@@ -118,6 +118,26 @@ def test_one_seed_keeps_the_usual_layout_under_that_seed(
     assert "seed: 5" in saved.splitlines()
     assert result["seeds"] == [5]
     assert "final_sd" not in result["methods"]["lora"]
+
+
+def test_resume_does_not_read_back_a_member_another_process_writes(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """A finished member that a `run --resume` (more rounds) is
+    extending was read back without its lock, half-written; compare
+    now waits its turn like any writer, and reads it once it is free."""
+    cfg = tiny(tiny_model_dir, tiny_glue_root, tmp_path / "cmp")
+    first = compare(cfg, ["rolora", "lora"], plots=False)
+    lock = RunDirLock(tmp_path / "cmp" / "lora")
+    lock.acquire()
+    try:
+        with pytest.raises(OutdirError, match=r"/cmp/lora' is in use"):
+            compare(cfg, ["rolora", "lora"], resume=True, plots=False)
+    finally:
+        lock.release()
+
+    again = compare(cfg, ["rolora", "lora"], resume=True, plots=False)
+    assert again["methods"]["lora"]["final"] == \
+        first["methods"]["lora"]["final"]
 
 
 def _no_wall_seconds(run_dir: Path) -> None:
