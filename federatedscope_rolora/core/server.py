@@ -383,7 +383,13 @@ class AdapterServer:
                 f"{loudest.client_id} sent the largest values (max |x| = "
                 f"{_largest_value(loudest):.3g}); nothing was aggregated"
             ) from None
-        self.last_gap = merge_gap(inputs, result)
+        # A factor kept on the clients (FedSA-LoRA's B) is unknown here,
+        # so their effective updates are too: no gap to measure (the
+        # server's initial B stood in for theirs; zero for a Linear, but
+        # PEFT starts an embedding's B random).
+        self.last_gap = GapStats(None, None, None) \
+            if self.method.plan(round_idx).kept_roles \
+            else merge_gap(inputs, result)
         for key, value in merged.items():
             self.state[key] = value
             self.version[key] = round_idx

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import pytest
 import torch
 
-from federatedscope_rolora.core.merging import lora_modules
+from federatedscope_rolora.core.merging import GapStats, lora_modules
 from federatedscope_rolora.core.methods import METHODS, make_method
 from federatedscope_rolora.core.residual import apply_payload
 from federatedscope_rolora.core.roles import LORA_A, LORA_B, RESIDUAL, role_of
@@ -479,11 +479,23 @@ def test_gap_of_lora_is_positive_and_matches_the_reference() -> None:
     assert gap == pytest.approx((num / den) ** 0.5, rel=1e-6)
 
 
-def test_gap_of_fedsa_is_undefined_the_server_holds_no_b() -> None:
-    server, clients = _server("fedsa_lora"), _clients()
-    _round(server, clients, 1)
+@pytest.mark.parametrize("start_b", ["zero", "random"])
+def test_gap_of_fedsa_is_undefined_the_server_holds_no_b(start_b: str
+                                                        ) -> None:
+    """The server never sees a client's B. A B starting at zero (PEFT's
+    Linear) gave None by accident; one starting random (PEFT's
+    embedding) gave a gap near zero, measured against the initial B no
+    client trains with."""
+    adapter = initial_adapter()
+    if start_b == "random":
+        gen = torch.Generator().manual_seed(1)
+        adapter = {k: torch.randn(v.shape, generator=gen) if k in (B_Q, B_V)
+                   else v for k, v in adapter.items()}
+    server = AdapterServer(make_method("fedsa_lora"), adapter,
+                           scaling=SCALING)
+    _round(server, _clients(), 1)
 
-    assert server.last_gap.aggregation_gap is None
+    assert server.last_gap == GapStats(None, None, None)
 
 
 ROUNDS = ([0, 2, 4], [1, 3], [0, 1, 4], [2, 3, 4])  # sampled clients
