@@ -105,9 +105,13 @@ def load_base(name: str, num_labels: int, seed: int
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         torch.manual_seed(seed)
+        # Every task here is single-label: a checkpoint saved for
+        # regression or multi-label kept that loss (MSE, BCE) on the new
+        # head, which failed in every client, or trained on MSE unseen.
         base, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, ignore_mismatched_sizes=True,
-            output_loading_info=True)
+            output_loading_info=True,
+            problem_type="single_label_classification")
     except (OSError, ValueError, RuntimeError) as err:
         raise ModelError(f"cannot load model {name!r} (resolved to "
                          f"{path!r}): {err}") from err

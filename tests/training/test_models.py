@@ -64,6 +64,37 @@ def test_a_head_of_another_label_count_is_drawn_afresh(
     assert torch.equal(two.classifier.weight, saved.classifier.weight)
 
 
+@pytest.mark.parametrize(("problem_type", "labels"), [
+    ("regression", 1), ("multi_label_classification", 2)])
+def test_a_checkpoint_saved_for_another_loss_trains_on_cross_entropy(
+        tiny_model_dir: Path, tmp_path: Path, problem_type: str,
+        labels: int) -> None:
+    """A checkpoint saved for regression or multi-label kept that loss on
+    the new head: MSE or BCE, which failed in every client on class
+    ids, or (batch of one) trained on MSE without a word."""
+    import json
+    import shutil
+
+    saved = tmp_path / "saved"
+    shutil.copytree(tiny_model_dir, saved)
+    config = json.loads((saved / "config.json").read_text())
+    config["problem_type"] = problem_type
+    if labels == 1:
+        config["id2label"] = {"0": "LABEL_0"}
+        config["label2id"] = {"LABEL_0": 0}
+    (saved / "config.json").write_text(json.dumps(config))
+
+    model, _ = load_base(str(saved), 2, seed=0)
+    ids = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0], [2, 8, 9, 3]])
+    targets = torch.tensor([0, 1, 1])
+    out = model(input_ids=ids, attention_mask=(ids > 0).long(),
+                labels=targets)
+
+    assert model.config.problem_type == "single_label_classification"
+    assert torch.allclose(
+        out.loss, torch.nn.functional.cross_entropy(out.logits, targets))
+
+
 def test_a_checkpoint_with_a_wrong_shaped_weight_is_refused(
         tiny_model_dir: Path, tmp_path: Path) -> None:
     """Only the head may be replaced: a body weight of the wrong shape
