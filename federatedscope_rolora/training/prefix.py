@@ -15,7 +15,9 @@ layers L..: the attention mask, the head and the loss are the model's own
 code, so they cannot drift from the uncached forward. Padded positions get
 zeros; the attention mask hides them from every real position, as it hides
 the pad tokens' states in the uncached forward. Works for models whose
-backbone has ``embeddings`` and ``encoder.layer`` (BERT, MiniLM, RoBERTa).
+backbone has ``embeddings`` and ``encoder.layer`` (BERT, MiniLM, RoBERTa)
+and whose encoder only runs that list in turn: the cache is checked
+against the model's own forward on a few inputs when it is built.
 
 States are keyed by the tokens themselves (ids and token types), so an
 input that occurs twice is stored once, and both runners look rows up
@@ -263,7 +265,68 @@ def build_prefix_cache(model: nn.Module, keys: Sequence[InputKey],
             backbone.pooler = pooler
         backbone.train(was_training)
     cache.build_seconds = time.perf_counter() - start
+    check_cached_forward(model, cache, order, pad_token_id=pad_token_id,
+                         device=device)
     return cache
+
+
+# Checked on a few of the cached inputs: the cached forward must give the
+# model's own logits, to float noise (they agree to ~1e-6 for BERT).
+CHECK_INPUTS = 4
+CHECK_TOLERANCE = 1e-4
+
+
+@torch.no_grad()
+def check_cached_forward(model: nn.Module, cache: PrefixCache,
+                         keys: Sequence[InputKey], *, pad_token_id: int,
+                         device: torch.device) -> None:
+    """PrefixError unless the cached forward of a few of ``keys`` (the
+    shortest, the longest and between, batched together so padding is
+    tried too) gives the logits of the model's own forward, both in
+    evaluation mode. An encoder that does more than run its layer list
+    in turn passes the structural check but not this: DeBERTa-v2 with a
+    conv layer (applied after the list's first layer: twice, in the
+    wrong place, silently), ELECTRA with a smaller embedding (its
+    projection applied to the cached states: a shape error)."""
+    if not keys:
+        return
+    picks = sorted({round(i * (len(keys) - 1) / (CHECK_INPUTS - 1))
+                    for i in range(CHECK_INPUTS)})
+    sample = [keys[i] for i in picks]
+    data = EncodedDataset(
+        input_ids=[list(ids) for ids, _ in sample],
+        token_type_ids=[list(t or ()) for _, t in sample]
+        if sample[0][1] is not None else None,
+        labels=[0] * len(sample))
+    rows = list(range(len(sample)))
+    batch = collate(data, rows, pad_token_id)
+    name = type(getattr(model, "get_base_model", lambda: model)()).__name__
+    was_training = model.training
+    model.eval()
+    try:
+        tokens = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        want = model(**tokens).logits
+        states = {k: v.to(device) for k, v in
+                  cached_inputs(cache, data, rows, batch).items()
+                  if k != "labels"}
+        try:
+            got = run_model(model, states, cache).logits
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise PrefixError(
+                f"rolora.prefix_cache: {name} cannot run from cached "
+                f"states ({type(err).__name__}: {err}); its encoder does "
+                "more than run its layers in turn; set "
+                "rolora.prefix_cache false") from None
+    finally:
+        model.train(was_training)
+    diff = float((got - want).abs().max())
+    if not diff <= CHECK_TOLERANCE * (1.0 + float(want.abs().max())):
+        raise PrefixError(
+            f"rolora.prefix_cache: {name} gives other logits from cached "
+            f"states than from its tokens (max difference {diff:.3g} on "
+            f"{len(sample)} inputs): its encoder does more than run its "
+            "layers in turn (e.g. DeBERTa-v2's conv layer); set "
+            "rolora.prefix_cache false")
 
 
 def _add_states(cache: PrefixCache, backbone: Any,

@@ -207,3 +207,75 @@ def test_a_cache_over_the_limit_names_its_size_and_the_key() -> None:
                        r"over rolora\.prefix_cache_mb \(2 MB\)"):
         check_cache_size(2_500_000, 2, LAYERS)
     check_cache_size(2_000_000, 2, LAYERS)
+
+
+def odd_model(kind: str) -> nn.Module:
+    """4-layer encoders that backbone_of accepts but whose forward does
+    more than run the layer list: DeBERTa-v2 with a conv layer after
+    the list's first layer, ELECTRA projecting a narrower embedding;
+    ``deberta`` without the conv is the control."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        ElectraConfig,
+        ElectraForSequenceClassification,
+    )
+
+    common = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 4,
+              "num_attention_heads": 2, "intermediate_size": 64,
+              "num_labels": 2, "max_position_embeddings": 64,
+              "initializer_range": 0.2}
+    torch.manual_seed(0)
+    base: nn.Module
+    if kind == "electra":
+        base = ElectraForSequenceClassification(ElectraConfig(
+            embedding_size=16, **common))
+        targets = ["query", "value"]
+    else:
+        base = DebertaV2ForSequenceClassification(DebertaV2Config(
+            relative_attention=True, position_biased_input=False,
+            conv_kernel_size=3 if kind == "deberta-conv" else 0, **common))
+        targets = ["query_proj", "value_proj"]
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8,
+                        target_modules=targets, layers_to_transform=[2, 3])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return get_peft_model(base, config)
+
+
+@pytest.mark.parametrize(("kind", "named"), [
+    ("deberta-conv", r"DebertaV2ForSequenceClassification gives other "
+     r"logits from cached states than from its tokens \(max difference "),
+    ("electra", r"ElectraForSequenceClassification cannot run from cached "
+     r"states \(RuntimeError: "),
+])
+def test_an_encoder_that_does_more_than_run_its_layers_is_refused(
+        kind: str, named: str) -> None:
+    """Both passed the structural check: DeBERTa-v2's conv then ran
+    twice, in the wrong place, and trained the wrong network without a
+    word; ELECTRA failed in every client with a bare shape error."""
+    model = odd_model(kind)
+
+    with pytest.raises(PrefixError, match=named):
+        build_prefix_cache(model, distinct_inputs([tiny_data("bert")]),
+                           LAYERS, pad_token_id=0, batch_size=3,
+                           device=torch.device("cpu"))
+    assert model.training     # left as it was
+
+
+def test_the_check_passes_an_encoder_that_only_runs_its_layers() -> None:
+    model = odd_model("deberta")
+    data = tiny_data("bert")
+    cache = build_prefix_cache(model, distinct_inputs([data]), LAYERS,
+                               pad_token_id=0, batch_size=3,
+                               device=torch.device("cpu"))
+
+    model.eval()
+    rows = list(range(len(data)))
+    batch = collate(data, rows, 0)
+    with torch.no_grad():
+        want = model(**batch).logits
+        got = run_model(model, cached_inputs(cache, data, rows, batch),
+                        cache).logits
+    assert torch.allclose(got, want, atol=1e-5)
