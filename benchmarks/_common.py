@@ -580,10 +580,16 @@ def final_metric(row: dict[str, Any]) -> float:
 def score(row: dict[str, Any]) -> float:
     """The number a table shows: the per-client final score
     (example-weighted) for a personalised method, else the global one."""
+    if row["spec"]["method"] not in PERSONAL:
+        return final_metric(row)
     personal = row.get("final_per_client")
-    if row["spec"]["method"] in PERSONAL and personal:
-        return float(personal["example_weighted"][row["primary_metric"]])
-    return final_metric(row)
+    if not personal:
+        # the table's column says "per client": the global score there
+        # would be another number under that name
+        raise ValueError(f"run {row['key']!r}: a {row['spec']['method']} "
+                         "run without its per-client final score "
+                         "(final_per_client)")
+    return float(personal["example_weighted"][row["primary_metric"]])
 
 
 def paired_points(scores: Mapping[Any, float],

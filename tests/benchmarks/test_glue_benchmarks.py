@@ -417,6 +417,10 @@ def test_fedsa_cells_hold_the_per_client_score() -> None:
 
     assert common.score(row) == 0.8
     assert common.score({**row, "spec": {"method": "lora"}}) == 0.5
+    # without it, the global score stood in under the per-client column
+    with pytest.raises(ValueError, match="'k': a fedsa_lora run without "
+                       "its per-client final score"):
+        common.score({**row, "key": "k", "final_per_client": None})
 
 
 def test_bad_jobs_is_refused_before_any_run(tmp_path: Path) -> None:
