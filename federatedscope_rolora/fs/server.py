@@ -337,6 +337,7 @@ class RoloraServer(Server):  # type: ignore[misc]
             "method": self.settings["federate.method"],
             "task": self.task.name,
             "labels": list(self.task.label_names),
+            "text_columns": list(self.task.text_columns),
             "model": model_name(self._cfg.model.type),
             "mode": self._cfg.federate.mode,
             "clients": self.client_num,

@@ -25,7 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from safetensors import SafetensorError
@@ -58,6 +58,7 @@ from federatedscope_rolora.training.glue import (
     Split,
     TaskSpec,
     load_task,
+    recorded_task_spec,
     task_spec,
 )
 from federatedscope_rolora.training.local import evaluate
@@ -253,9 +254,16 @@ def _task_of_run(run_dir: Path, cfg: Config,
     """The run's task as its files give it now; TrainedError where the
     run recorded other labels (your own data, edited since): the head's
     ids would be read under other names, by eval and in export's
-    id2label, or not fit the head at all."""
-    task = task_spec(cfg["data.type"], cfg["data.root"] or None)
+    id2label, or not fit the head at all. Your own data absent from
+    this machine: the text columns and labels the run recorded."""
     recorded = summary.get("labels")
+    columns = summary.get("text_columns")
+    if _strings(recorded) and _strings(columns):
+        kept = recorded_task_spec(cfg["data.type"], cfg["data.root"] or None,
+                                  columns, recorded)
+        if kept is not None:   # your own data, not on this machine
+            return kept
+    task = task_spec(cfg["data.type"], cfg["data.root"] or None)
     if isinstance(recorded, list) and recorded != list(task.label_names):
         raise TrainedError(
             f"data.type {task.name}: the run in {str(run_dir)!r} was "
@@ -264,6 +272,11 @@ def _task_of_run(run_dir: Path, cfg: Config,
             f"now gives {', '.join(task.label_names)}; restore the data "
             "the run was trained on")
     return task
+
+
+def _strings(value: Any) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and bool(value) and \
+        all(isinstance(v, str) for v in value)
 
 
 def _fold_saved_residual(model: torch.nn.Module, path: Path) -> None:

@@ -31,6 +31,10 @@ import numpy as np
 
 from federatedscope_rolora.schema import TSV_NAME, TSV_SUFFIX
 
+# Macro F1 beside accuracy: own labels are often skewed, and a model that
+# always says the majority label scores its share in accuracy.
+OWN_METRICS = ("acc", "f1_macro")
+
 
 class DataError(ValueError):
     """Bad or missing task data; the message names the file and line."""
@@ -193,10 +197,24 @@ def _tsv_spec(path: str, name: str, mtime_ns: int, size: int) -> TaskSpec:
     # never depend on the set's order (a process's hash seed).
     names = sorted(labels, key=lambda y: (int(y), y)) if numeric \
         else sorted(labels)
-    # Macro F1 beside accuracy: own labels are often skewed, and a model
-    # that always says the majority label scores its share in accuracy.
     return TaskSpec(f"{name}@{TSV_SUFFIX}", name, texts, tuple(names),
-                    ("acc", "f1_macro"))
+                    OWN_METRICS)
+
+
+def recorded_task_spec(name: str, root: str | Path | None,
+                       text_columns: Sequence[str], labels: Sequence[str]
+                       ) -> TaskSpec | None:
+    """Your own data's spec as a run recorded it (text columns, labels),
+    for a machine that holds the run but not the data (``export
+    --check-rows 0`` where the model was trained); None for a GLUE task
+    or where ``train.tsv`` is there, to be read (and its labels checked
+    against the run's)."""
+    task, _, suffix = name.partition("@")
+    if suffix.lower() != TSV_SUFFIX or root is None or \
+            (Path(root) / task / "train.tsv").exists():
+        return None
+    return TaskSpec(f"{task}@{TSV_SUFFIX}", task, tuple(text_columns),
+                    tuple(labels), OWN_METRICS)
 
 
 def _check_names(header: list[str], path: str | Path) -> None:

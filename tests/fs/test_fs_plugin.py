@@ -920,3 +920,4 @@ def test_the_plugin_runs_on_your_own_data(
         encoding="utf-8"))
     assert summary["task"] == "tickets@tsv"
     assert summary["labels"] == ["billing", "bug", "praise"]
+    assert summary["text_columns"] == ["title", "body"]

@@ -242,3 +242,46 @@ def test_eval_and_export_refuse_a_run_whose_labels_changed(
         export_model(tmp_path / "run", cfg, tmp_path / "model")
     assert summary["labels"] == ["billing", "bug", "praise"]
     assert not (tmp_path / "model").exists()
+
+
+def test_export_without_the_data_uses_the_labels_the_run_recorded(
+        tiny_model_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A run's folder on a machine without your data (the server's, in
+    a federation): `export --check-rows 0` read train.tsv all the same,
+    for the text columns and labels, and refused. The run records both;
+    what needs the rows (eval, the export check) still names the file.
+    A summary from before the record (no text_columns) reads the file."""
+    import json
+    import shutil
+
+    from federatedscope_rolora.cli import main
+    from federatedscope_rolora.runners.simulation import run
+
+    root = write_own_data(tmp_path / "data")
+    tree = tiny_config_tree(tiny_model_dir, root, tmp_path / "run",
+                            federate={"total_round_num": 1},
+                            data={"type": "tickets@tsv"})
+    summary = run(build_config(flatten(tree)))
+    shutil.move(root / "tickets", tmp_path / "elsewhere")
+    run_dir = str(tmp_path / "run")
+
+    assert main(["export", "--check-rows", "0", run_dir,
+                 str(tmp_path / "model")]) == 0
+    written = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert written["id2label"] == {"0": "billing", "1": "bug", "2": "praise"}
+    assert summary["text_columns"] == ["title", "body"]
+    capsys.readouterr()
+    assert main(["eval", run_dir]) == 2
+    assert "tickets/train.tsv: file not found" in capsys.readouterr().err
+    assert main(["export", run_dir, str(tmp_path / "checked")]) == 2
+    assert "tickets/train.tsv: file not found" in capsys.readouterr().err
+    assert not (tmp_path / "checked").exists()
+
+    path = tmp_path / "run" / "summary.json"
+    older = json.loads(path.read_text(encoding="utf-8"))
+    del older["text_columns"]
+    path.write_text(json.dumps(older), encoding="utf-8")
+    assert main(["export", "--check-rows", "0", run_dir,
+                 str(tmp_path / "older")]) == 2
+    assert "tickets/train.tsv: file not found" in capsys.readouterr().err
