@@ -28,6 +28,9 @@ from federatedscope_rolora.training.prefix import (
 LAYERS = 2        # cached: embeddings and layers 0-1 of 4
 VOCAB = 40
 PAD = {"bert": 0, "roberta": 1}
+SIZES = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 4,
+         "num_attention_heads": 2, "intermediate_size": 64, "num_labels": 2,
+         "initializer_range": 0.2}
 
 
 def tiny_model(kind: str, dropout: float = 0.1) -> nn.Module:
@@ -40,11 +43,8 @@ def tiny_model(kind: str, dropout: float = 0.1) -> nn.Module:
         RobertaForSequenceClassification,
     )
 
-    common = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 4,
-              "num_attention_heads": 2, "intermediate_size": 64,
-              "num_labels": 2, "hidden_dropout_prob": dropout,
-              "attention_probs_dropout_prob": dropout,
-              "initializer_range": 0.2}
+    common = {**SIZES, "hidden_dropout_prob": dropout,
+              "attention_probs_dropout_prob": dropout}
     torch.manual_seed(0)
     base: nn.Module
     if kind == "bert":
@@ -222,10 +222,7 @@ def odd_model(kind: str) -> nn.Module:
         ElectraForSequenceClassification,
     )
 
-    common = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 4,
-              "num_attention_heads": 2, "intermediate_size": 64,
-              "num_labels": 2, "max_position_embeddings": 64,
-              "initializer_range": 0.2}
+    common = {**SIZES, "max_position_embeddings": 64}
     torch.manual_seed(0)
     base: nn.Module
     if kind == "electra":
