@@ -73,6 +73,7 @@ from federatedscope_rolora.runners.outputs import (
 from federatedscope_rolora.runners.setup import (
     lora_scaling,
     method_from_config,
+    model_fingerprint,
     per_client_eval,
     prefix_summary,
 )
@@ -157,6 +158,8 @@ class RoloraServer(Server):  # type: ignore[misc]
         self.settings = schema_view(config)
         self.shared = shared_settings(config, PROCESS_MAY_DIFFER)
         self.task = fs_task(config)
+        # before training (FedEx-LoRA's residual is folded in at the end)
+        self.base_digest = model_fingerprint(self.model, base_only=True)
         self.adapter_server = AdapterServer(
             method_from_config(self.settings),
             get_adapter_state(self.model), self.settings["rolora.weighting"],
@@ -342,6 +345,7 @@ class RoloraServer(Server):  # type: ignore[misc]
             "mode": self._cfg.federate.mode,
             "clients": self.client_num,
             "parameters": count_parameters(self.model),
+            "base_digest": self.base_digest,
             "prefix_cache": prefix_summary(self.settings, prefix.current()),
             "data_digest": test_digest(),
         })

@@ -78,6 +78,9 @@ class Federation:
     # model_fingerprint of the model as built (base weights, head and
     # adapter at their start): resume checks it against the run's
     model_digest: str = ""
+    # the frozen base weights alone, before any FedEx-LoRA residual:
+    # eval and export check the model they rebuild a run on against it
+    base_digest: str = ""
     prefix: PrefixCache | None = None   # None: every layer runs
     scaling: float = 1.0
     # per-client test shares (``rolora.per_client_eval``); empty: none
@@ -254,11 +257,16 @@ def _digests(subset: Split, parts: Sequence[Sequence[int]], test: Split
 FINGERPRINT_VALUES = 4096
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
+def model_fingerprint(model: torch.nn.Module, base_only: bool = False
+                      ) -> str:
     """sha256 of every parameter's and buffer's name, shape, dtype and
-    ``FINGERPRINT_VALUES`` evenly spaced values (their bytes), as built."""
+    ``FINGERPRINT_VALUES`` evenly spaced values (their bytes), as built;
+    ``base_only``: of the frozen base weights alone (no adapter or
+    trained head), which a finished run's model is rebuilt on."""
     digest = hashlib.sha256()
-    tensors = [*model.named_parameters(), *model.named_buffers()]
+    tensors = [(name, tensor) for name, tensor in
+               [*model.named_parameters(), *model.named_buffers()]
+               if not base_only or role_of(name) is None]
     with torch.no_grad():
         for name, tensor in tensors:
             flat = tensor.detach().reshape(-1)
@@ -372,6 +380,7 @@ def build_federation(cfg: Config) -> Federation:
     model, tokenizer = build_model(cfg.model_name, task.num_labels, lora,
                                    cfg["seed"])
     fingerprint = model_fingerprint(model)
+    base_digest = model_fingerprint(model, base_only=True)
     method = method_from_config(cfg)
     check_method_model(model, method, cfg.model_name)
     device = device_from_config(cfg)
@@ -399,6 +408,7 @@ def build_federation(cfg: Config) -> Federation:
         local=local_spec_from_config(cfg), device=device,
         sources={"train": train.source, "test": test.source},
         digests=_digests(subset, parts, test), model_digest=fingerprint,
+        base_digest=base_digest,
         prefix=prefix_cache_from_config(cfg, model, encoded, pad, device),
         scaling=lora.lora_alpha / lora.r, client_test=client_test,
     )

@@ -367,6 +367,7 @@ def summarize(sim: Simulation, records: list[dict[str, Any]],
         "data_sources": fed.sources,
         "data_digest": fed.digests,
         "model_digest": fed.model_digest,
+        "base_digest": fed.base_digest,
         "prefix_cache": prefix_summary(cfg, fed.prefix),
     }
 

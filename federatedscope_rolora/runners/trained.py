@@ -44,6 +44,7 @@ from federatedscope_rolora.runners.setup import (
     data_digest,
     device_from_config,
     method_from_config,
+    model_fingerprint,
     scored_subset,
     split_test_per_client,
     split_train,
@@ -171,6 +172,7 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
                            f"{str(adapter_dir)!r} onto "
                            f"{cfg.model_name!r}: {err}"
                            ) from err
+    _check_base(Path(run_dir), cfg, model, summary)
     method = method_from_config(cfg)
     residual = adapter_dir / RESIDUAL_FILE
     if method.has_residual and not residual.is_file():
@@ -189,6 +191,27 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
                    shared, summary, Path(run_dir),
                    _trained_clients(Path(run_dir)) if shared else
                    frozenset())
+
+
+def _check_base(run_dir: Path, cfg: Config, model: torch.nn.Module,
+                summary: dict[str, Any]) -> None:
+    """TrainedError if the base weights under ``model.type`` are not
+    those the run trained on (its ``base_digest``): the adapter scored or
+    merged onto a fine-tuned, rescaled or replaced checkpoint of the same
+    shapes is not the run's model, and export's own check, comparing it
+    with itself, passed. A run recorded before the digest is not
+    checked."""
+    recorded = summary.get("base_digest")
+    if not isinstance(recorded, str) or not recorded:
+        return
+    now = model_fingerprint(model, base_only=True)
+    if now != recorded:
+        raise TrainedError(
+            f"model.type {cfg.model_name!r}: its weights are not those the "
+            f"run in {str(run_dir)!r} trained on (base_digest "
+            f"{recorded[:12]} in {SUMMARY_FILE}, {now[:12]} now: "
+            "fine-tuned, rescaled or another checkpoint at that name); "
+            "restore the model the run used")
 
 
 def _trained_clients(run_dir: Path) -> frozenset[int]:

@@ -26,7 +26,7 @@ from federatedscope_rolora.runners.trained import (
     load_trained,
     score_run,
 )
-from tests.conftest import tiny_config_tree
+from tests.conftest import rescale_a_weight, tiny_config_tree
 
 pytestmark = pytest.mark.slow
 
@@ -455,6 +455,36 @@ def test_export_refuses_a_negative_check_rows(
     assert code == 2
     assert "--check-rows -5" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_eval_and_export_refuse_a_model_whose_weights_changed(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The weights at model.type replaced after the run (same path and
+    shapes): eval scored the adapter on them and export merged it into
+    them, its own check passing (the model against itself), both exit
+    0. FedEx-LoRA: the run's base is checked before its residual is
+    folded in, so the unchanged model still scores."""
+    from federatedscope_rolora.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg, summary = finished_run(model, tiny_glue_root, tmp_path / "run",
+                                "fedex_lora")
+    run_dir = str(tmp_path / "run")
+    assert score_run(tmp_path / "run", cfg)["eval"]["acc"] == \
+        summary["final"]["acc"]
+
+    rescale_a_weight(model)
+
+    assert main(["eval", run_dir]) == 2
+    refused = (f"model.type {str(model)!r}: its weights are not those the "
+               f"run in {run_dir!r} trained on (base_digest "
+               f"{summary['base_digest'][:12]} in summary.json, ")
+    assert refused in capsys.readouterr().err
+    assert main(["export", run_dir, str(tmp_path / "out")]) == 2
+    assert refused in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_writes_into_an_empty_current_directory_or_link(
