@@ -109,6 +109,9 @@ def compare(cfg: Config, methods: Sequence[str] = METHODS, *,
     _check_earlier_comparison(cfg.run_dir, resume, methods, seeds)
     for method in methods:   # before any run: no method runs in vain
         check_method_fits(runs[method, seeds[0]])
+    if several:   # each seed deals its own split (lda: it may not)
+        for seed in seeds[1:]:
+            data_digests(runs[methods[0], seed])
     results: dict[str, Any] = {}
     for method in methods:
         callback = on_round(method) if on_round else None

@@ -140,6 +140,21 @@ def test_resume_does_not_read_back_a_member_another_process_writes(
         first["methods"]["lora"]["final"]
 
 
+def test_a_seed_whose_split_cannot_be_dealt_stops_before_any_run(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path) -> None:
+    """35 clients, Dirichlet 0.3 over 240 examples: seed 0 deals, seed 1
+    leaves a client empty. The comparison ran seed 0's first method in
+    full before it stopped at seed 1."""
+    cfg = tiny(tiny_model_dir, tiny_glue_root, tmp_path / "cmp").replace(
+        federate__client_num=35, data__splitter="lda",
+        data__splitter_args=[{"alpha": 0.3}])
+
+    with pytest.raises(ConfigError, match=r"cannot split 240 train "
+                       r"examples over federate.client_num=35 clients"):
+        compare(cfg, ["rolora", "lora"], seeds=[0, 1], plots=False)
+    assert not (tmp_path / "cmp").exists()
+
+
 def _no_wall_seconds(run_dir: Path) -> None:
     data = summary(run_dir)
     del data["wall_seconds"]
