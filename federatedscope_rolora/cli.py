@@ -247,7 +247,9 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=1))
         return 0
     head = f"{cfg['federate.method']} on {cfg.task}"
-    recorded = result["recorded"] or {}
+    # a summary edited or damaged into other shapes is no figure to show
+    recorded = result["recorded"] if isinstance(result["recorded"], dict) \
+        else {}
     if result["same_rows"] is False:
         print("federatedscope-rolora: note: these test rows differ from "
               "the ones the run was scored on (its summary's "
@@ -365,16 +367,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded(recorded: dict[str, Any], name: str,
-              plain: dict[str, Any] | None = None) -> str:
+def _recorded(recorded: Any, name: str, plain: Any = None) -> str:
     """' (run: X)' (per client: ' (run: X / Y)') from a summary's
     final scores, or '' when the run recorded none."""
-    value = recorded.get(name)
+    value = recorded.get(name) if isinstance(recorded, dict) else None
     if not isinstance(value, (int, float)):
         return ""
     if plain is None:
         return f" (run: {value:.4f})"
-    other = plain.get(name)
+    other = plain.get(name) if isinstance(plain, dict) else None
     if not isinstance(other, (int, float)):
         return ""
     return f" (run: {value:.4f} / {other:.4f})"

@@ -98,12 +98,20 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(rng: Mapping[str, Any]) -> None:
-    torch.set_rng_state(rng["torch"])
-    version, internal, gauss_next = rng["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    name, keys, pos, has_gauss, cached = rng["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos,
-                         has_gauss, cached))
+    """Put the generators back as ``capture_rng`` found them;
+    CheckpointError if a saved state is not one (a damaged file)."""
+    try:
+        torch.set_rng_state(rng["torch"])
+        version, internal, gauss_next = rng["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos,
+                             has_gauss, cached))
+    except (KeyError, IndexError, TypeError, ValueError,
+            RuntimeError) as err:
+        raise CheckpointError(f"checkpoint: its random generator states "
+                              f"cannot be restored ({type(err).__name__}: "
+                              f"{err})") from None
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -179,6 +187,9 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
                 ) -> Checkpoint:
     if meta["format"] != FORMAT:
         raise ValueError(f"format {meta['format']!r}, expected {FORMAT}")
+    if not isinstance(meta["config"], dict) or \
+            not isinstance(meta["rng"], dict):
+        raise ValueError("its config or random states are not mappings")
     server: dict[str, torch.Tensor] = {}
     residual: dict[str, dict[str, torch.Tensor]] = {"residual": {},
                                                     "residual_last": {}}

@@ -358,6 +358,13 @@ def check_method_fits(cfg: Config) -> None:
     check_method_model(_model_alone(cfg), method, cfg.model_name)
 
 
+def apply_threads(cfg: Config) -> None:
+    """torch's intra-op threads as ``rolora.threads`` says (0: torch's
+    own choice, every core)."""
+    if cfg["rolora.threads"]:
+        torch.set_num_threads(cfg["rolora.threads"])
+
+
 def build_federation(cfg: Config) -> Federation:
     """Load data and model for ``cfg``; raises on bad input, writes
     nothing."""
@@ -365,8 +372,7 @@ def build_federation(cfg: Config) -> Federation:
         raise ValueError("federate.mode 'distributed' needs FederatedScope "
                          "(see the README); the embedded runner simulates "
                          "all clients in one process")
-    if cfg["rolora.threads"]:
-        torch.set_num_threads(cfg["rolora.threads"])
+    apply_threads(cfg)
     root = cfg["data.root"] or None
     task = task_spec(cfg["data.type"], root)
     train, test = load_task(cfg["data.type"], root, seed=cfg["seed"],

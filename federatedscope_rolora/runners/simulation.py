@@ -335,6 +335,12 @@ class Simulation:
                                   f"{err}") from err
         reference = self.server.state
         for client, state in ckpt.clients.items():
+            missing = sorted(set(reference) - set(state))
+            if missing:   # a client holds its whole adapter
+                raise CheckpointError(
+                    f"checkpoint: client {client}'s adapter lacks "
+                    f"{missing[0]}" + (f" and {len(missing) - 1} more"
+                                       if len(missing) > 1 else ""))
             for key, value in state.items():
                 ref = reference.get(key)
                 if ref is None or value.shape != ref.shape or \

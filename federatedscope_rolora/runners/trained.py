@@ -41,6 +41,7 @@ from federatedscope_rolora.runners.outputs import (
     write_json_atomic,
 )
 from federatedscope_rolora.runners.setup import (
+    apply_threads,
     data_digest,
     device_from_config,
     method_from_config,
@@ -155,6 +156,7 @@ def load_trained(run_dir: Path, cfg: Config) -> Trained:
                            "has written all of its model: the run has "
                            "not finished; continue it with run --resume")
     _check_finished(Path(run_dir), summary)
+    apply_threads(cfg)   # eval and export, like the run, on its cores
     _check_method(Path(run_dir), cfg, summary)
     task = _task_of_run(Path(run_dir), cfg, summary)
     from peft import PeftModel

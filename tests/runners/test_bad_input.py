@@ -356,6 +356,29 @@ def spoil_checkpoint(run_dir: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])
 
 
+def edit_checkpoint(change: Callable[[dict[str, Any], dict[str, Any]], None]
+                    ) -> Callable[[Path], None]:
+    """A whole checkpoint file whose metadata or tensors say otherwise."""
+    def spoil(run_dir: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        path = run_dir / "checkpoint" / "state.safetensors"
+        with safe_open(str(path), framework="pt") as handle:
+            meta = dict(handle.metadata())
+        info = json.loads(meta["rolora_checkpoint"])
+        tensors = load_file(str(path))
+        change(info, tensors)
+        meta["rolora_checkpoint"] = json.dumps(info)
+        save_file(tensors, str(path), metadata=meta)
+    return spoil
+
+
+def _drop_a_client_tensor(info: dict[str, Any],
+                          tensors: dict[str, Any]) -> None:
+    del tensors[min(k for k in tensors if k.startswith("client/1/"))]
+
+
 def cut_metrics(run_dir: Path) -> None:
     path = run_dir / "metrics.jsonl"
     path.write_text(path.read_text().splitlines()[0] + "\n")
@@ -385,6 +408,17 @@ def edit_first_record(change: Callable[[dict[str, Any]], None]
 
 @pytest.mark.parametrize(("spoil", "named"), [
     (spoil_checkpoint, "state.safetensors' cannot be read"),
+    # whole files, but for one part: they resumed with a client's
+    # tensor missing (exit 0, another run), or ended in a traceback
+    (edit_checkpoint(_drop_a_client_tensor),
+     "checkpoint: client 1's adapter lacks "),
+    (edit_checkpoint(lambda info, t: info.update(config=[])),
+     "its config or random states are not mappings"),
+    (edit_checkpoint(lambda info, t: info["rng"].update(python=[3, [1], 0])),
+     "checkpoint: its random generator states cannot be restored"),
+    (edit_checkpoint(lambda info, t: t.update(
+        {"rng/torch": t["rng/torch"][:10]})),
+     "checkpoint: its random generator states cannot be restored"),
     # valid records but for one value that the summary reads: the run
     # trained round 3, then crashed in its summary (exit 1), every time
     (edit_first_record(lambda r: r["eval"].update(acc="0.55")),

@@ -487,6 +487,34 @@ def test_eval_and_export_refuse_a_model_whose_weights_changed(
     assert not (tmp_path / "out").exists()
 
 
+def test_eval_runs_on_the_runs_threads_and_over_a_damaged_summary(
+        tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval took every core whatever rolora.threads said; a summary whose
+    final scores are not a mapping (edited, damaged) ended in a
+    traceback: it is scored, with no recorded figure beside."""
+    from federatedscope_rolora.cli import main
+
+    threads: list[int] = []   # recorded, not applied to this process
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    summary = run(build_config(flatten(tiny_config_tree(
+        tiny_model_dir, tiny_glue_root, tmp_path / "run",
+        federate={"method": "lora", "total_round_num": 2},
+        rolora={"threads": 1}))))
+    assert threads == [1]
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    assert threads == [1, 1]
+    capsys.readouterr()
+
+    damaged = {**summary, "final": "0.6"}
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(damaged),
+                                                   encoding="utf-8")
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "acc " in out and "(run:" not in out
+
+
 def test_export_writes_into_an_empty_current_directory_or_link(
         tiny_model_dir: Path, tiny_glue_root: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
