@@ -61,7 +61,11 @@ def min_tok_len(tokenizer: Any, texts: int) -> int:
     count = getattr(tokenizer, "num_special_tokens_to_add", None)
     specials = 0 if count is None else int(count(pair=texts == 2))
     separator = texts == 2 and pair_separator(tokenizer) is not None
-    return specials + texts + int(separator)
+    # The separator leads the second text, so truncation, which takes
+    # the longer text's tokens first, can leave that text the separator
+    # alone at one token less: with a longer first text (the, movie |
+    # sep) every second text read the same. Two more keep one of its own.
+    return specials + texts + 2 * int(separator)
 
 
 def encode(split: Split, tokenizer: Any, max_length: int) -> EncodedDataset:

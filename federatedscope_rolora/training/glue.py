@@ -21,6 +21,7 @@ import contextlib
 import csv
 import functools
 import importlib
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -379,7 +380,8 @@ def _read_rows(
     texts: list[tuple[str, ...]] = []
     labels: list[int] = []
     skipped = 0
-    for row in (*first, *rows) if first else rows:
+    # lazily: rows.line_num is then the line of the row at hand
+    for row in itertools.chain(first, rows):
         if not row:
             continue
         line = rows.line_num

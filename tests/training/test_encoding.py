@@ -104,7 +104,14 @@ def test_a_pair_gets_a_separator_where_the_tokenizer_marks_none(
     assert pair == [*first, eos, *second]
     assert pair_separator(gpt2_tokenizer) == gpt2_tokenizer.eos_token
     assert pair_separator(tokenizer) is None      # BERT marks pairs itself
-    assert min_tok_len(gpt2_tokenizer, 2) == 3    # a, the separator, b
+    # a, the separator, b, and one more: at 3 a longer first text kept
+    # two tokens and the second the separator alone
+    assert min_tok_len(gpt2_tokenizer, 2) == 4
+    least = [encode(Split([("the movie was good", second)], [0], "t"),
+                    gpt2_tokenizer, 4).input_ids[0]
+             for second in ("is it", "was good")]
+    assert least[0] != least[1]
+    assert all(ids[-2] == eos for ids in least)   # ..., sep, one of b
     assert min_tok_len(tokenizer, 2) == 5         # [CLS] a [SEP] b [SEP]
     assert min_tok_len(tokenizer, 1) == 3
 

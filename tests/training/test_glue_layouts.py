@@ -18,9 +18,11 @@ from federatedscope_rolora.config import _flatten as flatten
 from federatedscope_rolora.config import build_config
 from federatedscope_rolora.fs.data import glue_rows
 from federatedscope_rolora.runners.setup import scored_subset, split_train
+from federatedscope_rolora.training.glue import TASKS as SPECS
 from federatedscope_rolora.training.glue import (
     DataError,
     load_task,
+    read_tsv,
     task_spec,
 )
 from tests.conftest import tiny_config_tree
@@ -141,6 +143,19 @@ def test_cola_without_a_header_is_told_by_its_shape(tmp_path: Path
 
     assert len(train) == 10          # the first row is data, not a header
     assert "headerless" in train.source
+
+
+def test_a_bad_row_of_headerless_cola_is_named_by_its_own_line(
+        tmp_path: Path) -> None:
+    """The rows were all read before the first was checked, so every
+    error named the file's last line."""
+    rows = ["gj04\t1\t\tthe cat sat .", "gj04\t7\t*\tcat the sat .",
+            "gj04\t0\t*\tsat cat .", "gj04\t1\t\ta dog ran ."]
+    path = tmp_path / "train.tsv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    with pytest.raises(DataError, match=r"train\.tsv:2: "):
+        read_tsv(path, SPECS["cola"])
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
