@@ -95,6 +95,13 @@ UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "asyn.use": (False, "rounds are synchronous"),
     "quantization.method": ("none", "the exact tensors travel"),
     "fedopt.use": (False, "the server averages, as the paper does"),
+    # FederatedScope wraps the server with it: the recorded scores were
+    # the SWA model's while adapter/ held the merged one
+    "fedswa.use": (False, "the global adapter is the server's merge, "
+                   "with no weight averaging over rounds"),
+    # ignored by the plugin's merges (the adapter was the same either way)
+    "federate.ignore_weight": (False, "clients are weighed by "
+                               "rolora.weighting (uniform: all alike)"),
     "aggregator.robust_rule": ("fedavg", "the server averages, as the "
                                "paper does"),
     # FederatedScope wraps every trainer with these, the plugin's too:

@@ -44,6 +44,10 @@ BAD = {
     "train.is_enable_half": "True",
     "eval.split": "['val']",
     "eval.best_res_update_round_wise_key": "test_f1",
+    # accepted, then the SWA model's scores were recorded beside the
+    # merged adapter; the weighting flag was ignored
+    "fedswa.use": "True",
+    "federate.ignore_weight": "True",
 }
 
 PROBE = """\
