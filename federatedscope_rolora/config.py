@@ -233,6 +233,13 @@ def _check_cross(cfg: dict[str, Any]) -> None:
     if not all(isinstance(a, Mapping) for a in args):
         raise ConfigError("config key 'data.splitter_args' must be a list of "
                           f"mappings such as [{{alpha: 0.5}}], got {args!r}")
+    if len(args) > 1 or any(set(a) - {"alpha"} for a in args):
+        # FederatedScope passes its first entry alone to the splitter, as
+        # keywords: a second entry's alpha was checked here and ignored
+        # there, another key a TypeError inside it
+        raise ConfigError("config key 'data.splitter_args' holds at most "
+                          "one mapping, with alpha alone ([{alpha: 0.5}] "
+                          f"for lda), got {args!r}")
     if cfg["data.splitter"] == "lda":
         alpha = splitter_alpha(args)
         if alpha is None or not _type_ok(alpha, NUMBER) or \
@@ -258,10 +265,7 @@ def config_warnings(cfg: Mapping[str, Any]) -> list[str]:
 
 def splitter_alpha(args: Sequence[Mapping[str, Any]]) -> Any:
     """The Dirichlet alpha of ``data.splitter_args``, or None."""
-    for arg in args:
-        if "alpha" in arg:
-            return arg["alpha"]
-    return None
+    return args[0].get("alpha") if args else None
 
 
 def _check_lora_args(args: Any) -> None:

@@ -134,7 +134,8 @@ SCHEMA: dict[str, Field] = {
                        "your own data as NAME@tsv"),
     "data.splitter": Field("iid", str, "how train data is split over "
                            "clients", choices=("iid", "lda")),
-    "data.splitter_args": Field([], list, "e.g. [{alpha: 0.5}] for lda"),
+    "data.splitter_args": Field([], list, "[{alpha: A}] for lda (one "
+                                "mapping, alpha alone)"),
     "model.type": Field("all-MiniLM-L6-v2@huggingface_seqcls", str,
                         "checkpoint name or local path "
                         "(suffix @huggingface_seqcls optional)",

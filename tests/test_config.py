@@ -459,7 +459,19 @@ def test_adapter_use_false_is_refused() -> None:
         {"llm.adapter.use": False})
 
 
-@pytest.mark.parametrize("args", [[], [{}], [{"r": 0}, {"r": 1}]])
+@pytest.mark.parametrize("args", [
+    [{}, {"alpha": 0.05}],   # FederatedScope split with its own 0.5
+    [{"alpha": 0.5, "foo": 1}],   # a TypeError inside FederatedScope
+])
+def test_splitter_args_hold_one_mapping_with_alpha_alone(
+        args: list[Any]) -> None:
+    message = _error({"data.splitter": "lda", "data.splitter_args": args})
+
+    assert "'data.splitter_args' holds at most one mapping, with alpha " \
+        "alone" in message
+
+
+@pytest.mark.parametrize("args", [[], [{}]])
 def test_lda_without_alpha(args: list[Any]) -> None:
     message = _error({"data.splitter": "lda", "data.splitter_args": args})
 

@@ -48,6 +48,9 @@ BAD = {
     # merged adapter; the weighting flag was ignored
     "fedswa.use": "True",
     "federate.ignore_weight": "True",
+    # the pre-check read alpha from the second entry, FederatedScope's
+    # splitter from the first
+    "data.splitter_args": "[{}, {'alpha': 0.05}]",
 }
 
 PROBE = """\
