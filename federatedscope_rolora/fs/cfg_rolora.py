@@ -137,6 +137,9 @@ CLIENT_MAY_DIFFER = frozenset({"outdir", "expname", "verbose", "use_gpu",
 # server reads (rounds, sampling, evaluation, fault tolerance, weighting,
 # outputs). Every other key decides what a client trains.
 PROCESS_MAY_DIFFER = CLIENT_MAY_DIFFER | frozenset({
+    # the model's path on its machine: its weights are compared instead
+    # (``with_base_digest``)
+    "model.type",
     "device", "data.root", "dataloader.num_workers",
     "rolora.prefix_cache_mb", "rolora.eval_batch_size",
     "federate.total_round_num", "federate.sample_client_rate",
@@ -158,6 +161,21 @@ def shared_settings(cfg: Any,
     return json.dumps({k: view[k] for k in SCHEMA
                        if k not in may_differ and k in view},
                       sort_keys=True, default=str)
+
+
+# The settings entry holding a process's base-weight fingerprint.
+BASE_WEIGHTS = "model weights (base_digest)"
+
+
+def with_base_digest(settings: str, digest: str) -> str:
+    """``settings`` (``shared_settings``) with the fingerprint of the
+    base weights this process built (``setup.model_fingerprint``): in
+    distributed mode each process loads ``model.type`` on its own
+    machine, and a client on other weights under the same name (or the
+    same weights under another path) was told apart by the name alone."""
+    values = json.loads(settings)
+    values[BASE_WEIGHTS] = digest
+    return json.dumps(values, sort_keys=True, default=str)
 
 
 def settings_changes(mine: str, run: str) -> list[str]:

@@ -43,6 +43,7 @@ from federatedscope_rolora.fs.cfg_rolora import (
     run_config,
     schema_view,
     shared_settings,
+    with_base_digest,
 )
 from federatedscope_rolora.fs.wire import (
     pack_failure,
@@ -59,7 +60,10 @@ from federatedscope_rolora.runners.outputs import (
     ADAPTER_DIR,
     write_files_durably,
 )
-from federatedscope_rolora.runners.setup import method_from_config
+from federatedscope_rolora.runners.setup import (
+    method_from_config,
+    model_fingerprint,
+)
 from federatedscope_rolora.training.models import (
     get_adapter_state,
     load_adapter_state,
@@ -87,7 +91,9 @@ class RoloraClient(Client):  # type: ignore[misc]
         self.method = method_from_config(schema_view(config))
         # sent up with every update: the server checks them (a
         # distributed client reads its own YAML)
-        self.settings = shared_settings(config, PROCESS_MAY_DIFFER)
+        self.settings = with_base_digest(
+            shared_settings(config, PROCESS_MAY_DIFFER),
+            model_fingerprint(self.model, base_only=True))
         self.adapter: dict[str, torch.Tensor] = {}
         # Test-only, as in the embedded runner's CLI: ``drift`` entries
         # of ROLORA_TEST_FAULTS change this client's frozen tensors.

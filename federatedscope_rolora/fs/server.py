@@ -57,6 +57,7 @@ from federatedscope_rolora.fs.cfg_rolora import (
     model_name,
     schema_view,
     shared_settings,
+    with_base_digest,
 )
 from federatedscope_rolora.fs.data import test_digest
 from federatedscope_rolora.fs.records import RunRecorder
@@ -156,10 +157,11 @@ class RoloraServer(Server):  # type: ignore[misc]
         if config is None:  # FederatedScope probes an empty instance
             return
         self.settings = schema_view(config)
-        self.shared = shared_settings(config, PROCESS_MAY_DIFFER)
         self.task = fs_task(config)
         # before training (FedEx-LoRA's residual is folded in at the end)
         self.base_digest = model_fingerprint(self.model, base_only=True)
+        self.shared = with_base_digest(
+            shared_settings(config, PROCESS_MAY_DIFFER), self.base_digest)
         self.adapter_server = AdapterServer(
             method_from_config(self.settings),
             get_adapter_state(self.model), self.settings["rolora.weighting"],

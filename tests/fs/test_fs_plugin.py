@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import write_own_data
+from tests.conftest import rescale_a_weight, write_own_data
 from tests.fs.conftest import (
     TIMEOUT_S,
     FsMain,
@@ -361,6 +362,16 @@ def test_a_distributed_client_under_another_config_is_left_out(
     elsewhere = {"rolora": {"eval_batch_size": 8},
                  "dataloader": {"num_workers": 0}}
 
+    # the model's path on each machine may differ, its weights may not:
+    # the first client loads a copy, the second a rescaled one (it was
+    # accepted, told apart from the server's by the path alone)
+    copy, rescaled = tmp_path / "copy", tmp_path / "rescaled"
+    shutil.copytree(tiny_model_dir, copy)
+    shutil.copytree(tiny_model_dir, rescaled)
+    rescale_a_weight(rescaled)
+    elsewhere["model"] = {"type": str(copy)}
+    fast["model"] = {"type": str(rescaled)}
+
     codes, logs = run_distributed(fs_main, tiny_model_dir, tiny_glue_root,
                                   tmp_path, free_ports, rounds,
                                   own={0: server_only, 1: elsewhere,
@@ -374,9 +385,10 @@ def test_a_distributed_client_under_another_config_is_left_out(
     assert len(left_out) == 1, records
     client = int(left_out.pop())
     for record in records:
-        assert "ran under another config than the server's: " \
-            "train.optimizer.lr (0.01 for the run, 0.5 here)" in \
-            record["rejected"][str(client)]
+        refused = record["rejected"][str(client)]
+        assert "ran under another config than the server's: model " \
+            "weights (base_digest) (" in refused
+        assert "train.optimizer.lr (0.01 for the run, 0.5 here)" in refused
         assert record["clients"] == [3 - client]
     assert len(records) == 2
 
