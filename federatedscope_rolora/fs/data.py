@@ -216,12 +216,16 @@ def _for_this_process(data: Any, config: Any) -> Any:
     if config.federate.mode.lower() == "standalone":
         return data
     index = int(config.distribute.data_idx)
-    if index == -1 and config.distribute.role == "server":
+    server = config.distribute.role == "server"
+    if index == -1 and server:
         index = 0
-    if index not in data:
+    # the server scores the whole test set; a client trains its own
+    # share (a server on a client's share recorded that share's score as
+    # the run's; a client on 0 trained on every example)
+    if (index == 0) != server or index not in data:
         parties: Sequence[int] = sorted(data)
+        want = "0 (or -1): it holds the test set" if server else \
+            f"one of {parties[1:]}, its own share (0 is the server's)"
         raise ValueError(f"config key 'distribute.data_idx' is {index}; "
-                         f"a {config.distribute.role} needs one of "
-                         f"{parties[1:]} (0, the server's, holds the test "
-                         "set)")
+                         f"a {config.distribute.role} needs {want}")
     return data[index]

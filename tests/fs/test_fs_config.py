@@ -127,3 +127,31 @@ def test_what_the_plugin_cannot_honour_is_refused_by_name(
 
     assert error is not None, f"{key} {BAD[key]} was accepted"
     assert key.split(".")[-1] in error or key in error
+
+
+@pytest.mark.parametrize(("role", "index", "named"), [
+    ("server", 1, "is 1; a server needs 0 (or -1): it holds the test set"),
+    ("client", 0, "is 0; a client needs one of [1, 2], its own share"),
+    ("client", 3, "is 3; a client needs one of [1, 2], its own share"),
+])
+def test_a_process_on_another_roles_data_is_refused(
+        role: str, index: int, named: str) -> None:
+    """A server on a client's share recorded that share's score as the
+    run's; a client on the server's 0 trained on every example."""
+    from types import SimpleNamespace
+
+    from federatedscope_rolora.fs.data import _for_this_process
+
+    config = SimpleNamespace(
+        federate=SimpleNamespace(mode="distributed"),
+        distribute=SimpleNamespace(role=role, data_idx=index))
+    data = {0: "all", 1: "one", 2: "two"}
+
+    with pytest.raises(ValueError, match=named.replace("[", r"\[")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        _for_this_process(data, config)
+    for ok_role, ok_index, share in (("server", 0, "all"),
+                                     ("server", -1, "all"),
+                                     ("client", 2, "two")):
+        config.distribute = SimpleNamespace(role=ok_role, data_idx=ok_index)
+        assert _for_this_process(data, config) == share
