@@ -33,7 +33,10 @@ from federatedscope_rolora.runners.setup import (
 )
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import Split, load_task
-from federatedscope_rolora.training.models import resolve_model_path
+from federatedscope_rolora.training.models import (
+    ModelError,
+    resolve_model_path,
+)
 from federatedscope_rolora.training.partition import subsample_indices
 
 # Rows of an example tensor: token ids, attention mask[, token types].
@@ -103,7 +106,12 @@ def load_tokenizer(name: str) -> Any:
     it (a model without a pad token pads with its end token)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:   # the runner's words, not HF's
+        raise ModelError(f"cannot load model {name!r} (resolved to "
+                         f"{path!r}): {err}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -155,3 +155,15 @@ def test_a_process_on_another_roles_data_is_refused(
                                      ("client", 2, "two")):
         config.distribute = SimpleNamespace(role=ok_role, data_idx=ok_index)
         assert _for_this_process(data, config) == share
+
+
+def test_a_model_that_cannot_be_loaded_is_named_as_the_runner_names_it(
+        tmp_path: Path) -> None:
+    """The data builder loads the tokenizer first: a bad model.type
+    ended there in transformers' own OSError."""
+    from federatedscope_rolora.fs.data import load_tokenizer
+    from federatedscope_rolora.training.models import ModelError
+
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelError, match=f"cannot load model '{missing}' "):
+        load_tokenizer(missing)
