@@ -293,11 +293,7 @@ def check_cached_forward(model: nn.Module, cache: PrefixCache,
     picks = sorted({round(i * (len(keys) - 1) / (CHECK_INPUTS - 1))
                     for i in range(CHECK_INPUTS)})
     sample = [keys[i] for i in picks]
-    data = EncodedDataset(
-        input_ids=[list(ids) for ids, _ in sample],
-        token_type_ids=[list(t or ()) for _, t in sample]
-        if sample[0][1] is not None else None,
-        labels=[0] * len(sample))
+    data = _dataset_of(sample)
     rows = list(range(len(sample)))
     batch = collate(data, rows, pad_token_id)
     name = type(getattr(model, "get_base_model", lambda: model)()).__name__
@@ -332,15 +328,19 @@ def check_cached_forward(model: nn.Module, cache: PrefixCache,
 def _add_states(cache: PrefixCache, backbone: Any,
                 keys: Sequence[InputKey], pad_token_id: int,
                 device: torch.device) -> None:
-    with_types = keys[0][1] is not None
-    chunk = EncodedDataset(
-        input_ids=[list(ids) for ids, _ in keys],
-        token_type_ids=[list(t or ()) for _, t in keys] if with_types
-        else None,
-        labels=[0] * len(keys))
-    batch = collate(chunk, range(len(keys)), pad_token_id)
+    batch = collate(_dataset_of(keys), range(len(keys)), pad_token_id)
     del batch["labels"]
     out = backbone(**{k: v.to(device) for k, v in batch.items()})
     states = out.last_hidden_state.to("cpu")
     for key, row in zip(keys, states, strict=True):
         cache.states[key] = row[:len(key[0])].clone()
+
+
+def _dataset_of(keys: Sequence[InputKey]) -> EncodedDataset:
+    """The inputs ``keys`` name, as rows to ``collate`` (labels unused)."""
+    with_types = keys[0][1] is not None
+    return EncodedDataset(
+        input_ids=[list(ids) for ids, _ in keys],
+        token_type_ids=[list(t or ()) for _, t in keys] if with_types
+        else None,
+        labels=[0] * len(keys))
