@@ -33,10 +33,7 @@ from federatedscope_rolora.runners.setup import (
 )
 from federatedscope_rolora.training.encoding import EncodedDataset, encode
 from federatedscope_rolora.training.glue import Split, load_task
-from federatedscope_rolora.training.models import (
-    ModelError,
-    resolve_model_path,
-)
+from federatedscope_rolora.training.models import load_tokenizer
 from federatedscope_rolora.training.partition import subsample_indices
 
 # Rows of an example tensor: token ids, attention mask[, token types].
@@ -99,22 +96,6 @@ def _subset(split: Split, size: int, seed: int) -> Split:
     rows = subsample_indices(len(split), size or None, seed)
     return Split([split.texts[i] for i in rows],
                  [split.labels[i] for i in rows], split.source)
-
-
-def load_tokenizer(name: str) -> Any:
-    """The tokenizer of checkpoint ``name``, as the embedded runner loads
-    it (a model without a pad token pads with its end token)."""
-    from transformers import AutoTokenizer
-
-    path = resolve_model_path(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:   # the runner's words, not HF's
-        raise ModelError(f"cannot load model {name!r} (resolved to "
-                         f"{path!r}): {err}") from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def glue_rows(config: Any) -> tuple[GlueRows, GlueRows]:

@@ -86,7 +86,7 @@ def load_base(name: str, num_labels: int, seed: int
     it has another number: a 2-label checkpoint on a 3-label task), and
     a tokenizer with a pad token; ModelError naming the model if it
     cannot load."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(name)
@@ -102,8 +102,8 @@ def load_base(name: str, num_labels: int, seed: int
                              "(permissions)")
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    tokenizer = load_tokenizer(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         torch.manual_seed(seed)
         # Every task here is single-label: a checkpoint saved for
         # regression or multi-label kept that loss (MSE, BCE) on the new
@@ -123,10 +123,25 @@ def load_base(name: str, num_labels: int, seed: int
         raise ModelError(f"model {name!r} (resolved to {path!r}): weights "
                          f"of the wrong shape for its config: "
                          f"{', '.join(broken)}")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     base.config.pad_token_id = tokenizer.pad_token_id
     return base, tokenizer
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of checkpoint ``name``, with a pad token (a model
+    without one pads with its end token); ModelError naming the model
+    if it cannot load. Both runners load it so."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelError(f"cannot load model {name!r} (resolved to "
+                         f"{path!r}): {err}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def build_model(name: str, num_labels: int, lora: LoraSpec, seed: int,
