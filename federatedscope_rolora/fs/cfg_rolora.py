@@ -163,18 +163,24 @@ def shared_settings(cfg: Any,
                       sort_keys=True, default=str)
 
 
-# The settings entry holding a process's base-weight fingerprint.
+# The settings entries holding a process's base-weight fingerprint and
+# the digest of its data as read and dealt.
 BASE_WEIGHTS = "model weights (base_digest)"
+DATA_DEALT = "train and test rows as read and dealt (data_digest)"
 
 
-def with_base_digest(settings: str, digest: str) -> str:
+def with_digests(settings: str, base: str, data: str) -> str:
     """``settings`` (``shared_settings``) with the fingerprint of the
-    base weights this process built (``setup.model_fingerprint``): in
-    distributed mode each process loads ``model.type`` on its own
-    machine, and a client on other weights under the same name (or the
-    same weights under another path) was told apart by the name alone."""
+    base weights this process built (``setup.model_fingerprint``) and
+    the digest of its data as read and dealt (``data.dealt_digest``): in
+    distributed mode each process loads ``model.type`` and reads
+    ``data.root`` on its own machine, and a client on other weights
+    under the same name (or the same weights under another path) was
+    told apart by the name alone, one on an edited copy of the data not
+    at all."""
     values = json.loads(settings)
-    values[BASE_WEIGHTS] = digest
+    values[BASE_WEIGHTS] = base
+    values[DATA_DEALT] = data
     return json.dumps(values, sort_keys=True, default=str)
 
 

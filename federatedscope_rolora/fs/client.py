@@ -43,8 +43,9 @@ from federatedscope_rolora.fs.cfg_rolora import (
     run_config,
     schema_view,
     shared_settings,
-    with_base_digest,
+    with_digests,
 )
+from federatedscope_rolora.fs.data import data_share, dealt_digest
 from federatedscope_rolora.fs.wire import (
     pack_failure,
     pack_scores,
@@ -53,6 +54,7 @@ from federatedscope_rolora.fs.wire import (
 )
 from federatedscope_rolora.runners.faults import (
     FAULTS_ENV,
+    WIRE_FAULT_KINDS,
     drift_hook,
     parse_faults,
 )
@@ -91,14 +93,16 @@ class RoloraClient(Client):  # type: ignore[misc]
         self.method = method_from_config(schema_view(config))
         # sent up with every update: the server checks them (a
         # distributed client reads its own YAML)
-        self.settings = with_base_digest(
+        self.settings = with_digests(
             shared_settings(config, PROCESS_MAY_DIFFER),
-            model_fingerprint(self.model, base_only=True))
+            model_fingerprint(self.model, base_only=True), dealt_digest())
         self.adapter: dict[str, torch.Tensor] = {}
         # Test-only, as in the embedded runner's CLI: ``drift`` entries
-        # of ROLORA_TEST_FAULTS change this client's frozen tensors.
-        self.drift = drift_hook(parse_faults(os.environ.get(FAULTS_ENV,
-                                                            "")))
+        # of ROLORA_TEST_FAULTS change this client's frozen tensors, the
+        # wire ones how it sends its upload (``_send_update``).
+        self.faults = parse_faults(os.environ.get(FAULTS_ENV, ""),
+                                   kinds=("drift", *WIRE_FAULT_KINDS))
+        self.drift = drift_hook(self.faults)
         self.residual: dict[str, torch.Tensor] = {}
         # FedSA-LoRA: the server's copy of the kept tensors (the shared
         # initial B), sent on first contact and on every re-sync
@@ -117,12 +121,29 @@ class RoloraClient(Client):  # type: ignore[misc]
             logger.exception("client %d failed in round %d", self.ID,
                              round_idx)
             content = pack_failure(err, time.perf_counter() - start)
-        self.comm_manager.send(Message(
-            msg_type="model_para", sender=self.ID,
-            receiver=[message.sender], state=self.state,
-            timestamp=self._gen_timestamp(init_timestamp=message.timestamp,
-                                          instance_number=content[0]),
-            content=content))
+        self._send_update(message, round_idx, content)
+
+    def _send_update(self, message: Message, round_idx: int, content: Any
+                     ) -> None:
+        """Send ``content`` to the server, as a test fault says where
+        one is set for this round: twice, stamped for the next round, or
+        again under another client's ID."""
+        fault, _, arg = self.faults.get((round_idx, int(self.ID)),
+                                        "").partition("=")
+        stamp = self.state + 1 if fault == "early" else self.state
+        sends = [(self.ID, stamp)]
+        if fault == "twice":
+            sends.append(sends[0])
+        elif fault == "spoof":
+            sends.append((int(arg), self.state))
+        for sender, stamp in sends:
+            self.comm_manager.send(Message(
+                msg_type="model_para", sender=sender,
+                receiver=[message.sender], state=stamp,
+                timestamp=self._gen_timestamp(
+                    init_timestamp=message.timestamp,
+                    instance_number=content[0]),
+                content=content))
 
     def _local_update(self, message: Message, round_idx: int) -> Any:
         payload = unpack_payload(message.content)
@@ -147,7 +168,8 @@ class RoloraClient(Client):  # type: ignore[misc]
                               int(self.trainer.ctx.num_train_data),
                               float(results.get("train_avg_loss",
                                                 float("nan"))))
-        return pack_update(update, seconds, self.settings)
+        return pack_update(update, seconds, self.settings,
+                           data_share(self._cfg, int(self.ID)))
 
     def _synced(self, payload: dict[str, torch.Tensor]
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

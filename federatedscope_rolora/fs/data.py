@@ -11,6 +11,8 @@ to its longest row, which saves what padding would waste.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -38,9 +40,12 @@ from federatedscope_rolora.training.partition import subsample_indices
 
 # Rows of an example tensor: token ids, attention mask[, token types].
 IDS, MASK, TYPES = 0, 1, 2
-# The sha256 of the scored test rows (setup.data_digest), kept by the data
-# builder for the summary, which ``eval`` checks its rows against.
-_test_digest: list[str] = []
+# The sha256 of the train and test rows as read (setup.data_digest), kept
+# by the data builder: the test rows' for the summary, which ``eval``
+# checks its rows against, both for ``dealt_digest``.
+_read_digests: dict[str, str] = {}
+# ``dealt_digest``'s value for the data this process built.
+_dealt_digest: list[str] = []
 
 logger = logging.getLogger("federatedscope.rolora")
 
@@ -48,7 +53,30 @@ logger = logging.getLogger("federatedscope.rolora")
 def test_digest() -> dict[str, str]:
     """``summary.json``'s ``data_digest``: the test rows' only, since
     FederatedScope's splitter deals the train rows."""
-    return {"test": _test_digest[-1]} if _test_digest else {}
+    return {"test": _read_digests["test"]} if _read_digests else {}
+
+
+def dealt_digest() -> str:
+    """sha256 of the train and test rows this process read and of how
+    FederatedScope's splitter dealt them to the clients: every process
+    of a distributed run builds all of it from its own files, and the
+    digests must agree ("" before the data is built)."""
+    return _dealt_digest[-1] if _dealt_digest else ""
+
+
+def _deal_digest(data: Any) -> str:
+    """``dealt_digest`` of FederatedScope's data dict (party -> its
+    ``ClientData``), the rows as read by ``glue_rows``."""
+    def rows(dataset: Any) -> Any:
+        if isinstance(dataset, Subset):
+            return [int(i) for i in dataset.indices]
+        return None if dataset is None else len(dataset)
+
+    dealt = {party: [rows(getattr(data[party], f"{split}_data", None))
+                     for split in ("train", "val", "test")]
+             for party in sorted(data)}
+    payload = json.dumps([_read_digests, dealt], sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 class GlueRows(Dataset[tuple[torch.Tensor, int]]):
@@ -110,7 +138,7 @@ def glue_rows(config: Any) -> tuple[GlueRows, GlueRows]:
         logger.warning("rolora plugin: %s", warning)
     train = _subset(train, config.rolora.train_samples, config.seed)
     test = _subset(test, config.rolora.eval_samples, config.seed + 1)
-    _test_digest[:] = [data_digest(test)]
+    _read_digests.update(train=data_digest(train), test=data_digest(test))
     tokenizer = load_tokenizer(model_name(config.model.type))
     max_len = int(config.llm.tok_len)
     pad = int(tokenizer.pad_token_id)
@@ -144,6 +172,7 @@ def load_data(config: Any, client_cfgs: Any = None) -> tuple[Any, Any]:
     # runner's does.
     setup_seed(config.seed)
     data = BaseDataTranslator(config, client_cfgs)((train, [], test))
+    _dealt_digest[:] = [_deal_digest(data)]
     setup_seed(config.seed)
     config.model.num_labels = fs_task(config).num_labels
     return _for_this_process(data, config), config
@@ -197,6 +226,15 @@ def _check_client_entries(config: Any, client_cfgs: Any) -> None:
             f"--client_cfg: {'; '.join(parts)}; FederatedScope needs one "
             f"entry per client, client_1 .. client_{len(want)} "
             "(federate.client_num)")
+
+
+def data_share(config: Any, client_id: int) -> int:
+    """The share of the train data a client trains on: its ID in
+    standalone mode, ``distribute.data_idx`` in distributed mode (where
+    each process reads its own; ``_for_this_process``)."""
+    if config.federate.mode.lower() == "standalone":
+        return int(client_id)
+    return int(config.distribute.data_idx)
 
 
 def _for_this_process(data: Any, config: Any) -> Any:

@@ -91,6 +91,14 @@ class RunRecorder:
         })
         self.client_examples.update({c: n for c, (_, n) in losses.items()})
 
+    def unexpected(self, client_id: int, reason: str) -> None:
+        """An upload of the open round that answered nothing (from a
+        client not drawn, a second one, one stamped for a past round),
+        refused: listed in the round's line under ``unexpected``."""
+        if self._open is not None:
+            self._open.setdefault("unexpected", []).append(
+                {"client": client_id, "reason": reason})
+
     def close_round(self, eval_results: dict[str, float]
                     ) -> dict[str, Any] | None:
         """Finish the open round (with its evaluation, if one ran) and

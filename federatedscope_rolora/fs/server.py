@@ -8,9 +8,13 @@ the protocol, the same code as the embedded runner's:
   (seed, round) with FederatedScope's ``sample_client_num``, and each gets
   its own message with what it lacks (the whole adapter on first contact,
   the factor averaged last round, whatever changed while it was away);
-- aggregation: each update is validated (keys, shapes, dtypes, finite
-  values, frozen-factor fingerprint, deadline), then the trained keys are
-  averaged; FederatedScope's aggregator is replaced by one over the core;
+- uploads: each is taken as it arrives, as the embedded runner takes it,
+  and validated (keys, shapes, dtypes, finite values, frozen-factor
+  fingerprint, deadline). FederatedScope's buffer, which decides when a
+  round closes, holds one answer from each drawn client of the open
+  round; any other upload is refused at once and closes nothing;
+- aggregation: the trained keys of the accepted updates are averaged;
+  FederatedScope's aggregator is replaced by one over the core;
 - evaluation: the global adapter (FedEx-LoRA: on the base with the
   residual folded in) on the server's test set; every round is written to
   ``metrics.jsonl`` with exact bytes by role and direction and the
@@ -57,15 +61,16 @@ from federatedscope_rolora.fs.cfg_rolora import (
     model_name,
     schema_view,
     shared_settings,
-    with_base_digest,
+    with_digests,
 )
-from federatedscope_rolora.fs.data import test_digest
+from federatedscope_rolora.fs.data import dealt_digest, test_digest
 from federatedscope_rolora.fs.records import RunRecorder
 from federatedscope_rolora.fs.wire import (
     ClientFailed,
     pack_eval_payload,
     unpack_scores,
     unpack_update,
+    upload_tensors,
 )
 from federatedscope_rolora.runners.outputs import (
     ADAPTER_DIR,
@@ -145,6 +150,7 @@ class AdapterAggregator(Aggregator):  # type: ignore[misc]
 
 class RoloraServer(Server):  # type: ignore[misc]
     is_finish: bool
+    cur_timestamp: float
     def __init__(self, ID: int = -1, state: int = 0, config: Any = None,
                  data: Any = None, model: Any = None, client_num: int = 5,
                  total_round_num: int = 10, device: str = "cpu",
@@ -160,8 +166,9 @@ class RoloraServer(Server):  # type: ignore[misc]
         self.task = fs_task(config)
         # before training (FedEx-LoRA's residual is folded in at the end)
         self.base_digest = model_fingerprint(self.model, base_only=True)
-        self.shared = with_base_digest(
-            shared_settings(config, PROCESS_MAY_DIFFER), self.base_digest)
+        self.shared = with_digests(
+            shared_settings(config, PROCESS_MAY_DIFFER), self.base_digest,
+            dealt_digest())
         self.adapter_server = AdapterServer(
             method_from_config(self.settings),
             get_adapter_state(self.model), self.settings["rolora.weighting"],
@@ -175,6 +182,10 @@ class RoloraServer(Server):  # type: ignore[misc]
         self.per_client_eval = per_client_eval(self.settings)
         # the last round's global evaluation waits for the clients' scores
         self._final_eval_waits = False
+        self._open_round(set())
+        # data share -> the client that trains on it, and back
+        self._share_owner: dict[int, int] = {}
+        self._client_share: dict[int, int] = {}
 
     # --- rounds -------------------------------------------------------
     def participants(self, round_idx: int, sample_client_num: int
@@ -206,41 +217,139 @@ class RoloraServer(Server):  # type: ignore[misc]
                 timestamp=self.cur_timestamp, content=payload))
         self.recorder.open_round(self.adapter_server.plan(round_idx),
                                  receivers)
+        self._open_round(set(receivers))
+
+    def _open_round(self, drawn: set[int]) -> None:
+        """The open round's participants, and its answers so far."""
+        self._drawn = drawn
+        self._losses: dict[int, tuple[float, int]] = {}
+        self._rejected: dict[int, str] = {}
+        self._train_seconds = 0.0
+
+    # --- uploads ----------------------------------------------------------
+    def callback_funcs_model_para(self, message: Message) -> Any:
+        """An upload. The first from each drawn client of the open round
+        is its answer (``_take_answer``), whatever it holds, and goes into
+        FederatedScope's buffer, whose count closes the round. Any other
+        (from a client not drawn, a second one, one stamped for a past
+        round) is refused at once (``_turn_away``) and closes nothing:
+        FederatedScope's own handler let it fill the buffer, so the round
+        closed early and a drawn client's update was dropped unrecorded.
+        The rest of that handler serves what the plugin refuses
+        (``asyn.use``, ``quantization``, ``federate.online_aggr``)."""
+        if self.is_finish:
+            return "finish"
+        sender, stamp = message.sender, message.state
+        why = self._unexpected(sender, stamp)
+        if why is not None:
+            self._turn_away(sender, message.content, why)
+            return False
+        self.sampler.change_state(sender, "idle")
+        if isinstance(message.timestamp, (int, float)):
+            self.cur_timestamp = max(self.cur_timestamp, message.timestamp)
+        self._take_answer(sender, stamp, message.content)
+        self.msg_buffer["train"].setdefault(self.state, {})[sender] = \
+            message.content
+        return self.check_and_move_on()
+
+    def _unexpected(self, sender: Any, stamp: Any) -> str | None:
+        """Why an upload is not an answer of the open round; None if
+        it is."""
+        round_idx = self.state + 1
+        if self.state >= self.total_round_num:
+            return "no round is open (the last one is over)"
+        if sender not in self._drawn:
+            return f"not drawn for round {round_idx}"
+        if sender in self.msg_buffer["train"].get(self.state, {}):
+            return f"a second upload in round {round_idx}"
+        if not isinstance(stamp, int) or stamp < self.state:
+            return (f"stamped for round {stamp + 1}, a past one"
+                    if isinstance(stamp, int) else
+                    f"stamped for no round ({stamp!r:.40})")
+        return None
+
+    def _turn_away(self, sender: Any, content: Any, why: str) -> None:
+        """Refuse an upload that answers nothing: what it carried is
+        counted as refused traffic of the open round and named in its
+        line (``unexpected``), and the sender is re-synced in full the
+        next time it is drawn, as the core does after any refusal."""
+        round_idx = self.state + 1
+        logger.warning("rolora round %d: upload from client %s refused: "
+                       "%s", round_idx, sender, why)
+        if self.state >= self.total_round_num or \
+                not isinstance(sender, int):
+            return
+        self.adapter_server.refuse(sender, round_idx,
+                                   upload_tensors(content))
+        self.recorder.unexpected(sender, why)
+
+    def _take_answer(self, client_id: int, stamp: int, content: Any
+                     ) -> None:
+        """Validate a drawn client's answer and hand it to the core; a
+        refused one (failed, late, invalid, stamped for a future round)
+        leaves the client out of the round, its bytes counted."""
+        round_idx = self.state + 1
+        update = None
+        in_core = False
+        try:
+            if stamp != self.state:
+                raise InvalidUpdate(f"client {client_id}, round "
+                                    f"{round_idx}: stamped for round "
+                                    f"{stamp + 1}")
+            update, seconds, share = unpack_update(client_id, round_idx,
+                                                   content, self.shared)
+            self._train_seconds += seconds
+            self._check_deadline(seconds)
+            self._check_share(client_id, round_idx, share)
+            in_core = True
+            self.adapter_server.receive(update)
+        except InvalidUpdate as err:
+            failed = isinstance(err, ClientFailed)
+            self._rejected[client_id] = str(err) if failed \
+                else f"invalid update: {err}"
+            # receive() refuses what it refuses itself; what it never
+            # saw is refused here
+            if not in_core:
+                self.adapter_server.refuse(
+                    client_id, round_idx,
+                    update.tensors if update is not None
+                    else upload_tensors(content))
+            logger.warning("rolora round %d: client %d left out: %s",
+                           round_idx, client_id, self._rejected[client_id])
+        else:
+            self._losses[client_id] = (update.train_loss,
+                                       update.num_examples)
+
+    def _check_share(self, client_id: int, round_idx: int, share: int
+                     ) -> None:
+        """InvalidUpdate if the client trained on a data share another
+        client trains on, or on another share than before: two
+        distributed clients given the same ``distribute.data_idx``
+        trained one share twice and left another out, without a word."""
+        owner = self._share_owner.get(share, client_id)
+        if owner != client_id:
+            raise InvalidUpdate(
+                f"client {client_id}, round {round_idx}: trained on data "
+                f"share {share}, which is client {owner}'s; each client "
+                f"needs its own share, one of 1..{self.client_num} "
+                "(distribute.data_idx)")
+        held = self._client_share.get(client_id, share)
+        if held != share:
+            raise InvalidUpdate(
+                f"client {client_id}, round {round_idx}: trained on data "
+                f"share {share}, and on share {held} before")
+        self._share_owner[share] = client_id
+        self._client_share[client_id] = share
 
     def _perform_federated_aggregation(self) -> int:
         round_idx = self.state + 1
-        buffer = self.msg_buffer["train"].get(self.state, {})
-        losses: dict[int, tuple[float, int]] = {}
-        rejected: dict[int, str] = {}
-        train_seconds = 0.0
-        for client_id in sorted(buffer):
-            update = None
-            try:
-                update, seconds = unpack_update(client_id, round_idx,
-                                                buffer[client_id],
-                                                self.shared)
-                train_seconds += seconds
-                self._check_deadline(seconds)
-                self.adapter_server.receive(update)
-            except InvalidUpdate as err:
-                failed = isinstance(err, ClientFailed)
-                rejected[client_id] = str(err) if failed \
-                    else f"invalid update: {err}"
-                # receive() refuses what it refuses itself; a failed,
-                # late or unreadable upload never reached it.
-                if failed or update is None:
-                    self.adapter_server.refuse(
-                        client_id, round_idx,
-                        update.tensors if update is not None else None)
-            else:
-                losses[client_id] = (update.train_loss, update.num_examples)
-                continue
-            logger.warning("rolora round %d: client %d left out: %s",
-                           round_idx, client_id, rejected[client_id])
+        losses = self._losses
         require_received(round_idx, len(losses),
-                         self.settings["rolora.min_received"], rejected)
+                         self.settings["rolora.min_received"],
+                         self._rejected)
         self.aggregator.aggregate({"round": round_idx})
-        self.recorder.trained(losses, rejected, train_seconds,
+        self.recorder.trained(losses, dict(sorted(self._rejected.items())),
+                              self._train_seconds,
                               self.adapter_server.last_gap.record())
         return len(losses)
 

@@ -49,14 +49,15 @@ class ClientFailed(InvalidUpdate):
     """The client's local update raised; the message is its error."""
 
 
-def pack_update(update: ClientUpdate, seconds: float, settings: str
-                ) -> Upload:
+def pack_update(update: ClientUpdate, seconds: float, settings: str,
+                share: int) -> Upload:
     """``settings``: the client's ``shared_settings`` (JSON), checked by
     the server against its own (distributed mode: each process reads
-    its own YAML)."""
+    its own YAML); ``share``: the data share it trained on (its
+    ``distribute.data_idx``), which no other client may train on."""
     meta = {"fingerprint": update.frozen_fingerprint,
             "loss": float(update.train_loss), "seconds": float(seconds),
-            "settings": settings}
+            "settings": settings, "share": int(share)}
     return (update.num_examples, update.tensors, meta)
 
 
@@ -76,10 +77,11 @@ def unpack_payload(content: Any) -> dict[str, torch.Tensor]:
 
 
 def unpack_update(client_id: int, round_idx: int, content: Any,
-                  settings: str) -> tuple[ClientUpdate, float]:
-    """The client's update and the seconds its local update took;
-    InvalidUpdate (naming the client) if it is malformed or a failure,
-    or if the client ran under other ``settings`` than the server's."""
+                  settings: str) -> tuple[ClientUpdate, float, int]:
+    """The client's update, the seconds its local update took and the
+    data share it trained on; InvalidUpdate (naming the client) if it
+    is malformed or a failure, or if the client ran under other
+    ``settings`` than the server's."""
     who = f"client {client_id}, round {round_idx}"
     if not isinstance(content, (list, tuple)) or len(content) != 3:
         raise InvalidUpdate(f"{who}: malformed upload (expected num_examples"
@@ -97,13 +99,34 @@ def unpack_update(client_id: int, round_idx: int, content: Any,
     if not isinstance(tensors, Mapping):
         raise InvalidUpdate(f"{who}: malformed upload tensors")
     _check_settings(who, meta.get("settings"), settings)
+    share = meta.get("share")
+    if isinstance(share, bool) or not isinstance(share, int) or share < 1:
+        raise InvalidUpdate(f"{who}: upload meta 'share' must be the "
+                            "positive data share the client trained on, "
+                            f"got {share!r:.40}")
     update = ClientUpdate(
         client_id=client_id, round_idx=round_idx,
         tensors={str(k): _tensor(who, k, v) for k, v in tensors.items()},
         num_examples=num_examples,
         frozen_fingerprint=str(meta.get("fingerprint", "")),
         train_loss=_number(who, meta, "loss", math.nan))
-    return update, seconds
+    return update, seconds, share
+
+
+def upload_tensors(content: Any) -> dict[Any, Any]:
+    """The tensors an upload carried, decoded where they can be, for
+    counting a refused one's bytes (what is not a tensor counts
+    nothing); empty for a failure's text or a malformed upload."""
+    if not isinstance(content, (list, tuple)) or len(content) != 3 or \
+            not isinstance(content[1], Mapping):
+        return {}
+    tensors = {}
+    for key, value in content[1].items():
+        try:
+            tensors[key] = param2tensor(value)
+        except Exception:  # noqa: BLE001,S112 - undecodable: no bytes
+            continue
+    return tensors
 
 
 def _check_settings(who: str, sent: Any, settings: str) -> None:

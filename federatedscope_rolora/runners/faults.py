@@ -25,32 +25,42 @@ FAULTS_ENV = "ROLORA_TEST_FAULTS"
 # as a buggy optimizer would; the client keeps the drifted copy.
 FAULT_KINDS = ("raise", "hang", "nan", "shape", "dtype", "keys",
                "fingerprint", "drift")
+# How the FederatedScope plugin's client sends its upload (the embedded
+# runner hands updates over without messages, so its CLI refuses these):
+# "twice" sends it twice, "early" stamps it for the next round,
+# "spoof=K" sends it again as from client K.
+WIRE_FAULT_KINDS = ("twice", "early", "spoof")
 DRIFT = 1e-3
 Faults = Mapping[tuple[int, int], str]
 
 
-def parse_faults(text: str, clients: int | None = None
+def parse_faults(text: str, clients: int | None = None,
+                 kinds: tuple[str, ...] = FAULT_KINDS
                  ) -> dict[tuple[int, int], str]:
     """``"3:2:raise,4:1:hang=2.5"``: client 2 raises in round 3, client 1
-    stalls 2.5 s in round 4. ConfigError naming the bad entry: one that
-    could never fire (round or client under 1, a client past
-    ``clients``), a second entry for one round and client, a hang that
-    is not a finite number of seconds."""
+    stalls 2.5 s in round 4. ConfigError naming the bad entry: a kind
+    not in ``kinds``, one that could never fire (round or client under
+    1, a client past ``clients``), a second entry for one round and
+    client, a hang that is not a finite number of seconds, a spoof
+    without a client number."""
     faults: dict[tuple[int, int], str] = {}
     for entry in filter(None, (e.strip() for e in text.split(","))):
         parts = entry.split(":")
         kind = parts[-1].partition("=")
         try:
             round_idx, client = int(parts[0]), int(parts[1])
-            ok = len(parts) == 3 and kind[0] in FAULT_KINDS and (
-                not kind[2] or (kind[0] == "hang"
-                                and 0 <= float(kind[2]) < math.inf))
+            ok = len(parts) == 3 and kind[0] in kinds and (
+                (kind[0] == "spoof" and int(kind[2]) >= 1)
+                or (kind[0] != "spoof" and not kind[2])
+                or (kind[0] == "hang" and 0 <= float(kind[2]) < math.inf))
         except (ValueError, IndexError):
             ok = False
         if not ok:
+            forms = ", ".join(f for f in ("hang=SECONDS", "spoof=CLIENT")
+                              if f.partition("=")[0] in kinds)
             raise ConfigError(f"{FAULTS_ENV}: bad entry {entry!r}; expected "
                               "ROUND:CLIENT:KIND with KIND one of "
-                              f"{', '.join(FAULT_KINDS)} (hang=SECONDS)")
+                              f"{', '.join(kinds)} ({forms})")
         top = "" if clients is None else f"..{clients}"
         if round_idx < 1 or client < 1 or (clients is not None
                                            and client > clients):

@@ -269,6 +269,7 @@ def run_distributed(fs_main: FsMain, tiny_model_dir: Path,
     try:
         for index, port in enumerate(free_ports):
             role = "server" if index == 0 else "client"
+            sections = dict((own or {}).get(index, {}))
             tree = fs_tree(
                 tiny_model_dir, tiny_glue_root, tmp_path / "dist",
                 expname=f"{role}{index}",
@@ -277,8 +278,9 @@ def run_distributed(fs_main: FsMain, tiny_model_dir: Path,
                             "server_host": "127.0.0.1",
                             "server_port": free_ports[0],
                             "client_host": "127.0.0.1",
-                            "client_port": port},
-                **(own or {}).get(index, {}))
+                            "client_port": port,
+                            **sections.pop("distribute", {})},
+                **sections)
             cfg = write_config(tmp_path / f"{role}{index}.yaml", tree)
             log = tmp_path / f"{role}{index}.log"
             procs.append(fs_main.start(cfg, log=log, env=env))
@@ -390,10 +392,76 @@ def test_a_distributed_client_under_another_config_is_left_out(
             "weights (base_digest) (" in refused
         assert "train.optimizer.lr (0.01 for the run, 0.5 here)" in refused
         assert record["clients"] == [3 - client]
+        # the refused upload crossed the wire all the same: as many
+        # bytes as the accepted one (it was not counted at all)
+        assert record["bytes"]["up_rejected"] == {
+            role: n // 2 for role, n in record["bytes"]["up"].items()}
     assert len(records) == 2
 
 
 DRIFT = {"ROLORA_TEST_FAULTS": "3:2:drift"}
+
+
+def test_two_distributed_clients_on_one_data_share_are_told_apart(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, free_ports: list[int]) -> None:
+    """Both clients given ``distribute.data_idx`` 1: share 1 trained
+    twice, share 2 never, and the run said nothing. The client that
+    claims share 1 second is refused every round, naming the share and
+    its owner; the run goes on with the other (rolora.min_received 1)."""
+    rounds = {"client_num": 2, "total_round_num": 2}
+
+    codes, logs = run_distributed(
+        fs_main, tiny_model_dir, tiny_glue_root, tmp_path, free_ports,
+        rounds, own={0: {"rolora": {"min_received": 1}},
+                     2: {"distribute": {"data_idx": 1}}})
+
+    assert codes == [0, 0, 0], logs
+    records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")
+    owner = records[0]["clients"]
+    assert len(owner) == 1, records
+    other = 3 - owner[0]
+    for record in records:
+        assert record["clients"] == owner
+        assert record["rejected"] == {str(other): (
+            f"invalid update: client {other}, round {record['round']}: "
+            f"trained on data share 1, which is client {owner[0]}'s; each "
+            "client needs its own share, one of 1..2 (distribute.data_idx)")}
+        assert record["bytes"]["up_rejected"]
+
+
+def test_a_distributed_client_on_other_data_is_left_out(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, free_ports: list[int]) -> None:
+    """``data.root`` may differ by machine, the rows it holds may not:
+    the second client reads a copy with one train label flipped, and
+    trained on it into the run without a word. Its updates are now
+    refused, naming the data digest."""
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_glue_root, edited)
+    train = edited / "SST-2" / "train.tsv"
+    lines = train.read_text(encoding="utf-8").splitlines()
+    text, label = lines[1].rsplit("\t", 1)
+    lines[1] = f"{text}\t{1 - int(label)}"
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    codes, logs = run_distributed(
+        fs_main, tiny_model_dir, tiny_glue_root, tmp_path, free_ports,
+        {"client_num": 2, "total_round_num": 2},
+        own={0: {"rolora": {"min_received": 1}},
+             2: {"data": {"root": str(edited)}}})
+
+    assert codes == [0, 0, 0], logs
+    records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")
+    left_out = {c for record in records for c in record["rejected"]}
+    assert len(left_out) == 1, records
+    client = left_out.pop()
+    for record in records:
+        refused = record["rejected"][client]
+        assert "another config than the server's: train and test rows " \
+            "as read and dealt (data_digest) (" in refused
+        assert "base_digest" not in refused
+        assert len(record["clients"]) == 1
 
 
 def assert_drifted_client_resynced(records: list[dict[str, Any]],
@@ -448,6 +516,87 @@ def test_a_drifted_client_is_resynced_in_distributed_mode(
     embedded = embedded_records(standalone, tmp_path / "embedded",
                                 faults=DRIFT["ROLORA_TEST_FAULTS"])
     assert_drifted_client_resynced(records, embedded, clients=2)
+
+
+def faulty_upload_run(fs_main: FsMain, tiny_model_dir: Path,
+                      tiny_glue_root: Path, tmp_path: Path, fault: str
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                 list[int], int]:
+    """Two of 4 clients drawn a round: round 2's first drawn client
+    sends its upload as ``fault`` says (``spoof``: again as the first
+    client not drawn). The plugin's and the embedded runner's (no
+    fault) records, round 2's drawn clients and the client not drawn."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"client_num": 4, "sample_client_rate": 0.5,
+                             "total_round_num": 3,
+                             "share_local_model": False})
+    cfg = write_config(tmp_path / "faulty.yaml", tree)
+    embedded = embedded_records(cfg, tmp_path / "embedded")
+    drawn = embedded[1]["clients"]
+    stranger = min(set(range(1, 5)) - set(drawn))
+    spec = f"2:{drawn[0]}:{fault}" + (f"={stranger}" if fault == "spoof"
+                                      else "")
+    run = fs_main.run(cfg, env={"ROLORA_TEST_FAULTS": spec})
+    return (read_jsonl(run.run_dir / "metrics.jsonl"), embedded, drawn,
+            stranger)
+
+
+@pytest.mark.parametrize("fault", ["twice", "spoof", "early"])
+def test_an_upload_that_answers_nothing_closes_no_round(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, fault: str) -> None:
+    """FederatedScope's buffer closes a round once it holds as many
+    uploads as clients were drawn. A second upload, one under the name
+    of a client not drawn, or one stamped for the next round used to
+    count there: the round closed before a drawn client's update came
+    (which was then dropped as out of date) or the second upload
+    replaced the first, with nothing recorded and no byte counted. Now
+    the first two are refused at arrival and named in the round's line;
+    the third is its client's answer, refused."""
+    records, embedded, drawn, stranger = faulty_upload_run(
+        fs_main, tiny_model_dir, tiny_glue_root, tmp_path, fault)
+
+    assert [r["round"] for r in records] == [1, 2, 3]
+    assert records[0]["bytes"] == embedded[0]["bytes"]
+    got, want = records[1], embedded[1]
+    one_upload = {role: n // 2 for role, n in want["bytes"]["up"].items()}
+    assert got["bytes"]["up_rejected"] == one_upload
+    assert got["bytes"]["down"] == want["bytes"]["down"]
+    if fault == "early":
+        assert got["clients"] == drawn[1:]
+        assert got["rejected"] == {str(drawn[0]): (
+            f"invalid update: client {drawn[0]}, round 2: stamped for "
+            "round 3")}
+        assert "unexpected" not in got
+        assert got["bytes"]["up"] == want["bytes"]["up"]
+    else:
+        assert got["clients"] == drawn
+        assert got["rejected"] == {}
+        sender, reason = (stranger, "not drawn for round 2") \
+            if fault == "spoof" else (drawn[0], "a second upload in round 2")
+        assert got["unexpected"] == [{"client": sender, "reason": reason}]
+        assert got["bytes"]["up"] == {
+            role: 3 * n for role, n in one_upload.items()}
+    assert all(r["rejected"] == {} and "unexpected" not in r
+               for r in records[2:])
+
+
+def test_a_second_upload_is_refused_in_distributed_mode(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path, free_ports: list[int]) -> None:
+    rounds = {"client_num": 2, "total_round_num": 3}
+
+    codes, logs = run_distributed(fs_main, tiny_model_dir, tiny_glue_root,
+                                  tmp_path, free_ports, rounds,
+                                  env={"ROLORA_TEST_FAULTS": "2:1:twice"})
+
+    assert codes == [0, 0, 0], logs
+    records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")
+    assert [r["clients"] for r in records] == [[1, 2]] * 3
+    assert records[1]["unexpected"] == [
+        {"client": 1, "reason": "a second upload in round 2"}]
+    assert records[1]["bytes"]["up_rejected"] == {
+        role: n // 3 for role, n in records[1]["bytes"]["up"].items()}
 
 
 # --- per-client evaluation ---------------------------------------------------

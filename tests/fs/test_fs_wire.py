@@ -29,6 +29,7 @@ from federatedscope_rolora.fs.wire import (  # noqa: E402
     unpack_payload,
     unpack_scores,
     unpack_update,
+    upload_tensors,
 )
 
 pytestmark = pytest.mark.fs
@@ -62,11 +63,11 @@ def test_an_update_arrives_exactly(transport: str) -> None:
     update = an_update()
     # gRPC encodes the sent dict in place, as FederatedScope does
     expected = {k: v.clone() for k, v in update.tensors.items()}
-    content = pack_update(update, seconds=1.25, settings=SETTINGS)
+    content = pack_update(update, seconds=1.25, settings=SETTINGS, share=1)
     if transport == "grpc":
         content = over_grpc(content)  # type: ignore[assignment]
 
-    received, seconds = unpack_update(1, 3, content, SETTINGS)
+    received, seconds, share = unpack_update(1, 3, content, SETTINGS)
 
     assert received.tensors.keys() == expected.keys()
     for key, tensor in expected.items():
@@ -76,6 +77,7 @@ def test_an_update_arrives_exactly(transport: str) -> None:
     assert received.num_examples == 80
     assert received.train_loss == pytest.approx(0.5)
     assert seconds == pytest.approx(1.25)
+    assert share == 1
 
 
 def test_a_download_arrives_exactly_over_grpc() -> None:
@@ -104,13 +106,14 @@ def test_a_malformed_upload_names_the_client() -> None:
 @pytest.mark.parametrize("meta", [
     {"seconds": "abc"}, {"seconds": None}, {"seconds": float("nan")},
     {"seconds": -5.0}, {"seconds": float("inf")}, {"loss": "x"},
-    {"loss": True}], ids=str)
+    {"loss": True}, {"share": None}, {"share": 0}, {"share": True},
+    {"share": "1"}], ids=str)
 def test_bad_upload_meta_is_refused_naming_the_field(
         meta: dict[str, object]) -> None:
     """A malformed number raised ValueError/TypeError out of the
     server's round, and NaN seconds passed every deadline check."""
     num_examples, tensors, good = pack_update(an_update(), seconds=1.0,
-                                           settings=SETTINGS)
+                                           settings=SETTINGS, share=1)
 
     with pytest.raises(InvalidUpdate, match="client 2, round 1: upload "
                        f"meta '{next(iter(meta))}' must be"):
@@ -123,12 +126,35 @@ def test_a_tensor_that_cannot_be_decoded_is_refused(value: object) -> None:
     """gRPC sends tensors as base64 pickles; a string that is not one
     raised out of the server's round."""
     num_examples, tensors, meta = pack_update(an_update(), seconds=1.0,
-                                           settings=SETTINGS)
+                                           settings=SETTINGS, share=1)
     bad = {**tensors, "m.lora_B.default.weight": value}
 
     with pytest.raises(InvalidUpdate, match="client 2, round 1: tensor "
                        "'m.lora_B.default.weight' cannot be decoded"):
         unpack_update(2, 1, (num_examples, bad, meta), SETTINGS)
+
+
+def test_a_refused_uploads_tensors_are_read_for_its_bytes() -> None:
+    """What a refused upload carried is counted as refused traffic:
+    its tensors decoded as the transport sent them, a value that cannot
+    be decoded skipped, nothing for a failure or a malformed upload."""
+    update = an_update()
+    # gRPC encodes the sent dict in place
+    expected = {k: v.clone() for k, v in update.tensors.items()}
+    content = over_grpc(pack_update(update, seconds=1.0,
+                                    settings=SETTINGS, share=1))
+    num_examples, tensors, meta = content
+
+    read = upload_tensors(content)
+
+    assert read.keys() == expected.keys()
+    assert all(torch.equal(read[k], v) for k, v in expected.items())
+    spoilt = {**tensors, "m.lora_B.x.weight": "not-base64!!"}
+    assert upload_tensors((num_examples, spoilt, meta)).keys() == \
+        {"m.lora_B.default.weight"}
+    for nothing in (pack_failure(ValueError("x"), 1.0), ["not", "one"],
+                    (1, ["a list"], {}), None):
+        assert upload_tensors(nothing) == {}
 
 
 def test_the_finish_message_carries_no_weights_and_travels() -> None:
@@ -182,7 +208,7 @@ def test_a_client_under_another_config_is_refused_naming_the_keys(
     into the run without a word."""
     theirs = json.dumps({**json.loads(SETTINGS), "train.optimizer.lr": 0.5,
                          "seed": 3})
-    content = pack_update(an_update(), seconds=1.0, settings=theirs)
+    content = pack_update(an_update(), seconds=1.0, settings=theirs, share=1)
     if transport == "grpc":
         content = over_grpc(content)  # type: ignore[assignment]
 
@@ -197,15 +223,15 @@ def test_an_adapter_spelt_out_at_its_defaults_is_the_same_config() -> None:
     spelt = json.dumps({**json.loads(SETTINGS), "llm.adapter.args": [
         {**ADAPTER, "lora_dropout": 0.0}]})
 
-    update, _ = unpack_update(2, 1, pack_update(an_update(), seconds=1.0,
-                                                settings=spelt), SETTINGS)
+    content = pack_update(an_update(), seconds=1.0, settings=spelt, share=1)
+    update, _, _ = unpack_update(2, 1, content, SETTINGS)
 
     assert update.client_id == 2
 
 
 def test_an_upload_without_settings_is_refused() -> None:
     num_examples, tensors, meta = pack_update(an_update(), seconds=1.0,
-                                              settings=SETTINGS)
+                                              settings=SETTINGS, share=1)
     del meta["settings"]
 
     with pytest.raises(InvalidUpdate, match="upload meta holds no settings"):

@@ -24,6 +24,7 @@ from federatedscope_rolora.runners import simulation
 from federatedscope_rolora.runners.checkpoint import load_checkpoint
 from federatedscope_rolora.runners.faults import (
     FAULTS_ENV,
+    WIRE_FAULT_KINDS,
     drift_hook,
     fault_hook,
     parse_faults,
@@ -304,3 +305,20 @@ def test_fault_spec_parses_and_names_a_bad_entry() -> None:
     with pytest.raises(ConfigError, match="client 2 already has a fault "
                        "in round 3"):
         parse_faults("3:2:raise,3:2:nan")
+
+
+def test_wire_faults_are_the_plugins_alone() -> None:
+    """The embedded runner has no messages to spoil: its CLI refuses the
+    plugin client's wire faults, which that client reads."""
+    wire = ("drift", *WIRE_FAULT_KINDS)
+    assert parse_faults("2:1:twice,3:1:early,4:2:spoof=3", kinds=wire) == {
+        (2, 1): "twice", (3, 1): "early", (4, 2): "spoof=3"}
+    for bad in ("2:1:twice", "4:2:spoof=3"):
+        with pytest.raises(ConfigError, match=r"KIND one of raise, .*drift "
+                           r"\(hang=SECONDS\)$"):
+            parse_faults(bad)
+    for bad in ("4:2:spoof", "4:2:spoof=0", "4:2:spoof=x", "2:1:twice=1",
+                "2:1:raise"):
+        with pytest.raises(ConfigError, match=r"KIND one of drift, twice, "
+                           r"early, spoof \(spoof=CLIENT\)$"):
+            parse_faults(bad, kinds=wire)
