@@ -127,8 +127,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="a run's outdir (holding adapter/)")
     cmd.add_argument("--cfg", metavar="FILE", default=None,
                      help="the config the run ran with (default: "
-                     "RUN_DIR/config.yaml; give the YAML for a run of the "
-                     "FederatedScope plugin)")
+                     "RUN_DIR/config.yaml, or a FederatedScope plugin "
+                     "run's RUN_DIR/rolora_config.yaml)")
     who = cmd.add_mutually_exclusive_group()
     who.add_argument("--per-client", action="store_true",
                      help="every client's model on its own test share, "
@@ -154,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="a new (or empty) directory to write")
     cmd.add_argument("--cfg", metavar="FILE", default=None,
                      help="the config the run ran with (default: "
-                     "RUN_DIR/config.yaml)")
+                     "RUN_DIR/config.yaml, or a FederatedScope plugin "
+                     "run's RUN_DIR/rolora_config.yaml)")
     cmd.add_argument("--client", type=int, metavar="ID",
                      help="that client's model (needed for fedsa_lora, "
                      "which keeps one B per client)")
@@ -312,10 +313,10 @@ def _scoring_changes(run_dir: Path, cfg: Config) -> list[str]:
     ``cfg`` (the eval's ``--cfg`` and overrides) differs from the run's
     own config.yaml; none if that cannot be read."""
     from federatedscope_rolora.runners.checkpoint import same_adapter
-    from federatedscope_rolora.runners.outputs import CONFIG_FILE
+    from federatedscope_rolora.runners.outputs import run_config_file
 
     try:
-        ran = load_config(run_dir / CONFIG_FILE, ignore=("distribute",))
+        ran = load_config(run_config_file(run_dir), ignore=("distribute",))
     except (ConfigError, OSError):
         return []
     return [f"{k} ({ran[k]!r} in the run, {cfg[k]!r} here)"
@@ -339,14 +340,15 @@ def _spelt(key: str, value: object) -> object:
 
 def _trained_config(args: argparse.Namespace, places: str) -> Config:
     """The config of the finished run ``args.run_dir`` (``--cfg``, else
-    its own config.yaml) with the trailing overrides; ``places``: the
-    command's positional arguments, for the usage line."""
-    from federatedscope_rolora.runners.outputs import CONFIG_FILE
+    its own, ``run_config_file``) with the trailing overrides;
+    ``places``: the command's positional arguments, for the usage
+    line."""
+    from federatedscope_rolora.runners.outputs import run_config_file
 
     _options_first(args, f"before {places.split()[0]}", places)
     # A distributed run's YAML names where each process ran
     # (``distribute:``), which scoring its files does not need.
-    return load_config(args.cfg or Path(args.run_dir) / CONFIG_FILE,
+    return load_config(args.cfg or run_config_file(Path(args.run_dir)),
                        args.opts, ignore=("distribute",))
 
 

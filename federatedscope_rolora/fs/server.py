@@ -74,6 +74,8 @@ from federatedscope_rolora.fs.wire import (
 )
 from federatedscope_rolora.runners.outputs import (
     ADAPTER_DIR,
+    PLUGIN_CONFIG_FILE,
+    write_config_atomic,
     write_files_durably,
 )
 from federatedscope_rolora.runners.setup import (
@@ -445,6 +447,7 @@ class RoloraServer(Server):  # type: ignore[misc]
         self._close_round()
         run_dir = Path(self._cfg.outdir)
         start = time.perf_counter()
+        write_config_atomic(self.settings, run_dir / PLUGIN_CONFIG_FILE)
         write_files_durably(run_dir / ADAPTER_DIR,
                             lambda d: self.aggregator.save_model(str(d)))
         summary = self.recorder.write_summary({

@@ -17,6 +17,10 @@ from typing import Any
 from federatedscope_rolora.config import Config, dump_config
 
 CONFIG_FILE = "config.yaml"
+# A FederatedScope plugin run's config in the embedded runner's schema,
+# beside FederatedScope's own config.yaml (its full dump, which the
+# embedded loader refuses): what eval and export read by default.
+PLUGIN_CONFIG_FILE = "rolora_config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
@@ -96,8 +100,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
                       + "\n")
 
 
-def _write_config_atomic(cfg: Config, path: Path) -> None:
+def write_config_atomic(cfg: Config, path: Path) -> None:
     write_atomic(path, lambda tmp: dump_config(cfg, tmp))
+
+
+def run_config_file(run_dir: Path) -> Path:
+    """The config a finished run ran with: a plugin run's
+    ``rolora_config.yaml``, else its ``config.yaml``."""
+    plugin = run_dir / PLUGIN_CONFIG_FILE
+    return plugin if plugin.is_file() else run_dir / CONFIG_FILE
 
 
 def run_files(run_dir: Path) -> list[str]:
@@ -236,7 +247,7 @@ class RunWriter:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
             refuse_existing_run(run_dir)  # written while this one was built
-            _write_config_atomic(cfg, run_dir / CONFIG_FILE)
+            write_config_atomic(cfg, run_dir / CONFIG_FILE)
         except OSError as err:
             raise OutdirError(f"outdir {str(run_dir)!r} cannot be "
                               f"written: {err}") from err
@@ -251,7 +262,7 @@ class RunWriter:
         run_dir = cfg.run_dir
         try:
             truncate_lines(run_dir / METRICS_FILE, metrics_lines)
-            _write_config_atomic(cfg, run_dir / CONFIG_FILE)
+            write_config_atomic(cfg, run_dir / CONFIG_FILE)
         except OSError as err:
             raise OutdirError(f"outdir {str(run_dir)!r} cannot be "
                               f"written: {err}") from err

@@ -165,6 +165,30 @@ def test_export_writes_the_plugins_model_as_a_plain_checkpoint(
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+def test_eval_and_export_read_the_plugin_runs_own_config(
+        rolora: tuple[FsRun, list[dict[str, Any]]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The run writes its config in this package's schema
+    (``rolora_config.yaml``) beside FederatedScope's full dump, which the
+    embedded loader refuses: ``eval`` and ``export`` needed ``--cfg``,
+    and ``eval`` could not say when an override scored under other
+    values than the run's."""
+    from federatedscope_rolora.cli import main
+
+    run, _ = rolora
+    summary = json.loads((run.run_dir / "summary.json").read_text(
+        encoding="utf-8"))
+
+    assert main(["eval", "--json", str(run.run_dir)]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["eval"]["acc"] == summary["final"]["acc"]
+    assert "other values" not in out.err
+    assert main(["eval", str(run.run_dir), "llm.tok_len", "12"]) == 0
+    assert "llm.tok_len (16 in the run, 12 here)" in capsys.readouterr().err
+    assert main(["export", str(run.run_dir), str(tmp_path / "out")]) == 0
+    assert "match the run's model" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("method, shared, trained, fallback", [
     ("lora", False, {"lora_A", "lora_B"}, True),
     ("ffa_lora", True, {"lora_B"}, False),
