@@ -251,6 +251,13 @@ def check_cfg(cfg: Any) -> None:
     _refuse_explicit_fs_defaults(cfg, sys.argv[1:])
     _replace_fs_defaults(cfg)
     _refuse_unsupported(cfg)
+    if cfg.federate.client_num == 0:
+        # the schema's "must be >= 1, got 0" reads as if it were written
+        raise ConfigError("config key 'federate.client_num' is 0, "
+                          "FederatedScope's default, which takes the "
+                          "clients from a dataset's own partition; these "
+                          "rows have none: set the number of clients "
+                          "(e.g. federate.client_num 3)")
     view = schema_view(cfg)
     _check_types(cfg)
     for warning in config_warnings(view):

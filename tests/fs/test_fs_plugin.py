@@ -952,6 +952,24 @@ def test_an_lda_test_split_missing_a_label_is_named(
     assert "rolora round 1" not in run.log
 
 
+def test_a_config_without_client_num_is_told_to_set_it(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    """FederatedScope's default of 0 takes the clients from a dataset's
+    partition; the plugin said "must be >= 1, got 0" of a key the file
+    never set."""
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs")
+    del tree["federate"]["client_num"]
+    cfg = write_config(tmp_path / "run.yaml", tree)
+
+    run = fs_main.run(cfg, check=False)
+
+    assert run.proc.returncode != 0
+    assert "config key 'federate.client_num' is 0, FederatedScope's " \
+        "default" in run.log
+    assert "rolora round 1" not in run.log
+
+
 @pytest.mark.parametrize(("where", "key", "value", "named"), [
     ("file", "llm.adapter.use", False,
      "config key 'llm.adapter.use' must be True"),
