@@ -4,13 +4,14 @@ Down (``model_para``, one message per client): ``{key: tensor}``, what
 that client lacks (``AdapterServer.downlink``). Up (``model_para``):
 ``(num_examples, {key: tensor}, meta)`` with ``meta`` holding the
 fingerprint of the client's frozen keys, its mean training loss, the
-seconds its local update took and its shared settings (JSON, checked
-against the server's); a client whose local update raised sends
-the error text in place of the tensors. Standalone mode hands these
-objects over as they are; gRPC turns each tensor into a base64 pickle
-(exact dtype and values), tuples into lists, and ``param2tensor`` undoes
-that. Bytes are counted from the tensors before they are sent, never
-from the encoding.
+seconds its local update took, its shared settings (JSON, with the
+digests of its base weights and its data; checked against the
+server's) and the data share it trained on; a client whose local
+update raised sends the error text in place of the tensors.
+Standalone mode hands these objects over as they are; gRPC turns each
+tensor into a base64 pickle (exact dtype and values), tuples into
+lists, and ``param2tensor`` undoes that. Bytes are counted from the
+tensors before they are sent, never from the encoding.
 
 Per-client evaluation: down (``evaluate``, one message per client),
 ``{key: tensor}``, what that client's next downlink would send
