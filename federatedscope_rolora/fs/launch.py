@@ -16,6 +16,7 @@ from pathlib import Path
 from federatedscope_rolora.fs.hook import PROTOBUF_ENV
 
 EXIT_NO_FEDERATEDSCOPE = 2
+EXIT_BAD_INPUT = 2
 
 
 def federatedscope_main() -> Path | None:
@@ -40,6 +41,7 @@ def main(argv: Sequence[str]) -> int:
               "run the embedded runner: federatedscope-rolora run",
               file=sys.stderr)
         return EXIT_NO_FEDERATEDSCOPE
+    from federatedscope_rolora.config import ConfigError
     from federatedscope_rolora.fs.register import register_all
 
     register_all()
@@ -47,6 +49,12 @@ def main(argv: Sequence[str]) -> int:
     sys.argv = [str(main_py), *argv]
     try:
         runpy.run_path(str(main_py), run_name="__main__")
+    except ConfigError as err:
+        # As the embedded runner: one line and exit 2 (FederatedScope's
+        # main.py run itself ends the same error in a traceback, exit 1).
+        print(f"federatedscope-rolora fs-main: error: "
+              f"{' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except SystemExit as stop:
         code = stop.code
         return code if isinstance(code, int) else (0 if code is None else 1)
