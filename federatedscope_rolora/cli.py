@@ -311,7 +311,7 @@ SCORING_KEYS = ("seed", "data.type", "model.type", "llm.tok_len",
 def _scoring_changes(run_dir: Path, cfg: Config) -> list[str]:
     """``KEY (X in the run, Y here)`` for each of ``SCORING_KEYS`` where
     ``cfg`` (the eval's ``--cfg`` and overrides) differs from the run's
-    own config.yaml; none if that cannot be read."""
+    own config (``run_config_file``); none if that cannot be read."""
     from federatedscope_rolora.runners.checkpoint import same_adapter
     from federatedscope_rolora.runners.outputs import run_config_file
 
