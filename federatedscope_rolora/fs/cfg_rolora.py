@@ -191,6 +191,8 @@ def settings_changes(mine: str, run: str) -> list[str]:
     from federatedscope_rolora.runners.checkpoint import same_adapter
 
     ours, theirs = json.loads(mine), json.loads(run)
+    if not isinstance(ours, dict) or not isinstance(theirs, dict):
+        raise ValueError("settings are not a JSON object")
     return [f"{k} ({theirs.get(k)!r} for the run, {ours.get(k)!r} here)"
             for k in sorted(set(ours) | set(theirs))
             if ours.get(k) != theirs.get(k)

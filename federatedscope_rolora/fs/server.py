@@ -227,6 +227,9 @@ class RoloraServer(Server):  # type: ignore[misc]
         self._losses: dict[int, tuple[float, int]] = {}
         self._rejected: dict[int, str] = {}
         self._train_seconds = 0.0
+        # drawn clients that sent an upload of a past round: re-synced
+        # once this round is merged (``_turn_away``)
+        self._resync: set[int] = set()
 
     # --- uploads ----------------------------------------------------------
     def callback_funcs_model_para(self, message: Message) -> Any:
@@ -274,15 +277,25 @@ class RoloraServer(Server):  # type: ignore[misc]
         """Refuse an upload that answers nothing: what it carried is
         counted as refused traffic of the open round and named in its
         line (``unexpected``), and the sender is re-synced in full the
-        next time it is drawn, as the core does after any refusal."""
+        next time it is drawn, as the core does after any refusal. A
+        drawn client whose answer is still to come (this is a copy of a
+        past round's) is re-synced once the round is merged: refused
+        now, its answer, trained from this round's downlink, would be
+        refused too, and whether it was depended on which came first."""
         round_idx = self.state + 1
         logger.warning("rolora round %d: upload from client %s refused: "
                        "%s", round_idx, sender, why)
         if self.state >= self.total_round_num or \
                 not isinstance(sender, int):
             return
-        self.adapter_server.refuse(sender, round_idx,
-                                   upload_tensors(content))
+        tensors = upload_tensors(content)
+        if sender in self._drawn and \
+                sender not in self.msg_buffer["train"].get(self.state, {}):
+            self.adapter_server.ledger.record_refused(round_idx, sender,
+                                                      tensors)
+            self._resync.add(sender)
+        else:
+            self.adapter_server.refuse(sender, round_idx, tensors)
         self.recorder.unexpected(sender, why)
 
     def _take_answer(self, client_id: int, stamp: int, content: Any
@@ -350,6 +363,8 @@ class RoloraServer(Server):  # type: ignore[misc]
                          self.settings["rolora.min_received"],
                          self._rejected)
         self.aggregator.aggregate({"round": round_idx})
+        for client_id in sorted(self._resync):
+            self.adapter_server.refuse(client_id, round_idx)
         self.recorder.trained(losses, dict(sorted(self._rejected.items())),
                               self._train_seconds,
                               self.adapter_server.last_gap.record())
@@ -400,14 +415,20 @@ class RoloraServer(Server):  # type: ignore[misc]
     def callback_funcs_for_metrics(self, message: Message) -> bool:
         """A client's score of its own model; once the last round's are
         all in, the global evaluation that ends the run."""
-        sender = int(message.sender)
+        sender = message.sender
+        if not isinstance(sender, int):
+            logger.warning("rolora: dropped an evaluation from sender "
+                           "%.40r, not a client ID", sender)
+            return True
         try:
             round_idx, results, examples = unpack_scores(sender,
                                                          message.content)
         except InvalidUpdate as err:
             logger.warning("rolora: %s; it is left out of the per-client "
                            "score", err)
-            round_idx, results, examples = int(message.state) + 1, {}, 0
+            stamp = message.state
+            round_idx = stamp + 1 if isinstance(stamp, int) else -1
+            results, examples = {}, 0
         done = self.recorder.scored(round_idx, sender, results, examples)
         if done and self._final_eval_waits and \
                 round_idx >= self.total_round_num:

@@ -139,7 +139,7 @@ def _check_settings(who: str, sent: Any, settings: str) -> None:
         raise InvalidUpdate(f"{who}: upload meta holds no settings")
     try:
         changed = settings_changes(sent, settings)
-    except (ValueError, AttributeError) as err:
+    except (ValueError, TypeError, AttributeError, RecursionError) as err:
         raise InvalidUpdate(f"{who}: unreadable upload settings ({err})"
                             ) from None
     if changed:
@@ -157,7 +157,12 @@ def _number(who: str, meta: Mapping[str, Any], name: str,
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidUpdate(f"{who}: upload meta {name!r} must be a "
                             f"number, got {value!r:.40}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past float's range
+        raise InvalidUpdate(f"{who}: upload meta {name!r} must be a "
+                            "number in float's range, got an integer of "
+                            f"{int(value).bit_length()} bits") from None
 
 
 def _tensor(who: str, name: Any, value: Any) -> Any:

@@ -605,6 +605,42 @@ def test_an_upload_that_answers_nothing_closes_no_round(
                for r in records[2:])
 
 
+def assert_second_upload_spoilt_nothing(records: list[dict[str, Any]],
+                                        client: int, clients: int) -> None:
+    """Client ``client`` sent round 2's upload twice, all ``clients``
+    drawn every round: every upload of every round is accepted, and the
+    copy is refused where it arrived, in round 2 (its answer already
+    in) or in round 3, if round 2 had closed on its first upload (a
+    past round's). There it used to be refused in the core, which then
+    refused the client's round-3 answer too."""
+    assert [r["clients"] for r in records] == \
+        [list(range(1, clients + 1))] * 3
+    assert all(r["rejected"] == {} for r in records)
+    late = "unexpected" not in records[1]
+    where = records[2] if late else records[1]
+    reason = "stamped for round 2, a past one" if late \
+        else "a second upload in round 2"
+    assert where["unexpected"] == [{"client": client, "reason": reason}]
+    # round 2 holds each client's upload, and the copy if it came then
+    copies = clients if late else clients + 1
+    assert where["bytes"]["up_rejected"] == {
+        role: n // copies for role, n in records[1]["bytes"]["up"].items()}
+    assert all("unexpected" not in r for r in records if r is not where)
+
+
+def test_a_second_upload_after_its_round_closed_spoils_nothing(
+        fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
+        tmp_path: Path) -> None:
+    tree = fs_tree(tiny_model_dir, tiny_glue_root, tmp_path / "fs",
+                   federate={"total_round_num": 3})
+    cfg = write_config(tmp_path / "late.yaml", tree)
+
+    run = fs_main.run(cfg, env={"ROLORA_TEST_FAULTS": "2:3:twice"})
+
+    records = read_jsonl(run.run_dir / "metrics.jsonl")
+    assert_second_upload_spoilt_nothing(records, client=3, clients=3)
+
+
 def test_a_second_upload_is_refused_in_distributed_mode(
         fs_main: FsMain, tiny_model_dir: Path, tiny_glue_root: Path,
         tmp_path: Path, free_ports: list[int]) -> None:
@@ -616,11 +652,7 @@ def test_a_second_upload_is_refused_in_distributed_mode(
 
     assert codes == [0, 0, 0], logs
     records = read_jsonl(tmp_path / "dist" / "server0" / "metrics.jsonl")
-    assert [r["clients"] for r in records] == [[1, 2]] * 3
-    assert records[1]["unexpected"] == [
-        {"client": 1, "reason": "a second upload in round 2"}]
-    assert records[1]["bytes"]["up_rejected"] == {
-        role: n // 3 for role, n in records[1]["bytes"]["up"].items()}
+    assert_second_upload_spoilt_nothing(records, client=1, clients=2)
 
 
 # --- per-client evaluation ---------------------------------------------------

@@ -107,7 +107,7 @@ def test_a_malformed_upload_names_the_client() -> None:
     {"seconds": "abc"}, {"seconds": None}, {"seconds": float("nan")},
     {"seconds": -5.0}, {"seconds": float("inf")}, {"loss": "x"},
     {"loss": True}, {"share": None}, {"share": 0}, {"share": True},
-    {"share": "1"}], ids=str)
+    {"share": "1"}, {"seconds": 10**400}], ids=str)
 def test_bad_upload_meta_is_refused_naming_the_field(
         meta: dict[str, object]) -> None:
     """A malformed number raised ValueError/TypeError out of the
@@ -227,6 +227,20 @@ def test_an_adapter_spelt_out_at_its_defaults_is_the_same_config() -> None:
     update, _, _ = unpack_update(2, 1, content, SETTINGS)
 
     assert update.client_id == 2
+
+
+@pytest.mark.parametrize("sent", ["1", "null", "[[1]]", "[1]", '"x"',
+                                  "{"])
+def test_unreadable_upload_settings_are_refused(sent: str) -> None:
+    """Settings that are not a JSON object raised TypeError out of the
+    server's round (one malformed upload stopped the run)."""
+    num_examples, tensors, meta = pack_update(an_update(), seconds=1.0,
+                                              settings=SETTINGS, share=1)
+
+    with pytest.raises(InvalidUpdate, match="client 2, round 1: "
+                       "unreadable upload settings"):
+        unpack_update(2, 1, (num_examples, tensors,
+                             {**meta, "settings": sent}), SETTINGS)
 
 
 def test_an_upload_without_settings_is_refused() -> None:
