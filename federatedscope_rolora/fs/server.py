@@ -185,9 +185,8 @@ class RoloraServer(Server):  # type: ignore[misc]
         # the last round's global evaluation waits for the clients' scores
         self._final_eval_waits = False
         self._open_round(set())
-        # data share -> the client that trains on it, and back
+        # data share -> the client that trains on it
         self._share_owner: dict[int, int] = {}
-        self._client_share: dict[int, int] = {}
 
     # --- rounds -------------------------------------------------------
     def participants(self, round_idx: int, sample_client_num: int
@@ -265,13 +264,18 @@ class RoloraServer(Server):  # type: ignore[misc]
             return "no round is open (the last one is over)"
         if sender not in self._drawn:
             return f"not drawn for round {round_idx}"
-        if sender in self.msg_buffer["train"].get(self.state, {}):
+        if self._answered(sender):
             return f"a second upload in round {round_idx}"
         if not isinstance(stamp, int) or stamp < self.state:
             return (f"stamped for round {stamp + 1}, a past one"
                     if isinstance(stamp, int) else
                     f"stamped for no round ({stamp!r:.40})")
         return None
+
+    def _answered(self, sender: Any) -> bool:
+        """Whether ``sender``'s answer of the open round is in
+        FederatedScope's buffer."""
+        return sender in self.msg_buffer["train"].get(self.state, {})
 
     def _turn_away(self, sender: Any, content: Any, why: str) -> None:
         """Refuse an upload that answers nothing: what it carried is
@@ -289,8 +293,7 @@ class RoloraServer(Server):  # type: ignore[misc]
                 not isinstance(sender, int):
             return
         tensors = upload_tensors(content)
-        if sender in self._drawn and \
-                sender not in self.msg_buffer["train"].get(self.state, {}):
+        if sender in self._drawn and not self._answered(sender):
             self.adapter_server.ledger.record_refused(round_idx, sender,
                                                       tensors)
             self._resync.add(sender)
@@ -348,13 +351,13 @@ class RoloraServer(Server):  # type: ignore[misc]
                 f"share {share}, which is client {owner}'s; each client "
                 f"needs its own share, one of 1..{self.client_num} "
                 "(distribute.data_idx)")
-        held = self._client_share.get(client_id, share)
+        held = next((s for s, c in self._share_owner.items()
+                     if c == client_id), share)
         if held != share:
             raise InvalidUpdate(
                 f"client {client_id}, round {round_idx}: trained on data "
                 f"share {share}, and on share {held} before")
         self._share_owner[share] = client_id
-        self._client_share[client_id] = share
 
     def _perform_federated_aggregation(self) -> int:
         round_idx = self.state + 1

@@ -124,8 +124,8 @@ def upload_tensors(content: Any) -> dict[Any, Any]:
     tensors = {}
     for key, value in content[1].items():
         try:
-            tensors[key] = param2tensor(value)
-        except Exception:  # noqa: BLE001,S112 - undecodable: no bytes
+            tensors[key] = _tensor("", key, value)
+        except InvalidUpdate:  # undecodable: no bytes
             continue
     return tensors
 
